@@ -1,0 +1,30 @@
+# Two commands from nothing: `make demo` (the main job) and `make test` (the whole test suite).
+# Both create .venv and install what they need. CPU torch is installed first, pinned, so a fresh
+# machine never pulls the multi-GB CUDA wheels; on a GPU machine install torch your own way first.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH ?= torch==2.13.0
+
+.PHONY: venv demo test export nbtest pytest clean-nbs
+
+$(BIN)/.installed: setup.py settings.ini
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $@
+
+venv: $(BIN)/.installed
+
+demo: venv
+	$(BIN)/python -m dis_nbdev.demo
+
+test: venv
+	bash .ci/check_export.sh
+	$(BIN)/nbdev_test --n_workers 2
+	$(BIN)/python -m pytest -q tests
+
+export: venv
+	$(BIN)/nbdev_export && $(BIN)/nbdev_clean

@@ -267,3 +267,10 @@ def test_figure_draws_real_tasks(arc1):
     fig = plot_target_paths(x[:1], y[:1], ['mask'], n_steps=N, names=names[:1], dpi=30)
     assert len(fig.axes) == N + 1
     plt.close(fig)
+
+
+def test_plugin_generators_load_on_demand(arc1):
+    "Names registered by dis_nbdev.puzzles (solver traces) resolve without importing that module first."
+    pytest.importorskip('dis_nbdev.puzzles')
+    gen = get_target_generator('puzzle_solver')
+    assert hasattr(gen, 'extra_vocab') and callable(gen)

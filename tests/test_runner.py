@@ -91,7 +91,8 @@ def test_two_process_cpu_run(tmp_path):
     nb = (d / 'train.ipynb').read_text()
     assert 'torch.distributed.run' in nb and '--nproc_per_node=2' in nb   # the notebook shows the launch
     assert not _cells_with_errors(d / 'train.ipynb')
-    assert json.loads((d / 'eval.json').read_text())['n_tasks'] == 4
+    ev = json.loads((d / 'eval.json').read_text())
+    assert ev['n_tasks'] == 4 and ev['world_size'] == 2                  # the vote ran sharded on 2 workers too
 
 
 def test_unfinished_run_resumes_with_same_config_only(tmp_path):

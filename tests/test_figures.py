@@ -1,6 +1,9 @@
 """Figures and Table 1 from real tasks and real (tiny) run folders."""
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -101,8 +104,13 @@ def test_read_metrics_skips_a_half_written_line(made, tmp_path):
 
 def test_figures_cli_from_saved_runs(made, tmp_path):
     root, _ = made
-    out = figures_cli(['--runs', str(root / 'runs'), '--out', str(tmp_path / 'f'), '--no-train', '--no-analysis'])
+    # exactly what the dis-figures console script does: sys.exit(figures_cli())
+    r = subprocess.run([sys.executable, '-c', 'import sys; from dis_nbdev.figures import figures_cli; sys.exit(figures_cli())',
+                        '--runs', str(root / 'runs'), '--out', str(tmp_path / 'f'), '--no-train', '--no-analysis'],
+                       capture_output=True, text=True, env={**os.environ, 'MPLBACKEND': 'Agg'}, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert 'files in' in r.stdout
     assert (tmp_path / 'f' / 'table1.md').read_text().startswith('| model |')
-    assert 'improvement_curves' not in out and (tmp_path / 'f' / 'training_curves.pdf').exists()
+    assert (tmp_path / 'f' / 'training_curves.pdf').exists() and not (tmp_path / 'f' / 'improvement_curves.png').exists()
     with pytest.raises(ValueError, match='no run folders'):
         figures_cli(['--runs', str(tmp_path / 'nothing'), '--out', str(tmp_path / 'g'), '--no-train'])

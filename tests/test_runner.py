@@ -145,3 +145,21 @@ def test_every_config_is_valid(path):
     if path.stem.startswith('cpu_quick'):
         assert (spec.data['side'], spec.data['num_aug'], cfg.global_batch_size, cfg.lr) == (6, 8, 64, 1e-3)
         assert cfg.time_budget_s == 600 and mc.hidden_size == 256 and mc.num_layers == 1
+
+
+def test_unfinished_run_resumes(tmp_path):
+    "A run stopped half-way (checkpoint, no summary) is resumed by dis-run, not restarted or overwritten."
+    from dis_nbdev.train import train
+    spec = load_run_spec(CI, out=tmp_path)
+    from dis_nbdev.runner import prepare_data
+    prepare_data(spec, progress=False)
+    train({**spec.train, 'stop_at_step': 6})                         # as if the machine went down at step 6
+    d = spec.run_dir
+    assert (d / 'checkpoint.pt').exists() and run_state(d) == 'unfinished'
+    first = [r['step'] for r in read_metrics(d)]
+    assert first and first[-1] <= 6
+    res = execute_run(CI, out=tmp_path)
+    assert res['status'] == 'finished', res
+    steps = [r['step'] for r in read_metrics(d)]
+    assert steps[:len(first)] == first and steps == sorted(set(steps)) and steps[-1] == 12
+    assert 'resuming from' in (d / 'train.ipynb').read_text()

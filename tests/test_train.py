@@ -237,3 +237,17 @@ def test_killed_and_preempted_run_resumes_identically(arc_aug, tmp_path):
     assert s['step'] == 36
     assert_same_state(model_state(tmp_path / 'straight'), model_state(tmp_path / 'killed'))
     assert [r['loss'] for r in records(tmp_path / 'straight')] == [r['loss'] for r in records(tmp_path / 'killed')]
+
+
+def test_options_paper_variants_and_stop_rules(arc_small, tmp_path):
+    "The DIS-paper options (x injection, linear step weights, masking targets), softmax + AdamATan2, and the stop rules."
+    s = T.train(cfg(arc_small, tmp_path / 'paper', max_steps=6, injection='x', step_weights='linear', targets='mask',
+                    loss='softmax', optimizer='adam_atan2'))
+    model, c = T.load_trained(tmp_path / 'paper', use_ema=False)
+    assert model.config.vocab_size == 13 and c.targets == 'mask'           # the mask token widens the vocabulary
+    assert s['optimizer'].endswith('AdamATan2') and s['metrics']['net_calls_per_sample'] == 18.0
+    # epochs -> steps: one epoch of this dataset is 2 batches of 8, i.e. 12 optimizer steps
+    s = T.train(cfg(arc_small, tmp_path / 'epochs', epochs=1, log_every=6))
+    assert s['total_steps'] == 12 and s['step'] == 12 and s['stopped'] == 'max_steps'
+    s = T.train(cfg(arc_small, tmp_path / 'budget', max_steps=600, time_budget_s=1e-3))
+    assert s['stopped'] == 'time_budget' and s['step'] % 6 == 0 and s['step'] < 600   # stops at a batch boundary

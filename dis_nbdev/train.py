@@ -232,8 +232,9 @@ class TrainConfig:
 
 def as_train_config(config: TrainConfig | dict) -> TrainConfig:
     "A TrainConfig from a dataclass or a dict of its fields (unknown fields raise ConfigError)."
-    if isinstance(config, TrainConfig): return config
-    return from_dict(TrainConfig, config, 'TrainConfig')
+    if not isinstance(config, TrainConfig): config = from_dict(TrainConfig, config, 'TrainConfig')
+    paths = {f.name: str(v) for f in dataclasses.fields(config) if isinstance(v := getattr(config, f.name), os.PathLike)}
+    return dataclasses.replace(config, **paths) if paths else config   # Path fields -> str (config.json stays JSON)
 
 # %% ../nbs/05_train.ipynb #71c31bb7
 def _puzzle_params(model: nn.Module) -> list[nn.Parameter]:

@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_train.ipynb #493cb938
 from __future__ import annotations
-import argparse, contextlib, dataclasses, json, math, os, random, signal, sys, threading, time
+import argparse, contextlib, dataclasses, json, math, os, random, secrets, signal, sys, threading, time
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -720,7 +720,7 @@ class Trainer:
             if cfg.wandb_mode != 'disabled':
                 import wandb
                 idf = self.run_dir / 'wandb_id.txt'     # one wandb run per run folder, continued on resume
-                if not idf.exists(): atomic_write_text(idf, wandb.util.generate_id())
+                if not idf.exists(): atomic_write_text(idf, secrets.token_hex(4))
                 self.wandb = wandb.init(project=cfg.wandb_project, name=cfg.name, dir=str(self.run_dir), mode=cfg.wandb_mode,
                                         config=dataclasses.asdict(cfg), id=idf.read_text().strip(), resume='allow')
             if cfg.progress:

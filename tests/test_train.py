@@ -251,3 +251,21 @@ def test_options_paper_variants_and_stop_rules(arc_small, tmp_path):
     assert s['total_steps'] == 12 and s['step'] == 12 and s['stopped'] == 'max_steps'
     s = T.train(cfg(arc_small, tmp_path / 'budget', max_steps=600, time_budget_s=1e-3))
     assert s['stopped'] == 'time_budget' and s['step'] % 6 == 0 and s['step'] < 600   # stops at a batch boundary
+
+
+# ------------------------------------------------------------------------------------------- wandb
+def test_offline_wandb_is_the_default_and_keeps_one_run_across_resume(arc_small, tmp_path, monkeypatch):
+    "Runs log to wandb offline by default (no account, no network); a resumed run continues the same wandb run."
+    pytest.importorskip('wandb')
+    monkeypatch.delenv('WANDB_MODE', raising=False)
+    monkeypatch.setenv('WANDB_SILENT', 'true')
+    c = cfg(arc_small, tmp_path / 'run', max_steps=12, stop_at_step=6)
+    del c['wandb_mode']
+    assert T.TrainConfig().wandb_mode == 'offline'
+    T.train(c)
+    run = tmp_path / 'run'
+    wid = (run / 'wandb_id.txt').read_text().strip()
+    assert wid and list((run / 'wandb').glob(f'offline-run-*-{wid}')), 'an offline wandb run folder named by the id'
+    T.train({**c, 'stop_at_step': None}, resume=True)
+    assert (run / 'wandb_id.txt').read_text().strip() == wid
+    assert json.loads((run / 'summary.json').read_text())['step'] == 12

@@ -34,3 +34,12 @@ def kaggle_dir(shared_data) -> Path:
 @pytest.fixture(scope='session')
 def concept_dir(shared_data) -> Path:
     return shared_data / 'ConceptARC' / 'corpus'
+
+
+@pytest.fixture(scope='module')
+def one_torch_thread():
+    "Tiny models run fastest on one torch thread (and the CI machine is shared); restores the setting after the module."
+    import torch
+    prev = torch.get_num_threads(); torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)

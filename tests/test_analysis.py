@@ -14,12 +14,7 @@ from dis_nbdev.model import RecursiveModel, model_config, rollout
 SIDE = 10
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    "Tiny models run fastest on one torch thread (and the CI machine is shared)."
-    prev = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures('one_torch_thread')   # see conftest.py
 
 
 @pytest.fixture(scope='module')

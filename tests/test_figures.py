@@ -16,12 +16,7 @@ from dis_nbdev.figures import (PAPER_ROWS, TARGETS, figure_blueprint, figure_cor
                                pick_tasks, read_metrics, save_figure, step_targets, table1)
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    "Tiny models run fastest on one torch thread (and the CI machine is shared)."
-    prev = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures('one_torch_thread')   # see conftest.py
 
 
 def _ok(paths):

@@ -725,7 +725,8 @@ class Trainer:
                                         config=dataclasses.asdict(cfg), id=idf.read_text().strip(), resume='allow')
             if cfg.progress:
                 from tqdm.auto import tqdm
-                self.bar = tqdm(total=self.total_steps, initial=self.step, desc=f'{cfg.name} [{cfg.method}]', unit='step',
+                open_ended = cfg.time_budget_s is not None and cfg.max_steps is None   # the clock ends it, not the step count
+                self.bar = tqdm(total=None if open_ended else self.total_steps, initial=self.step, desc=f'{cfg.name} [{cfg.method}]', unit='step',
                                 dynamic_ncols=True)
         self.model.train()
         self._t_log = time.time(); self._last_ckpt = self._last_eval = self.step

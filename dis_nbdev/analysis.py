@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from .core import ConfigError, get_device
 from .arc import IGNORE_LABEL, PAD, Task, grid_to_tokens
+from .steps import step_rule, supervision_step
 
 # %% auto #0
 __all__ = ['StepLogits', 'counterfactual_rollout', 'rankdata', 'spearman', 'identity_rhs', 'advantage', 'StepStats',
@@ -29,11 +30,6 @@ class StepLogits:
     actual: torch.Tensor
     clamped: torch.Tensor
 
-def _next_input(x: torch.Tensor, prev_logits: torch.Tensor | None, injection: str) -> torch.Tensor:
-    if injection == 'x' or prev_logits is None: return x
-    if injection == 'prev_argmax': return prev_logits.argmax(-1)
-    raise ConfigError(f"injection: expected 'x' or 'prev_argmax', got {injection!r}")
-
 @torch.no_grad()
 def counterfactual_rollout(model, batch: dict, n_steps: int | None = None, injection: str = 'x',
                            device=None) -> list[StepLogits]:
@@ -44,14 +40,13 @@ def counterfactual_rollout(model, batch: dict, n_steps: int | None = None, injec
     pid = batch['puzzle_identifiers'].to(device).long()
     n_steps = int(n_steps or model.config.n_sup)
     carry = model.initial_carry(x.shape[0], device)
-    calls, out, prev = model.net_calls, [], None
+    calls, out, inp = model.net_calls, [], x
     try:
         for s in range(1, n_steps + 1):
-            inp = _next_input(x, prev, injection)
-            act = model(carry, inp, pid, step=s)
+            act, nxt_carry, nxt = supervision_step(model, carry, inp, x, s, injection, pid)
             cf = model(carry, inp, pid, step=s, clamp_x=True)   # same carry; cf.carry is discarded
             out.append(StepLogits(s, act.logits.float(), cf.logits.float()))
-            carry, prev = act.carry, act.logits
+            carry, inp = nxt_carry, nxt
     finally:
         model.net_calls = calls + (model.net_calls - calls) // 2   # count only the actual steps
         model.train(was_training)
@@ -242,8 +237,7 @@ def resolve_data_dir(data_dir, run_dir) -> Path:
 
 def run_injection(cfg) -> str:
     "What a trained run's later steps see: TRM always sees x; DIS follows its config (`prev_argmax` or `x`)."
-    if str(getattr(cfg, 'method', 'dis')).lower() == 'trm': return 'x'
-    return getattr(cfg, 'injection', None) or 'prev_argmax'
+    return step_rule(cfg).injection
 
 def run_batches(data_dir, split: str = 'test', max_examples: int = 32, batch_size: int = 16) -> list[dict]:
     "The first `max_examples` examples of a built dataset split, as Batch dicts (padding rows masked)."

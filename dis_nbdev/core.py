@@ -11,9 +11,9 @@ from typing import Any, Callable
 import numpy as np
 
 # %% auto #0
-__all__ = ['DisError', 'ArcDataError', 'CheckpointError', 'ConfigError', 'get_device', 'seed_everything', 'autocast_context',
-           'DistInfo', 'dist_info', 'atomic_write', 'atomic_write_text', 'atomic_write_json', 'atomic_torch_save',
-           'project_root', 'shared_data_dir', 'from_dict', 'load_yaml']
+__all__ = ['EXIT_INTERRUPTED', 'DisError', 'ArcDataError', 'CheckpointError', 'ConfigError', 'get_device', 'seed_everything',
+           'autocast_context', 'DistInfo', 'dist_info', 'atomic_write', 'atomic_write_text', 'atomic_write_json',
+           'atomic_torch_save', 'project_root', 'shared_data_dir', 'from_dict', 'load_yaml']
 
 # %% ../nbs/00_core.ipynb #6b2294ca
 class DisError(ValueError):
@@ -138,3 +138,6 @@ def load_yaml(path: str | os.PathLike) -> dict:
     if data is None: return {}
     if not isinstance(data, dict): raise ConfigError(f'{path}: expected a mapping of fields, got {type(data).__name__}')
     return data
+
+# %% ../nbs/00_core.ipynb #4447f96f
+EXIT_INTERRUPTED = 75   # a signal stopped the run before its planned end: requeue and resume

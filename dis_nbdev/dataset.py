@@ -19,7 +19,7 @@ from .arc import (Task, COLOUR_OFFSET, EOS, PAD, VOCAB_SIZE, MAX_SIDE, IGNORE_LA
 
 # %% auto #0
 __all__ = ['AUG_RETRIES_FACTOR', 'SPLITS', 'FIELDS', 'DatasetMetadata', 'plan_augmentations', 'build_arc_dataset', 'ArcSplit',
-           'open_split', 'TrainLoader', 'TestLoader', 'build_arc_cli']
+           'open_split', 'TrainLoader', 'TestLoader', 'build_arc_cli', 'dataset_fingerprint']
 
 # %% ../nbs/02_dataset.ipynb #2a6623ca
 @dataclass
@@ -539,3 +539,14 @@ def build_arc_cli(argv: Sequence[str] | None = None) -> Path:
                                         for k, v in m['counts'].items()) + f"; {m['num_puzzle_identifiers']} identifiers"
           f"; {m['build_seconds']} s")
     return out
+
+# %% ../nbs/02_dataset.ipynb #7d16c153
+def dataset_fingerprint(data_dir) -> str:
+    "A stable hash of a built dataset: its manifest's file hashes, else its metadata files (identifiers, dataset.json)."
+    d = Path(data_dir); h = hashlib.sha256()
+    files = json.loads((d/'manifest.json').read_text()).get('files') if (d/'manifest.json').exists() else None
+    if files: h.update(json.dumps({k: v.get('sha256') for k, v in files.items()}, sort_keys=True).encode())
+    else:
+        for p in [d/'identifiers.json', *sorted(d.glob('*/dataset.json'))]:
+            if p.exists(): h.update(p.relative_to(d).as_posix().encode()); h.update(p.read_bytes())
+    return h.hexdigest()[:16]

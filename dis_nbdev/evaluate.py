@@ -13,13 +13,15 @@ import torch
 
 from .core import (ArcDataError, CheckpointError, ConfigError, DisError, atomic_write_json,
                             dist_info, get_device)
+from .steps import INJECTIONS, check_injection, rollout, step_rule
+from .checkpoint import check_data_fingerprint, load_trained
 
 # %% auto #0
-__all__ = ['DEFAULT_KS', 'INJECTIONS', 'CONFIDENCES', 'crop_prediction', 'grid_key', 'key_to_grid', 'to_original_frame',
+__all__ = ['DEFAULT_KS', 'CONFIDENCES', 'crop_prediction', 'grid_key', 'key_to_grid', 'to_original_frame',
            'prediction_to_original', 'crop_sizes', 'Candidate', 'rank_candidates', 'vote', 'VoteTable', 'solved_at',
            'score_predictions', 'make_submission', 'validate_submission', 'write_submission', 'score_submission',
            'StepPredictions', 'step_predictions', 'predict_steps', 'load_test_puzzles', 'solutions_of', 'evaluate',
-           'format_table', 'plot_improvement', 'run_defaults', 'SolveResult', 'solve', 'plot_solve', 'eval_cli']
+           'format_table', 'plot_improvement', 'run_defaults', 'eval_cli']
 
 # %% ../nbs/06_evaluate.ipynb #d331f0e3
 def crop_prediction(tokens, side: int = 30) -> np.ndarray:
@@ -244,8 +246,6 @@ def score_submission(submission: dict, solutions: dict[str, Sequence], ks: Seque
     return score_predictions(preds, solutions, ks)
 
 # %% ../nbs/06_evaluate.ipynb #210dc76a
-INJECTIONS = ('prev_argmax', 'x')
-
 @dataclasses.dataclass
 class StepPredictions:
     "Per-step answers of one batch: `tokens` Long[S,B,L], `q_halt` Float[S,B] (sigmoid), `prob` Float[S,B]."
@@ -253,9 +253,7 @@ class StepPredictions:
     q_halt: torch.Tensor
     prob: torch.Tensor
 
-def _check_injection(injection: str) -> str:
-    if injection not in INJECTIONS: raise ConfigError(f'injection: {injection!r} is not one of {INJECTIONS}')
-    return injection
+_check_injection = check_injection
 
 @torch.no_grad()
 def step_predictions(outs) -> StepPredictions:
@@ -272,7 +270,6 @@ def step_predictions(outs) -> StepPredictions:
 def predict_steps(model, inputs: torch.Tensor, puzzle_identifiers: torch.Tensor, n_steps: int | None = None,
                   injection: str = 'prev_argmax', cfg_weight: float | None = None) -> StepPredictions:
     "Run all `n_steps` supervision steps (default: the model's `n_sup`) on a batch; answers of every step."
-    from dis_nbdev.model import rollout
     _check_injection(injection)
     if cfg_weight is not None and float(cfg_weight) == 1.0: cfg_weight = None   # w=1 is the plain model
     outs = rollout(model, inputs, puzzle_identifiers, n_steps=n_steps, injection=injection,
@@ -362,9 +359,11 @@ CONFIDENCES = ('q_halt', 'prob')
 def evaluate(model, data_dir, batch_size: int = 64, device='auto', cfg_weight: float | None = None,
              ks: Sequence[int] = DEFAULT_KS, out_dir=None, n_steps: int | None = None,
              injection: str = 'prev_argmax', confidence: str = 'q_halt', bf16: bool = False,
-             progress: bool = False) -> dict | None:
+             progress: bool = False, check_data: bool = True) -> dict | None:
     """Score `model` on the test split of the built dataset `data_dir` (augmentation vote, pass@k per step).
-    Returns the results on rank 0 (None elsewhere); writes `out_dir/eval.json` and `out_dir/submission.json`."""
+    Returns the results on rank 0 (None elsewhere); writes `out_dir/eval.json` and `out_dir/submission.json`.
+    A model from `load_trained` must come with the dataset it was trained on (`check_data=False` skips that check)."""
+    if check_data: check_data_fingerprint(getattr(model, 'data_fingerprint', None), data_dir, 'evaluate(model)')
     from dis_nbdev.core import autocast_context
     from dis_nbdev.dataset import TestLoader, open_split
     _check_injection(injection)
@@ -469,172 +468,9 @@ def run_defaults(cfg) -> dict:
     """How a trained run is evaluated by default: DIS runs use their injection rule, `n_sup` steps and their targets;
     TRM runs inject `x` at every step, run `halt_max_steps` steps and are supervised by the label."""
     if cfg is None: return {}
-    if getattr(cfg, 'method', 'dis') == 'trm':
-        return dict(injection='x', n_steps=int(getattr(cfg, 'halt_max_steps', 16)), targets='label')
-    return dict(injection=getattr(cfg, 'injection', 'prev_argmax'), n_steps=None,
-                targets=getattr(cfg, 'targets', 'input_to_label'))
-
-@dataclasses.dataclass
-class SolveResult:
-    "What `solve` returns; `attempts[i]` are the two answers to test input i (original frame)."
-    task: Any                                   # dis_nbdev.arc.Task
-    attempts: list[list[np.ndarray]]            # per test input: [attempt_1, attempt_2]
-    candidates: list[list[Candidate]]           # per test input: every answer of the last step, ranked
-    step_answers: list[list[np.ndarray]]        # per test input: the top-voted answer after each step
-    losses: list[float]                         # test-time-training loss per Adam step
-    variants: list[str]                         # the augmented variants voted over
-    correct: list[bool] | None = None           # per test input, when the task carries test outputs
-    def plot(self, **kw): return plot_solve(self, **kw)
-    def submission(self) -> dict:
-        "This task's entry of a Kaggle submission."
-        return make_submission({self.task.id: [[g for g in a] for a in self.attempts]})
-
-def _as_task(task):
-    from dis_nbdev.arc import Task, load_task_file, task_from_dict
-    if isinstance(task, Task): return task
-    if isinstance(task, dict): return task_from_dict(task, task_id=str(task.get('id', 'task')), where='solve(task)')
-    if isinstance(task, (str, Path)): return load_task_file(task)
-    raise ArcDataError(f'solve: expected a Task, a task dict or a task file, got {type(task).__name__}')
-
-def _variants(n_aug: int, rng) -> list[tuple[int, np.ndarray]]:
-    from dis_nbdev.arc import IDENTITY_CMAP, random_colour_map
-    out, seen = [(0, IDENTITY_CMAP.copy())], {(0, IDENTITY_CMAP.tobytes())}
-    tries = 0
-    while len(out) < n_aug and tries < 50 * n_aug:
-        tries += 1
-        t, cm = int(rng.integers(8)), random_colour_map(rng)
-        if (t, cm.tobytes()) not in seen: seen.add((t, cm.tobytes())); out.append((t, cm))
-    return out
-
-def solve(task, model, n_aug: int = 8, ttt_steps: int = 300, lr: float = 1e-2, n_steps: int | None = None,
-          injection: str | None = None, targets: str | None = None, cfg_weight: float | None = None,
-          confidence: str = 'prob', device='auto', seed: int = 0, batch_size: int = 64,
-          progress: bool = False) -> SolveResult:
-    """Answer one ARC `task` (Task, dict or JSON file) with a trained `model` (a `RecursiveModel`, or a run
-    folder / checkpoint for `load_trained`): fit fresh puzzle rows on its demonstrations (network frozen),
-    then vote over `n_aug` augmentations of its test inputs. `injection`/`targets` default to the run's."""
-    import torch.nn.functional as F
-    from dis_nbdev.arc import augment_grid, grid_to_tokens, variant_name
-    from dis_nbdev.model import rollout
-    task = _as_task(task)
-    cfg = None
-    if isinstance(model, (str, Path)):
-        from dis_nbdev.train import load_trained
-        model, cfg = load_trained(model, use_ema=True, device='cpu')
-    dflt = run_defaults(cfg)
-    injection = _check_injection(injection or dflt.get('injection') or 'prev_argmax')
-    if confidence not in CONFIDENCES: raise ConfigError(f'confidence: {confidence!r} is not one of {CONFIDENCES}')
-    if targets is None:
-        targets = dflt.get('targets') or ('input_to_label' if injection == 'prev_argmax' else 'label')
-    n_steps = n_steps or dflt.get('n_steps')
-    c = model.config
-    side = int(round(math.sqrt(c.seq_len)))
-    if side * side != c.seq_len: raise ConfigError(f'solve: seq_len {c.seq_len} is not a square canvas')
-    n_steps = int(n_steps or c.n_sup)
-    device = get_device(device)
-    rng = np.random.default_rng(seed)
-    gen = torch.Generator().manual_seed(seed)
-    variants = _variants(max(1, n_aug), rng)
-    names = [variant_name(task.id, t, cm) for t, cm in variants]
-    # demonstrations of every variant, each with its own row (row 0 stays blank)
-    xs, ys, ids = [], [], []
-    for v, (t, cm) in enumerate(variants):
-        for p in task.train:
-            xs.append(grid_to_tokens(augment_grid(p.input, t, cm), side))
-            ys.append(grid_to_tokens(augment_grid(p.output, t, cm), side)); ids.append(v + 1)
-    X = torch.tensor(np.stack(xs), dtype=torch.long); Y = torch.tensor(np.stack(ys), dtype=torch.long)
-    Y = Y.masked_fill(Y == 0, -100); P = torch.tensor(ids, dtype=torch.long)
-    was_training, old_table = model.training, model.puzzle_emb
-    frozen = [(p, p.requires_grad) for p in model.parameters()]
-    losses: list[float] = []
-    model.to(device).eval()
-    try:
-        if old_table is not None:
-            w = old_table.weight.detach()
-            init = w[1:].mean(0) if w.shape[0] > 1 else w[0]
-            table = torch.nn.Embedding(len(variants) + 1, w.shape[1]).to(device)
-            with torch.no_grad(): table.weight.zero_(); table.weight[1:] = init.to(device)
-            for p, _ in frozen: p.requires_grad_(False)
-            model.puzzle_emb = table
-            if ttt_steps > 0:
-                from dis_nbdev.targets import get_target_generator
-                tg = get_target_generator(targets)
-                opt = torch.optim.Adam(table.parameters(), lr=lr)
-                it = range(ttt_steps)
-                if progress:
-                    from tqdm.auto import tqdm
-                    it = tqdm(it, desc=f'solve {task.id}: test-time training')
-                for _ in it:
-                    sel = torch.randperm(len(X), generator=gen)[:batch_size]
-                    x, y, pid = X[sel], Y[sel], P[sel]
-                    frames = tg(x, y, n_steps, gen).to(device)
-                    x, pid = x.to(device), pid.to(device)
-                    carry, cur, total = model.initial_carry(len(sel), device), x, 0.0
-                    opt.zero_grad(set_to_none=True)
-                    for s in range(1, n_steps + 1):
-                        out = model(carry, cur, pid, step=s)
-                        carry = out.carry
-                        loss = F.cross_entropy(out.logits.flatten(0, 1), frames[s - 1].flatten(), ignore_index=-100)
-                        loss.backward(); total += float(loss.detach())
-                        if injection == 'prev_argmax': cur = out.logits.detach().argmax(-1)
-                    opt.step(); losses.append(total / n_steps)
-        # the vote over the variants' test inputs
-        tables = [VoteTable() for _ in range(n_steps)]
-        inverses = [_Inverse(n) for n in names]
-        rows = [(v, i, grid_to_tokens(augment_grid(p.input, t, cm), side))
-                for v, (t, cm) in enumerate(variants) for i, p in enumerate(task.test)]
-        for b0 in range(0, len(rows), batch_size):
-            chunk = rows[b0:b0 + batch_size]
-            x = torch.tensor(np.stack([r[2] for r in chunk]), dtype=torch.long, device=device)
-            pid = torch.tensor([r[0] + 1 for r in chunk], dtype=torch.long, device=device)
-            sp = step_predictions(rollout(model, x, pid if old_table is not None else None, n_steps=n_steps,
-                                          injection=injection, cfg_weight=cfg_weight))
-            conf = _confidences(sp, confidence)
-            _vote_batch(tables, [(inverses[v], task.id, [i]) for v, i, _ in chunk], sp.tokens, conf, side)
-    finally:
-        model.puzzle_emb = old_table
-        for p, rg in frozen: p.requires_grad_(rg)
-        model.train(was_training)
-    n_test = len(task.test)
-    candidates = [tables[-1].ranked(task.id, i) for i in range(n_test)]
-    attempts = []
-    for cands in candidates:
-        grids = [c.grid for c in cands[:2] if c.grid.size] or [np.zeros((1, 1), np.uint8)]
-        attempts.append(grids + [grids[0]] * (2 - len(grids)))
-    step_answers = []
-    for i in range(n_test):
-        row = []
-        for s in range(n_steps):
-            r = tables[s].ranked(task.id, i)
-            row.append(r[0].grid if r else np.zeros((0, 0), np.uint8))
-        step_answers.append(row)
-    correct = None
-    if all(p.output is not None for p in task.test):
-        correct = [any(a.shape == p.output.shape and np.array_equal(a, p.output) for a in att)
-                   for att, p in zip(attempts, task.test)]
-    return SolveResult(task, attempts, candidates, step_answers, losses, names, correct)
-
-def plot_solve(result: SolveResult, size: float = 1.4, dpi: int = 70):
-    "One row per test input: the input, the top answer after each supervision step, the two attempts, the truth."
-    import matplotlib.pyplot as plt
-    from dis_nbdev.arc import plot_grid
-    n_test, n_steps = len(result.attempts), len(result.step_answers[0])
-    has_truth = result.correct is not None
-    cols = 1 + n_steps + 2 + int(has_truth)
-    fig, axes = plt.subplots(n_test, cols, figsize=(size * cols, size * n_test), dpi=dpi, squeeze=False)
-    for i in range(n_test):
-        ax = axes[i]
-        plot_grid(result.task.test[i].input, ax=ax[0], title='input')
-        for s, g in enumerate(result.step_answers[i]):
-            if g.size: plot_grid(g, ax=ax[1 + s], title=f'step {s + 1}')
-            else: ax[1 + s].set_axis_off(); ax[1 + s].set_title(f'step {s + 1}: none', fontsize=8)
-        for j in range(2):
-            ok = '' if not has_truth else (' ✓' if np.array_equal(result.attempts[i][j], result.task.test[i].output) else ' ✗')
-            plot_grid(result.attempts[i][j], ax=ax[1 + n_steps + j], title=f'attempt {j + 1}{ok}')
-        if has_truth: plot_grid(result.task.test[i].output, ax=ax[-1], title='truth')
-    fig.suptitle(f'{result.task.id}', fontsize=9)
-    fig.tight_layout()
-    return fig
+    rule = step_rule(cfg)
+    targets = 'label' if getattr(cfg, 'method', 'dis') == 'trm' else getattr(cfg, 'targets', 'input_to_label')
+    return dict(injection=rule.injection, n_steps=rule.n_steps, targets=targets)
 
 # %% ../nbs/06_evaluate.ipynb #989d3d18
 def eval_cli(argv: Sequence[str] | None = None) -> dict | None:
@@ -652,10 +488,10 @@ def eval_cli(argv: Sequence[str] | None = None) -> dict | None:
     ap.add_argument('--device', default='auto')
     ap.add_argument('--no-ema', action='store_true', help='use the raw weights even when the run has EMA weights')
     ap.add_argument('--bf16', action='store_true')
+    ap.add_argument('--skip-data-check', action='store_true', help='evaluate even when --data is not the dataset the run was trained on')
     ap.add_argument('--ks', default=','.join(map(str, DEFAULT_KS)), help='comma-separated k of pass@k')
     a = ap.parse_args(argv)
     try:
-        from dis_nbdev.train import load_trained
         di = dist_info()
         created = False
         if di.world_size > 1 and not torch.distributed.is_initialized():
@@ -671,7 +507,7 @@ def eval_cli(argv: Sequence[str] | None = None) -> dict | None:
         ks = tuple(int(k) for k in a.ks.split(',') if k.strip())
         res = evaluate(model, a.data, batch_size=a.batch_size, device=a.device, cfg_weight=a.cfg_weight, ks=ks,
                        out_dir=out, n_steps=a.n_steps or dflt.get('n_steps'), injection=injection, confidence=confidence, bf16=a.bf16,
-                       progress=True)
+                       progress=True, check_data=not a.skip_data_check)
         if res is not None:
             print(format_table(res, ks))
             print(f'ARC score (pass@2, last step): {100 * res["pass@k"].get(2, float("nan")):.2f}%   -> {out}/eval.json, {out}/submission.json')

@@ -17,9 +17,8 @@ from .core import CheckpointError, ConfigError
 
 # %% auto #0
 __all__ = ['PRESETS', 'ModelConfig', 'model_config', 'trunc_normal_', 'rope_tables', 'rotate_half', 'rms_norm', 'Attention',
-           'SwiGLU', 'Block', 'Net', 'Carry', 'StepOutput', 'RecursiveModel', 'count_parameters', 'guided_logits',
-           'rollout', 'to_reference_state_dict', 'load_reference_checkpoint', 'config_from_reference',
-           'load_reference_model']
+           'SwiGLU', 'Block', 'Net', 'Carry', 'StepOutput', 'RecursiveModel', 'count_parameters',
+           'to_reference_state_dict', 'load_reference_checkpoint', 'config_from_reference', 'load_reference_model']
 
 # %% ../nbs/03_model.ipynb #f9fe5100
 @dataclass
@@ -330,35 +329,6 @@ def count_parameters(model: nn.Module) -> int:
     "Trainable parameters, excluding the puzzle-embedding table."
     skip = getattr(getattr(model, 'puzzle_emb', None), 'weight', None)
     return sum(p.numel() for p in model.parameters() if p.requires_grad and p is not skip)
-
-# %% ../nbs/03_model.ipynb #962e7734
-def guided_logits(cond: torch.Tensor, uncond: torch.Tensor, w: float) -> torch.Tensor:
-    "Classifier-free guidance: `uncond + w * (cond - uncond)` (w=1: conditional, w=0: unconditional)."
-    return uncond + w * (cond - uncond)
-
-@torch.no_grad()
-def rollout(model: RecursiveModel, inputs: torch.Tensor, puzzle_identifiers: torch.Tensor | None = None,
-            n_steps: int | None = None, injection: str = 'x', cfg_weight: float | None = None,
-            clamp_x_steps=()) -> list[StepOutput]:
-    "All supervision steps of a batch from a fresh carry (no gradient). `clamp_x_steps`: 1-based steps run with x=0."
-    if injection not in ('x', 'prev_argmax'):
-        raise ConfigError(f"rollout: injection must be 'x' or 'prev_argmax', got {injection!r}")
-    n_steps = n_steps or model.config.n_sup
-    B = inputs.shape[0]
-    carry = model.initial_carry(B, inputs.device)
-    ucarry = model.initial_carry(B, inputs.device) if cfg_weight is not None else None
-    cur, outs = inputs, []
-    for s in range(1, n_steps + 1):
-        cx = s in clamp_x_steps
-        o = model(carry, cur, puzzle_identifiers, step=s, clamp_x=cx)
-        carry = o.carry
-        if cfg_weight is not None:
-            u = model(ucarry, cur, puzzle_identifiers, step=s, clamp_x=cx, drop_puzzle=True)
-            ucarry = u.carry
-            o = StepOutput(o.carry, guided_logits(o.logits, u.logits, cfg_weight), o.q_halt, o.q_continue)
-        outs.append(o)
-        if injection == 'prev_argmax': cur = o.logits.argmax(-1)
-    return outs
 
 # %% ../nbs/03_model.ipynb #b540f309
 _REF_NAMES = [  # (reference name after 'inner.', name here); {i} = layer index

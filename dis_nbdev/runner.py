@@ -10,11 +10,12 @@ from typing import Any
 
 from .core import (ConfigError, DisError, atomic_write_json, atomic_write_text, from_dict,
                             load_yaml, project_root)
+from .checkpoint import TrainConfig, read_metrics
 
 # %% auto #0
 __all__ = ['DATA_DEFAULTS', 'EVAL_DEFAULTS', 'default_data_dir', 'RunSpec', 'parse_overrides', 'load_run_spec', 'task_to_json',
            'select_tasks', 'write_task_folder', 'prepare_data', 'train_config', 'torchrun_command', 'launch_training',
-           'eval_kwargs', 'run_evaluation', 'run_puzzle_evaluation', 'read_metrics', 'per_step_series', 'plot_training',
+           'eval_kwargs', 'run_evaluation', 'run_puzzle_evaluation', 'per_step_series', 'plot_training',
            'plot_per_step', 'run_state', 'default_notebook', 'execute_run', 'run_cli']
 
 # %% ../nbs/09_runner.ipynb #730f27d9
@@ -155,23 +156,16 @@ def prepare_data(spec: RunSpec, progress: bool = True, workers: int = 2) -> Path
         if (d/'manifest.json').exists(): return d      # another process finished the same build meanwhile
         raise
 
-def _train_config_cls():
-    from dis_nbdev.train import TrainConfig
-    return TrainConfig
-
 def train_config(spec: RunSpec):
     "The run's `TrainConfig` (unknown or ill-typed fields raise `ConfigError` naming the YAML)."
     where = str(spec.source_path) if spec.source_path else spec.name
-    return from_dict(_train_config_cls(), spec.train, where)
+    return from_dict(TrainConfig, spec.train, where)
 
 def _train_in_process(cfg: dict, resume: bool) -> dict:
     from dis_nbdev import train as T
     if 'solver' in str(cfg.get('targets', '')):
         import dis_nbdev.puzzles            # registers the puzzle solver-order target generators
-    fields = {f.name for f in dataclasses.fields(T.TrainConfig)}
-    if 'resume' in fields: return T.train({**cfg, 'resume': resume})
-    if 'resume' in inspect.signature(T.train).parameters: return T.train(cfg, resume=resume)
-    return T.train(cfg)
+    return T.train(cfg, resume=resume)
 
 def torchrun_command(config_path, nproc: int, resume: bool = False, mode: str = '--worker') -> list[str]:
     "The command that runs `python -m dis_nbdev.runner <mode> config_path` on `nproc` local workers."
@@ -261,16 +255,6 @@ def _eval_worker_main(argv) -> None:
         dist.destroy_process_group()
 
 # %% ../nbs/09_runner.ipynb #2adf5628
-def read_metrics(run_dir) -> list[dict]:
-    "Records of `run_dir/metrics.jsonl` (an unfinished last line is ignored)."
-    p = Path(run_dir)/'metrics.jsonl'
-    if not p.exists(): return []
-    out = []
-    for line in p.read_text().splitlines():
-        try: out.append(json.loads(line))
-        except json.JSONDecodeError: pass
-    return out
-
 def per_step_series(record: dict, prefix: str = 'token_acc_s') -> dict[int, float]:
     "`{k: record[f'{prefix}{k}']}` for every supervision step k the record holds (sorted by k)."
     ks = sorted(int(key[len(prefix):]) for key in record if key.startswith(prefix) and key[len(prefix):].isdigit())

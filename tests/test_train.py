@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import dis_nbdev.train as T
-from dis_nbdev.core import CheckpointError, ConfigError
+from dis_nbdev.core import EXIT_INTERRUPTED, CheckpointError, ConfigError
 
 torch.set_num_threads(1)
 
@@ -207,7 +207,7 @@ def test_cli_runs_from_yaml_with_overrides(arc_small, tmp_path, capsys):
 
 def test_killed_and_preempted_run_resumes_identically(arc_aug, tmp_path):
     """dis-train killed with SIGKILL after its first checkpoint, resumed, then stopped by SIGTERM (a preempted job:
-    it finishes the batch, checkpoints and exits 0), then resumed again: it ends where an uninterrupted run ends."""
+    it finishes the batch, checkpoints and exits EXIT_INTERRUPTED), then resumed again: it ends where an uninterrupted run ends."""
     import signal, time, yaml
     kw = dict(max_steps=36, checkpoint_every=6, cfg_drop_prob=0.2)
     T.train(cfg(arc_aug, tmp_path / 'straight', **kw))
@@ -228,9 +228,9 @@ def test_killed_and_preempted_run_resumes_identically(arc_aug, tmp_path):
     last = lambda: json.loads(mj.read_text().splitlines()[-1])['step'] if mj.exists() and mj.read_text().strip() else 0
     wait(lambda: last() > step, p); p.send_signal(signal.SIGTERM)
     out, err = p.communicate(timeout=120)
-    assert p.returncode == 0, err[-2000:]
+    assert p.returncode == EXIT_INTERRUPTED == 75, err[-2000:]
     summary = json.loads((tmp_path / 'killed' / 'summary.json').read_text())
-    assert summary['stopped'] == 'signal SIGTERM' and summary['step'] % 6 == 0 and step < summary['step'] < 36
+    assert summary['state'] == 'interrupted' and summary['stopped'] == 'signal SIGTERM' and summary['step'] % 6 == 0 and step < summary['step'] < 36
     assert torch.load(ck, weights_only=True)['step'] == summary['step']
     # 3. resume to the end
     s = T.train_cli(['--config', str(y), '--resume'])
@@ -246,11 +246,15 @@ def test_options_paper_variants_and_stop_rules(arc_small, tmp_path):
     model, c = T.load_trained(tmp_path / 'paper', use_ema=False)
     assert model.config.vocab_size == 13 and c.targets == 'mask'           # the mask token widens the vocabulary
     assert s['optimizer'].endswith('AdamATan2') and s['metrics']['net_calls_per_sample'] == 18.0
-    # epochs -> steps: one epoch of this dataset is 2 batches of 8, i.e. 12 optimizer steps
-    s = T.train(cfg(arc_small, tmp_path / 'epochs', epochs=1, log_every=6))
-    assert s['total_steps'] == 12 and s['step'] == 12 and s['stopped'] == 'max_steps'
+    # epochs -> optimizer steps as the references count them: epochs x examples / global batch (here 17 examples of
+    # 4 tasks, batch 8: 3 epochs = int(3 * 17 / 8) = 6 optimizer steps = one DIS batch of 6 supervision steps)
+    from dis_nbdev.dataset import TrainLoader, open_split
+    assert TrainLoader(open_split(arc_small, 'train'), 8).examples_per_epoch == 17
+    s = T.train(cfg(arc_small, tmp_path / 'epochs', epochs=3, log_every=6))
+    assert s['total_steps'] == 6 and s['step'] == 6 and s['stopped'] == 'max_steps' and s['state'] == 'finished'
     s = T.train(cfg(arc_small, tmp_path / 'budget', max_steps=600, time_budget_s=1e-3))
     assert s['stopped'] == 'time_budget' and s['step'] % 6 == 0 and s['step'] < 600   # stops at a batch boundary
+    assert s['state'] == 'finished'                                                     # a declared budget is the planned end
 
 
 # ------------------------------------------------------------------------------------------- wandb

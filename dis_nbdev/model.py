@@ -330,6 +330,9 @@ def count_parameters(model: nn.Module) -> int:
     skip = getattr(getattr(model, 'puzzle_emb', None), 'weight', None)
     return sum(p.numel() for p in model.parameters() if p.requires_grad and p is not skip)
 
+# %% ../nbs/03_model.ipynb #17280ded
+from .steps import guided_logits, rollout   # re-exported: the roll-out lives in `steps`
+
 # %% ../nbs/03_model.ipynb #b540f309
 _REF_NAMES = [  # (reference name after 'inner.', name here); {i} = layer index
     ('H_init', 'y_init'), ('L_init', 'z_init'),

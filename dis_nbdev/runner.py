@@ -148,7 +148,8 @@ def select_tasks(source: str, subset: str | None = None, max_grid: int | None = 
 def write_task_folder(tasks, folder) -> Path:
     "Write tasks as `folder/evaluation/<id>.json`: a `folder:` source whose test set is exactly these tasks."
     folder = Path(folder)
-    for t in tasks: atomic_write_json(folder/'evaluation'/f'{t.id}.json', task_to_json(t), indent=None)
+    from dis_nbdev.arc import check_task_id
+    for t in tasks: atomic_write_json(folder/'evaluation'/f'{check_task_id(t.id, str(folder))}.json', task_to_json(t), indent=None)
     return folder
 
 def prepare_data(spec: RunSpec, progress: bool = True, workers: int = 2) -> Path:
@@ -157,10 +158,12 @@ def prepare_data(spec: RunSpec, progress: bool = True, workers: int = 2) -> Path
     if spec.data['puzzle']:                # generated locally, seeded; rebuilt only if the spec changed
         from dis_nbdev.puzzles import ensure_puzzle_dataset
         return Path(ensure_puzzle_dataset(d, spec.data['puzzle']))
+    from dis_nbdev.dataset import build_arc_dataset, recover_dataset, verify_dataset
+    recover_dataset(d)                     # a build killed mid-swap: put the complete dataset back, drop dead temps
     if (d/'manifest.json').exists():
-        if progress: print(f'reusing dataset {d}')
+        verify_dataset(d)                  # every file as the manifest recorded it, or an error naming the file
+        if progress: print(f'reusing dataset {d} (verified against its manifest)')
         return d
-    from dis_nbdev.dataset import build_arc_dataset
     data = spec.data; source, task_ids = data['source'], data['task_ids']
     if data['test_subset'] or data['max_grid']:
         tasks = select_tasks(source, data['test_subset'], data['max_grid'], task_ids)

@@ -432,9 +432,10 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 class _SignalForwarder:
-    """While executing a notebook: SIGTERM/SIGUSR1 are noted and passed on to the kernel (and its workers), which
-    checkpoint and stop; the notebook then ends with `RunInterrupted` instead of this process dying mid-write."""
-    SIGNALS = ('SIGTERM', 'SIGUSR1')
+    """While executing a notebook: SIGTERM/SIGUSR1 (and a first Ctrl-C, passed on as SIGTERM) are noted and passed on
+    to the kernel (and its workers), which checkpoint and stop; the notebook then ends with `RunInterrupted` instead
+    of this process dying mid-write. A second Ctrl-C interrupts at once."""
+    SIGNALS = ('SIGTERM', 'SIGUSR1', 'SIGINT')
     def __init__(self): self.received, self._old = None, {}
     def __enter__(self):
         if threading.current_thread() is not threading.main_thread(): return self
@@ -443,9 +444,14 @@ class _SignalForwarder:
             if sig is not None: self._old[sig] = signal.signal(sig, self._handle)
         return self
     def _handle(self, signum, frame):
+        if signum == signal.SIGINT:
+            if self.received == 'SIGINT': raise KeyboardInterrupt
+            print('\nCtrl-C: stopping after the current batch with a checkpoint (Ctrl-C again to abort at once)',
+                  file=sys.stderr, flush=True)
         self.received = signal.Signals(signum).name
+        fwd = signal.SIGTERM if signum == signal.SIGINT else signum
         for pid in _descendants(os.getpid()):
-            try: os.kill(pid, signum)
+            try: os.kill(pid, fwd)
             except OSError: pass
     def __exit__(self, *exc):
         for sig, h in self._old.items(): signal.signal(sig, h)

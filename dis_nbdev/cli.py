@@ -8,7 +8,7 @@ import importlib
 from typing import Callable
 
 # %% auto #0
-__all__ = ['build_arc', 'build_puzzles', 'train', 'evaluate', 'run', 'figures', 'exit_status']
+__all__ = ['build_arc', 'build_puzzles', 'train', 'evaluate', 'run', 'figures', 'grid', 'exit_status']
 
 # %% ../nbs/12_cli.ipynb #cd2a2323
 def exit_status(result) -> int:
@@ -29,3 +29,4 @@ train = _entry('train', 'train_cli')
 evaluate = _entry('evaluate', 'eval_cli')
 run = _entry('runner', 'run_cli')
 figures = _entry('figures', 'figures_cli')
+grid = _entry('experiments', 'grid_cli')

@@ -99,6 +99,7 @@ def test_lint_rule():
     d = execute_notebooks.displays
     assert d('print(1)') and d('fig = plot_task(t)') and d('x = 1\nx') and d('plt.imshow(a)') and d('render_step(t, 1)')
     assert not d('x = 1') and not d('assert x == 1') and not d('torch.set_num_threads(1);') and not d('"doc"')
+    assert not d('x = _r.render(a)\nshutil.rmtree(tmp)') and d('model_config("trm")')
     assert d('%timeit f()')                   # not Python: expected to show something
 
 

@@ -15,9 +15,10 @@ skipped as above, exports code (`#| export`, `#| exports`, `#| exporti`), is hid
 or opts out with `#| output: false` (a cell whose output is deliberately not kept). An example cell **displays** when
   - it calls `print(...)` or `display(...)`, or
   - it draws a figure: assigns a name starting with `fig`, or calls `plt.<anything>` or a function whose name starts
-    with `plot` or `render`, or
-  - its last statement is a bare expression not ending in `;` (IPython shows its value; a constant or a docstring
-    does not count). End it with `;` or assign it when the value is not worth showing.
+    with `plot` or `render_`, or
+  - its last statement is a bare expression not ending in `;` (IPython shows its value), except a constant (a
+    docstring) and a call of a function named in `SIDE_EFFECTS` (`shutil.rmtree(...)`, `torch.manual_seed(...)`...:
+    called for what they do, they return None). End the cell with `;` or assign the value when it is not worth showing.
 Every example cell that displays must have at least one saved output.
 
 `--check` is the precise version of the same rule: it executes the notebook and compares, cell by cell, the saved
@@ -66,7 +67,10 @@ def is_example(d: dict, body: str, flags: set[str]) -> bool:
     return d.get('output', '').lower() != 'false'
 
 
-_FIG_CALL = re.compile(r'^(plot|render)')
+_FIG_CALL = re.compile(r'^(plot|render_)')
+SIDE_EFFECTS = {'rmtree', 'unlink', 'remove', 'rmdir', 'mkdir', 'makedirs', 'chdir', 'touch', 'close', 'sleep', 'clear',
+                'append', 'extend', 'update', 'write_text', 'write_bytes', 'savefig', 'set_num_threads', 'manual_seed',
+                'seed', 'seed_everything', 'nbdev_export', 'setenv', 'shutdown'}
 
 
 def displays(body: str) -> bool:
@@ -86,6 +90,8 @@ def displays(body: str) -> bool:
                     if isinstance(n, ast.Name) and n.id.startswith('fig'): return True
     last = tree.body[-1] if tree.body else None
     if isinstance(last, ast.Expr) and not isinstance(last.value, ast.Constant):
+        f = last.value.func if isinstance(last.value, ast.Call) else None
+        if f is not None and (f.id if isinstance(f, ast.Name) else getattr(f, 'attr', '')) in SIDE_EFFECTS: return False
         return not body.rstrip().endswith(';')
     return False
 
@@ -114,6 +120,8 @@ _VOLATILE = [
     (re.compile(r'\d+(\.\d+)?(e[-+]?\d+)?\s*(it|samples|examples|steps|tokens|predictions|calls)/s\b'), '<rate>'),
     (re.compile(r'\d+(\.\d+)?(e[-+]?\d+)?\s*(s|ms|µs|us|ns|sec|secs|seconds|min|minutes)\b'), '<time>'),
     (re.compile(r'\b\d+:\d\d(:\d\d)?\b'), '<time>'),
+    # measured durations as values of keys/names like `train_s`, `eval_s_per_sample`, `wall_seconds`, `time=`
+    (re.compile(r'''(\b\w*(?:_s|_sec|_secs|_seconds|_time|time|_s_per_\w+)['"]?\s*[:=]\s*)-?\d+(\.\d+)?(e[-+]?\d+)?'''), r'\1<time>'),
 ]
 
 

@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 
-.PHONY: venv demo test export
+.PHONY: venv demo test export docs docs-check
 
 $(BIN)/.installed: setup.py settings.ini
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -20,10 +20,24 @@ venv: $(BIN)/.installed
 demo: venv
 	$(BIN)/python -m dis_nbdev.demo
 
+# Notebooks whose saved outputs CI re-executes and compares (tools/execute_notebooks.py --check); the rest are linted.
+CURRENT_NBS ?= nbs/index.ipynb nbs/13_viewer.ipynb
+
 test: venv
 	bash .ci/check_export.sh
 	$(BIN)/nbdev_test --n_workers 2
 	$(BIN)/python -m pytest -q tests
+	$(BIN)/python tools/execute_notebooks.py --check --workers 2 $(CURRENT_NBS)
+	$(MAKE) docs-check
+	$(BIN)/python tools/execute_notebooks.py --lint
+
+# The documentation site in _site/ (notebooks with their saved outputs, API reference, README as index).
+docs: venv
+	$(BIN)/python tools/build_docs.py
+
+# Load every page of the built site in headless Chromium (apt-get install chromium); screenshots in _site_shots/.
+docs-check: docs
+	$(BIN)/python tools/check_site.py
 
 export: venv
 	$(BIN)/nbdev_export && $(BIN)/nbdev_clean

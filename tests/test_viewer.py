@@ -80,6 +80,13 @@ def test_show_is_a_slider(tiny_run):
     assert img.value != last and label.value.startswith('step 1 of 6')
 
 
+def test_show_without_ipywidgets_falls_back_to_the_html_page(tiny_run, monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, 'ipywidgets', None)          # import fails as if it were not installed
+    view = show(run_trace(tiny_run[0], example=0), dpi=30)
+    assert type(view).__name__ == 'HTML' and 'type="range"' in view.data and external_references(view.data) == []
+
+
 def test_puzzle_vocabularies(tmp_path):
     from dis_nbdev.dataset import open_split
     from dis_nbdev.model import RecursiveModel, model_config

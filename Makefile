@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 
-.PHONY: venv demo test export docs docs-check
+.PHONY: venv demo test export docs docs-check outputs
 
 $(BIN)/.installed: setup.py settings.ini
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -30,6 +30,10 @@ test: venv
 	$(BIN)/python tools/execute_notebooks.py --check --workers 2 $(CURRENT_NBS)
 	$(MAKE) docs-check
 	$(BIN)/python tools/execute_notebooks.py --lint
+
+# Re-execute every notebook in place so its example cells keep current outputs (slow/gpu cells keep theirs).
+outputs: venv
+	$(BIN)/python tools/execute_notebooks.py --workers 2
 
 # The documentation site in _site/ (notebooks with their saved outputs, API reference, README as index).
 docs: venv

@@ -80,6 +80,13 @@ def test_show_is_a_slider(tiny_run):
     assert img.value != last and label.value.startswith('step 1 of 6')
 
 
+def test_show_without_ipywidgets_falls_back_to_the_html_page(tiny_run, monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, 'ipywidgets', None)          # import fails as if it were not installed
+    view = show(run_trace(tiny_run[0], example=0), dpi=30)
+    assert type(view).__name__ == 'HTML' and 'type="range"' in view.data and external_references(view.data) == []
+
+
 def test_puzzle_vocabularies(tmp_path):
     from dis_nbdev.dataset import open_split
     from dis_nbdev.model import RecursiveModel, model_config
@@ -109,3 +116,19 @@ def test_diff_grid_and_palettes():
     assert diff_grid(np.array([2, 3, 4]), np.array([2, 5, -100])).tolist() == [1, 2, 0]
     p = arc_palette()
     assert p.colour(0) == '#FFFFFF' and p.colour(2) == '#000000' and p.rgb(np.array([[2]]))[0, 0].tolist() == [0, 0, 0]
+
+
+def test_trained_puzzle_run_with_solver_targets(tmp_path):
+    "A tiny N-Queens DIS run trained on solver-order targets: the viewer rebuilds those targets and draws queens."
+    from dis_nbdev.puzzles import build_puzzle_dataset
+    from dis_nbdev.train import train
+    data = build_puzzle_dataset(tmp_path / 'q6', dict(kind='nqueens', n=6, train=16, test=2, givens=(1, 4)))
+    train(dict(data_dir=str(data), out_dir=str(tmp_path / 'run'), method='dis', preset='dis_compact',
+               model={'hidden_size': 32, 'num_heads': 2, 'puzzle_emb_ndim': 32, 'puzzle_emb_len': 1},
+               targets='nqueens_solver', global_batch_size=8, max_steps=6, lr=1e-3, lr_warmup_steps=1,
+               lr_schedule='constant', ema=None, optimizer='adamw', device='cpu', wandb_mode='disabled',
+               progress=False, log_every=2, checkpoint_every=10_000))
+    tr = run_trace(tmp_path / 'run', example=1)
+    assert tr.kind == 'nqueens' and tr.palette.glyph(2) == 'Q' and tr.side == 6 and tr.targets is not None
+    assert tr.targets[-1].tolist() == tr.labels.tolist()
+    assert Image.open(io.BytesIO(gif_bytes(tr, dpi=30))).n_frames == tr.n_steps == 6

@@ -169,7 +169,7 @@ def test_cuda_without_cuda_is_a_config_error(data_a, tmp_path, monkeypatch):
 
 # ------------------------------------------------------------------------------------------- stop states
 def test_run_states_and_the_interrupted_exit_code(monkeypatch, tmp_path):
-    assert [T.run_state(r) for r in ('max_steps', 'stop_at_step', 'time_budget', 'signal SIGTERM', 'peer')] == \
+    assert [T.stop_state(r) for r in ('max_steps', 'stop_at_step', 'time_budget', 'signal SIGTERM', 'peer')] == \
         ['finished'] * 3 + ['interrupted'] * 2
     y = tmp_path / 'c.yaml'; y.write_text('data_dir: x\n')
     monkeypatch.setattr(T, 'train', lambda d, resume=False: dict(state='interrupted', stopped='signal SIGTERM', metrics={}))

@@ -352,8 +352,8 @@ def _gather(state: _EvalState, rank: int, world_size: int) -> _EvalState | None:
     for s in out[1:]: total.merge(s)
     return total
 
-def _step_rows(result_steps, ks):
-    return [{'step': s + 1, 'pass@1': r['pass@k'].get(1), 'pass@2': r['pass@k'].get(2), 'pass@k': r['pass@k'],
+def _step_rows(result_steps, ks, first: int = 1):
+    return [{'step': s + first, 'pass@1': r['pass@k'].get(1), 'pass@2': r['pass@k'].get(2), 'pass@k': r['pass@k'],
              'token_acc': r['token_acc'], 'exact_acc': r['exact_acc']} for s, r in enumerate(result_steps)]
 
 # %% ../nbs/06_evaluate.ipynb #6aff179d
@@ -361,11 +361,14 @@ CONFIDENCES = ('q_halt', 'prob')
 
 def evaluate(model, data_dir, batch_size: int = 64, device='auto', cfg_weight: float | None = None,
              ks: Sequence[int] = DEFAULT_KS, out_dir=None, n_steps: int | None = None,
-             injection: str = 'prev_argmax', confidence: str = 'q_halt', bf16: bool = False,
-             progress: bool = False) -> dict | None:
+             injection: str = 'prev_argmax', confidence: str = 'q_halt', bf16: bool | str = False,
+             progress: bool = False, per_step: bool = True) -> dict | None:
     """Score `model` on the test split of the built dataset `data_dir` (augmentation vote, pass@k per step).
-    Returns the results on rank 0 (None elsewhere); writes `out_dir/eval.json` and `out_dir/submission.json`."""
-    from dis_nbdev.core import autocast_context
+    Returns the results on rank 0 (None elsewhere); writes `out_dir/eval.json` and `out_dir/submission.json`.
+    `bf16`: False (exact fp32, the default), True, or 'auto' (`core.resolve_bf16`). `per_step=False` reads out,
+    votes and scores only the last step (same score and submission; `per_step` then holds that step alone)."""
+    from dis_nbdev.core import autocast_context, resolve_bf16
+    from dis_nbdev.model import rollout
     from dis_nbdev.dataset import TestLoader, open_split
     _check_injection(injection)
     if confidence not in CONFIDENCES: raise ConfigError(f'confidence: {confidence!r} is not one of {CONFIDENCES}')
@@ -378,9 +381,12 @@ def evaluate(model, data_dir, batch_size: int = 64, device='auto', cfg_weight: f
     puzzles = load_test_puzzles(data_dir)
     in_index = _input_index(puzzles)
     n_steps = int(n_steps or model.config.n_sup)
+    bf16 = resolve_bf16(bf16, device)
+    kept = n_steps if per_step else 1                   # the last `kept` steps are read out and voted
+    w = None if cfg_weight is None or float(cfg_weight) == 1.0 else float(cfg_weight)   # w=1 is the plain model
     was_training = model.training
     model.to(device).eval()
-    state, inverses = _EvalState(n_steps), {}
+    state, inverses = _EvalState(kept), {}
     loader = TestLoader(split, batch_size, rank=di.rank, world_size=di.world_size)
     if progress and di.is_main:
         from tqdm.auto import tqdm
@@ -392,7 +398,8 @@ def evaluate(model, data_dir, batch_size: int = 64, device='auto', cfg_weight: f
             if not keep.any(): continue
             inputs, pids, labels = batch['inputs'][keep], batch['puzzle_identifiers'][keep], batch['labels'][keep]
             with autocast_context(device, bf16):
-                sp = predict_steps(model, inputs.to(device), pids.to(device), n_steps, injection, cfg_weight)
+                outs = rollout(model, inputs.to(device), pids.to(device), n_steps=n_steps, injection=injection, cfg_weight=w)
+            sp = step_predictions(outs[-kept:])           # softmax, crops and votes of the kept steps only
             toks = sp.tokens.cpu()
             valid = labels != -100
             right = (toks == labels[None]) & valid[None]                 # [S,B,L]
@@ -417,7 +424,7 @@ def evaluate(model, data_dir, batch_size: int = 64, device='auto', cfg_weight: f
     solutions = solutions_of(puzzles)
     n_tests = {t: len(v) for t, v in solutions.items()}
     steps, final_preds = [], None
-    for s in range(n_steps):
+    for s in range(kept):
         preds = state.tables[s].predictions(n_tests)
         sc = score_predictions(preds, solutions, ks)
         sc['token_acc'] = float(state.token_correct[s] / max(state.token_total, 1))
@@ -426,10 +433,10 @@ def evaluate(model, data_dir, batch_size: int = 64, device='auto', cfg_weight: f
     final = steps[-1]
     submission = make_submission(final_preds)
     n_pred = state.examples          # one prediction = one augmented test input through all steps
-    result = {'pass@k': final['pass@k'], 'per_step': _step_rows(steps, ks), 'per_task': final['per_task'],
+    result = {'pass@k': final['pass@k'], 'per_step': _step_rows(steps, ks, first=n_steps - kept + 1), 'per_task': final['per_task'],
               'n_tasks': final['n_tasks'], 'n_examples': state.examples, 'n_predictions': n_pred,
               'unmatched_examples': state.unmatched, 'n_steps': n_steps, 'injection': injection,
-              'cfg_weight': cfg_weight, 'confidence': confidence, 'world_size': di.world_size,
+              'cfg_weight': cfg_weight, 'confidence': confidence, 'bf16': bf16, 'world_size': di.world_size,
               'time_s': elapsed, 'predictions_per_s': n_pred / max(elapsed, 1e-9)}
     if out_dir is not None:
         out_dir = Path(out_dir)
@@ -651,7 +658,9 @@ def eval_cli(argv: Sequence[str] | None = None) -> dict | None:
     ap.add_argument('--confidence', choices=CONFIDENCES, default=None, help="first tie-breaker of the vote (default q_halt, then p)")
     ap.add_argument('--device', default='auto')
     ap.add_argument('--no-ema', action='store_true', help='use the raw weights even when the run has EMA weights')
-    ap.add_argument('--bf16', action='store_true')
+    ap.add_argument('--bf16', nargs='?', const='on', default='off', metavar='auto|on|off',
+                    help='bf16 autocast: off (exact fp32, the default), on, or auto (on where the device computes bf16 natively)')
+    ap.add_argument('--last-step-only', action='store_true', help='read out and vote only the last step (same score, less work)')
     ap.add_argument('--ks', default=','.join(map(str, DEFAULT_KS)), help='comma-separated k of pass@k')
     a = ap.parse_args(argv)
     try:
@@ -671,7 +680,7 @@ def eval_cli(argv: Sequence[str] | None = None) -> dict | None:
         ks = tuple(int(k) for k in a.ks.split(',') if k.strip())
         res = evaluate(model, a.data, batch_size=a.batch_size, device=a.device, cfg_weight=a.cfg_weight, ks=ks,
                        out_dir=out, n_steps=a.n_steps or dflt.get('n_steps'), injection=injection, confidence=confidence, bf16=a.bf16,
-                       progress=True)
+                       progress=True, per_step=not a.last_step_only)
         if res is not None:
             print(format_table(res, ks))
             print(f'ARC score (pass@2, last step): {100 * res["pass@k"].get(2, float("nan")):.2f}%   -> {out}/eval.json, {out}/submission.json')

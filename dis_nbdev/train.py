@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .core import (DisError, CheckpointError, ConfigError, get_device, seed_everything, autocast_context,
+                            auto_bool, resolve_bf16, resolve_compile,
                             dist_info, atomic_torch_save, atomic_write_json, atomic_write_text, from_dict, load_yaml)
 
 # %% auto #0
@@ -202,8 +203,8 @@ class TrainConfig:
     q_loss_weight: float = 0.5
     seed: int = 0
     device: str = 'auto'
-    bf16: bool = False
-    compile: bool = False
+    bf16: bool | str = 'auto'          # 'auto': on where the device computes bf16 natively (core.resolve_bf16)
+    compile: bool | str = 'auto'       # 'auto': compile the shared net when the run is long enough (core.resolve_compile)
     log_every: int = 10
     checkpoint_every: int = 1000
     eval_every: int | None = None
@@ -224,6 +225,7 @@ class TrainConfig:
         if int(self.global_batch_size) < 1: raise ConfigError(f'TrainConfig.global_batch_size must be >= 1, got {self.global_batch_size}')
         if not 0 <= float(self.cfg_drop_prob) <= 1: raise ConfigError(f'TrainConfig.cfg_drop_prob must be in [0,1], got {self.cfg_drop_prob}')
         if self.ema is not None and not 0 < float(self.ema) < 1: raise ConfigError(f'TrainConfig.ema must be in (0,1) or None, got {self.ema}')
+        for k in ('bf16', 'compile'): auto_bool(getattr(self, k), f'TrainConfig.{k}')
 
     @property
     def optimizer_kind(self) -> str:
@@ -424,7 +426,9 @@ class Trainer:
             self.net = DDP(self.model, device_ids=[self.device.index] if self.device.type == 'cuda' else None)
             with torch.no_grad():   # the table is outside DDP: broadcast it ourselves
                 for p in self.puzzle_params: dist.broadcast(p.data, 0)
-        if cfg.compile:    # compile the shared net in place (state-dict keys unchanged; the Python step loop stays eager)
+        self.bf16 = resolve_bf16(cfg.bf16, self.device)         # 'auto' -> the device's native precision
+        self.compile = resolve_compile(cfg.compile, self.device, self.total_steps, cfg.time_budget_s)
+        if self.compile:    # compile the shared net in place (state-dict keys unchanged; the Python step loop stays eager)
             inner = getattr(self.model, 'net', None)
             if isinstance(inner, nn.Module): inner.compile()
             else: self.model.compile()
@@ -466,7 +470,7 @@ class Trainer:
         self.step += 1
 
     def _forward(self, carry, inputs, pids, step, drop):
-        with autocast_context(self.device, self.cfg.bf16):
+        with autocast_context(self.device, self.bf16):
             return self.net(carry, inputs, pids, step=step, drop_puzzle=drop)
 
     # ---------------------------------------------------------------- DIS
@@ -689,7 +693,7 @@ class Trainer:
         from dis_nbdev.evaluate import evaluate      # collective: every rank takes its shard, rank 0 gets the result
         n_steps = self.n_sup if cfg.method == 'dis' else int(cfg.halt_max_steps)
         res = evaluate(self.eval_model(), cfg.data_dir, batch_size=cfg.eval_batch_size, device=self.device,
-                       out_dir=self.run_dir / f'eval_step{self.step}', n_steps=n_steps, injection=cfg.injection if cfg.method == 'dis' else 'x', bf16=cfg.bf16)
+                       out_dir=self.run_dir / f'eval_step{self.step}', n_steps=n_steps, injection=cfg.injection if cfg.method == 'dis' else 'x', bf16=self.bf16)
         if not self.info.is_main or not res: return
         rec = dict(step=self.step, **{f'eval/pass@{k}': v for k, v in res.get('pass@k', {}).items()})
         with open(self.run_dir / 'metrics.jsonl', 'a') as fh: fh.write(json.dumps(rec) + '\n')
@@ -716,7 +720,7 @@ class Trainer:
         self.wandb, self.bar = None, None
         if self.info.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(self.run_dir / 'config.json', dataclasses.asdict(cfg))
+            atomic_write_json(self.run_dir / 'config.json', {**dataclasses.asdict(cfg), 'bf16_resolved': self.bf16, 'compile_resolved': self.compile})
             if cfg.wandb_mode != 'disabled':
                 import wandb
                 idf = self.run_dir / 'wandb_id.txt'     # one wandb run per run folder, continued on resume

@@ -31,6 +31,10 @@ PEAK_BF16_TFLOPS = {              # dense bf16 tensor-core peaks (vendor data sh
     'V100': 125, 'T4': 65}
 
 
+def sync(dev):
+    if dev.type == 'cuda': torch.cuda.synchronize()
+
+
 def peak_tflops(name: str, override: float | None) -> float | None:
     if override: return override
     for k, v in PEAK_BF16_TFLOPS.items():
@@ -74,7 +78,7 @@ def check_logits(dev, a):
     m.to(dev)
     torch.backends.cuda.matmul.allow_tf32 = False; torch.backends.cudnn.allow_tf32 = False
     gpu = [o.logits.cpu() for o in rollout(m, x.to(dev), pids.to(dev), n_steps=3, injection='x')]
-    with torch.autocast('cuda', dtype=torch.bfloat16):
+    with torch.autocast(dev.type, dtype=torch.bfloat16):
         low = [o.logits.cpu() for o in rollout(m, x.to(dev), pids.to(dev), n_steps=3, injection='x')]
     diff = max((c - g).abs().max().item() for c, g in zip(cpu, gpu))
     agree = min((c.argmax(-1) == l.argmax(-1)).float().mean().item() for c, l in zip(cpu, low))
@@ -92,13 +96,13 @@ def check_step(dev, a, peak):
         opt = torch.optim.AdamW(m.dense_parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
         batch = tuple(t.to(dev) for t in make_batch(a.batch, 30, m.config.vocab_size, 64))
         t0 = time.perf_counter()
-        loss = train_step(m, opt, batch, dev, True); torch.cuda.synchronize()
+        loss = train_step(m, opt, batch, dev, True); sync(dev)
         first = time.perf_counter() - t0
         if not torch.isfinite(loss): return False, f'{preset}: non-finite loss {loss.item()}', rows
         for _ in range(2): train_step(m, opt, batch, dev, True)
-        torch.cuda.synchronize(); t0 = time.perf_counter()
+        sync(dev); t0 = time.perf_counter()
         for _ in range(a.iters): train_step(m, opt, batch, dev, True)
-        torch.cuda.synchronize(); s = (time.perf_counter() - t0) / a.iters
+        sync(dev); s = (time.perf_counter() - t0) / a.iters
         tf = step_flops(m.config, a.batch) / s / 1e12
         mfu = f'{tf / peak:.1%}' if peak else 'n/a (unknown peak: --peak-tflops)'
         out.append(f'{preset}: {a.batch / s:.0f} ex/s, {tf:.1f} TFLOP/s, MFU {mfu}, first step (compile) {first:.0f} s')
@@ -126,12 +130,13 @@ def check_atan2(dev, a):
 NCCL_WORKER = textwrap.dedent('''
     import json, sys, torch, torch.distributed as dist
     from dis_nbdev.train import train
-    torch.cuda.set_device(0)
-    dist.init_process_group('nccl')
-    t = torch.ones(4, device='cuda'); dist.all_reduce(t); dist.barrier()
+    cfg = json.loads(sys.argv[1])
+    if cfg['device'] == 'cuda': torch.cuda.set_device(0)
+    dist.init_process_group('nccl' if cfg['device'] == 'cuda' else 'gloo')
+    t = torch.ones(4, device=cfg['device']); dist.all_reduce(t); dist.barrier()
     assert t.sum().item() == 4 * dist.get_world_size()
-    s = train(json.loads(sys.argv[1]))
-    print('NCCL-OK', s['step'], s['state'] if 'state' in s else s['stopped'])
+    s = train(cfg)
+    print('PG-OK', dist.get_backend(), s['step'], s.get('state', s['stopped']))
     dist.destroy_process_group()
 ''')
 
@@ -144,14 +149,14 @@ def check_nccl(dev, a):
                                  task_ids=['0d3d703e', 'c8f0f002', 'b1948b0a', 'd511f180'], progress=False, workers=1)
         cfg = dict(data_dir=str(data), out_dir=str(d / 'run'), global_batch_size=8, max_steps=12, lr=1e-3,
                    lr_warmup_steps=2, model=dict(hidden_size=64, num_heads=4, puzzle_emb_ndim=64, puzzle_emb_len=1),
-                   wandb_mode='disabled', progress=False, device='cuda')
+                   wandb_mode='disabled', progress=False, device=dev.type)
         (d / 'w.py').write_text(NCCL_WORKER)
         env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get('PYTHONPATH', ''))
         p = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '1', '--standalone',
                             str(d / 'w.py'), json.dumps(cfg)], capture_output=True, text=True, env=env, timeout=600)
-        ok = p.returncode == 0 and 'NCCL-OK' in p.stdout
-        tail = (p.stdout + p.stderr).strip().splitlines()[-1:] if not ok else [l for l in p.stdout.splitlines() if 'NCCL-OK' in l]
-        return ok, f'torchrun 1 process, NCCL all_reduce + 12 training steps: rc {p.returncode} {tail}'
+        ok = p.returncode == 0 and 'PG-OK' in p.stdout
+        tail = (p.stdout + p.stderr).strip().splitlines()[-1:] if not ok else [l for l in p.stdout.splitlines() if 'PG-OK' in l]
+        return ok, f'torchrun 1 process, all_reduce + 12 training steps in the process group: rc {p.returncode} {tail}'
 
 
 def check_eval(dev, a):
@@ -164,18 +169,18 @@ def check_eval(dev, a):
     inv = {}
     def one(b, kept):   # as evaluate(per_step=True) (kept = all steps) or evaluate(per_step=False) (kept = 1)
         sl = slice(b * B, (b + 1) * B)
-        with torch.autocast('cuda', dtype=torch.bfloat16):
+        with torch.autocast(dev.type, dtype=torch.bfloat16):
             outs = rollout(m, x[sl].to(dev), pids[sl].to(dev), injection='prev_argmax')
         sp = step_predictions(outs[-(kept or len(outs)):])
         rows = [(inv.get(n) or inv.setdefault(n, _Inverse(n)), n.split('|||')[0], [0]) for n in names[sl]]
         _vote_batch([VoteTable() for _ in range(sp.tokens.shape[0])], rows, sp.tokens, _confidences(sp, 'q_halt'), 30)
     for n in names: inv.setdefault(n, _Inverse(n))      # parsed up front: neither read-out pays for it
-    one(0, None); torch.cuda.synchronize()
+    one(0, None); sync(dev)
     rates = {}
     for kept in (None, 1):
         t0 = time.perf_counter()
         for b in range(1, a.eval_batches + 1): one(b, kept)
-        torch.cuda.synchronize()
+        sync(dev)
         rates[kept] = B * a.eval_batches / (time.perf_counter() - t0)
     hours = {k: FULL_ARC1_PREDICTIONS / r / 3600 for k, r in rates.items()}
     return True, (f'{rates[None]:.0f} predictions/s reading out every step, {rates[1]:.0f}/s the last step only '

@@ -109,7 +109,7 @@ def resolve_bf16(value, device) -> bool:
         warnings.warn(f'bf16=True: {BF16_CPU_COST}. Use bf16: auto (or false) for fp32 on this machine.', stacklevel=2)
     return bool(v)
 
-COMPILE_BREAK_EVEN_STEPS = {'cpu': 300, 'cuda': 300}   # see bench/step.py --compile; steps that earn back compilation
+COMPILE_BREAK_EVEN_STEPS = {'cpu': 2000, 'cuda': 2000}   # runs shorter than this stay eager (bench/step.py --compile)
 
 def compile_support(device) -> str | None:
     "None when `torch.compile` can work on `device`, else the reason it cannot (a C++ compiler, triton...)."

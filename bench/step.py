@@ -8,12 +8,21 @@ The reference-style variant is the same network with the reference code's op seq
 rotated one by one with rotate_half, slices instead of splits, lm_head over the whole sequence,
 y + x recomputed at every latent update): it is the honest side-by-side baseline on a busy machine.
 
+Every variant is built and warmed up first, then timed in interleaved rounds (variant 1, 2, ..., 1, 2, ...), so a
+neighbour's load on a shared machine hits all variants alike; the least disturbed round of each counts. The first
+CPU line says what this CPU computes natively and what `bf16: auto` resolves to here.
+
+With --compile the compiled variant's first step (compilation included, in a fresh inductor cache unless
+--warm-cache) is recorded, and the break-even is printed: compile overhead / per-step saving = the number of
+steps after which `compile: true` has paid for itself (`core.COMPILE_BREAK_EVEN_STEPS` holds the measured value).
+
     python bench/step.py                      # dis_compact, batch 8, 30x30, fp32 + bf16, eager
     python bench/step.py --full               # both presets, batch 8 and 64, 30x30 and 10x10
-    python bench/step.py --compile            # also torch.compile(model.net)
+    python bench/step.py --compile            # also torch.compile(model.net), with the break-even
+    python bench/step.py --compile --sides 30 9 --iters 5    # the ARC canvas and a board-sized (Sudoku) one
     python bench/step.py --curve 60           # same-seed loss curves, fp32 vs bf16 autocast
 """
-import argparse, json, math, os, platform, sys, time
+import argparse, json, math, os, platform, sys, tempfile, time
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +31,7 @@ from dis_nbdev.model import (Attention, RecursiveModel, StepOutput, Carry, count
                              rope_tables, rotate_half, rms_norm)
 
 REF_EX_PER_S = 4.1           # dis_compact, batch 8, 30x30, fp32, reference code, 2 cores
-CPU_PEAK = {'fp32': 139e9, 'bf16': 383e9}   # matmul FLOP/s at 2 threads on the reference machine
+CPU_PEAK = {'fp32': 139e9, 'bf16': 383e9}   # matmul FLOP/s at 2 threads on the reference machine (scaled by threads)
 GPU_PEAK = {'fp32': 67e12, 'bf16': 989e12}  # H100 SXM dense (fp32 non-tensor-core, bf16 tensor core)
 
 
@@ -97,24 +106,59 @@ def train_step(model, opt, batch, device, bf16, step=1):
     return loss
 
 
-def time_variant(preset, side, B, dtype, impl, device, compile_, iters, warmup):
+def setup_variant(preset, side, B, dtype, impl, device, compile_):
+    "Model, optimizer and batch of one variant (nothing timed yet)."
     torch.manual_seed(0)
     model = make_model(preset, side, impl).to(device)
     if compile_: model.net.compile()
     opt = torch.optim.AdamW(model.dense_parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
     batch = tuple(t.to(device) for t in make_batch(B, side, model.config.vocab_size, 64))
-    for _ in range(warmup): train_step(model, opt, batch, device, dtype == 'bf16')
-    ts, cs = [], []
+    return dict(model=model, opt=opt, batch=batch, preset=preset, side=side, B=B, dtype=dtype,
+                impl=impl + ('+compile' if compile_ else ''), ts=[], cs=[], first_s=None, first_cpu_s=None)
+
+
+def timed_step(v, device):
+    if device.type == 'cuda': torch.cuda.synchronize()
+    t, c = time.perf_counter(), cpu_seconds()
+    train_step(v['model'], v['opt'], v['batch'], device, v['dtype'] == 'bf16')
+    if device.type == 'cuda': torch.cuda.synchronize()
+    return time.perf_counter() - t, cpu_seconds() - c
+
+
+def cpu_seconds():
+    "CPU time of this process and its finished children (the C++ compiler runs that torch.compile starts)."
+    t = os.times()   # children at clock-tick resolution; this process at process_time's finer one
+    return time.process_time() + t.children_user + t.children_system
+
+
+def time_variants(variants, device, iters, warmup):
+    "Warm every variant up (the first step, compilation included, is kept), then time them in interleaved rounds."
+    for v in variants:
+        for w in range(warmup):
+            t, c = timed_step(v, device)
+            if w == 0: v['first_s'], v['first_cpu_s'] = t, c
     for _ in range(iters):
-        if device.type == 'cuda': torch.cuda.synchronize()
-        t, c = time.perf_counter(), time.process_time()
-        train_step(model, opt, batch, device, dtype == 'bf16')
-        if device.type == 'cuda': torch.cuda.synchronize()
-        ts.append(time.perf_counter() - t); cs.append(time.process_time() - c)
-    s = min(ts)   # the least disturbed run on a shared machine
-    return dict(preset=preset, side=side, batch=B, dtype=dtype, impl=impl + ('+compile' if compile_ else ''),
-                s_per_step=s, cpu_s_per_step=min(cs), ex_per_s=B / s,
-                tflops=step_flops(model.config, B) / s / 1e12)
+        for v in variants:
+            t, c = timed_step(v, device)
+            v['ts'].append(t); v['cs'].append(c)
+    rows = []
+    for v in variants:
+        s = min(v['ts'])   # the least disturbed round on a shared machine
+        rows.append(dict(preset=v['preset'], side=v['side'], batch=v['B'], dtype=v['dtype'], impl=v['impl'],
+                         s_per_step=s, cpu_s_per_step=min(v['cs']), ex_per_s=v['B'] / s, first_step_s=v['first_s'],
+                         first_step_cpu_s=v['first_cpu_s'],
+                         tflops=step_flops(v['model'].config, v['B']) / s / 1e12))
+    return rows
+
+
+def capability_line(device):
+    from dis_nbdev.core import compile_support, cpu_bf16_native, resolve_bf16
+    if device.type == 'cuda':
+        return (f'# {torch.cuda.get_device_name(device)}: bf16 supported {torch.cuda.is_bf16_supported()}; '
+                f'bf16: auto -> {resolve_bf16("auto", device)}; torch.compile: {compile_support(device) or "available"}')
+    return (f'# CPU capability {torch.backends.cpu.get_cpu_capability()}, native bf16 units (AVX512-BF16/AMX) '
+            f'{cpu_bf16_native()}; bf16: auto -> {resolve_bf16("auto", device)}; '
+            f'torch.compile: {compile_support(device) or "available"}')
 
 
 def arc_pairs(side=10, limit=128):
@@ -168,7 +212,8 @@ def main(argv=None):
     p.add_argument('--dtypes', nargs='+', default=['fp32', 'bf16'])
     p.add_argument('--full', action='store_true', help='dis_compact+dis_medium, batch 8+64, 30x30+10x10')
     p.add_argument('--impls', nargs='+', default=['reference-style', 'dis_nbdev'])
-    p.add_argument('--compile', action='store_true', help='also time torch.compile(model.net)')
+    p.add_argument('--compile', action='store_true', help='also time torch.compile(model.net), with its break-even')
+    p.add_argument('--warm-cache', action='store_true', help='keep the usual inductor cache (default: a fresh one)')
     p.add_argument('--iters', type=int, default=3)
     p.add_argument('--warmup', type=int, default=1)
     p.add_argument('--threads', type=int, default=None)
@@ -183,31 +228,52 @@ def main(argv=None):
     if a.full: a.presets, a.batches, a.sides = ['dis_compact', 'dis_medium'], [8, 64], [30, 10]
     print(f'# torch {torch.__version__}, {device}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}'
           f', load avg {os.getloadavg()[0]:.1f} (a busy machine slows every variant; compare ratios within this run)')
-    rows, bases = [], {}
+    print(capability_line(device))
+    if a.compile and not a.warm_cache:   # a fresh inductor cache: the compile time a first run pays
+        os.environ['TORCHINDUCTOR_CACHE_DIR'] = tempfile.mkdtemp(prefix='inductor_bench_')
+    if a.compile and device.type == 'cpu':   # compile in this process, so that its CPU time is counted
+        os.environ.setdefault('TORCHINDUCTOR_COMPILE_THREADS', '1')
+    rows = []
     for preset in ([] if a.no_timing else a.presets):
         for side in a.sides:
             for B in a.batches:
-                for dtype in a.dtypes:
-                    impls = list(a.impls) + (['dis_nbdev+compile'] if a.compile else [])
-                    for impl in impls:
-                        comp = impl.endswith('+compile')
-                        r = time_variant(preset, side, B, dtype, impl.replace('+compile', ''), device, comp,
-                                         a.iters, a.warmup)
-                        key = (preset, side, B)
-                        if impl == 'reference-style' and dtype == 'fp32': bases[key] = r
-                        b0 = bases.get(key)
-                        r['x_vs_refstyle_fp32'] = b0['s_per_step'] / r['s_per_step'] if b0 else None
-                        r['x_cpu_vs_refstyle_fp32'] = b0['cpu_s_per_step'] / r['cpu_s_per_step'] if b0 else None
-                        if preset == 'dis_compact' and side == 30 and B == 8 and device.type == 'cpu':
-                            r['x_vs_ref_figure'] = r['ex_per_s'] / REF_EX_PER_S
-                        peak = (GPU_PEAK if device.type == 'cuda' else CPU_PEAK)[dtype]
-                        r['mfu'] = r['tflops'] * 1e12 / peak
-                        rows.append(r)
-                        print(f"{preset:11s} {side:2d}x{side:<2d} b{B:<3d} {dtype:4s} {r['impl']:22s} "
-                              f"{r['s_per_step']:7.3f} s/step (cpu {r['cpu_s_per_step']:7.3f} s) {r['ex_per_s']:8.2f} ex/s  MFU {r['mfu']:5.1%}"
-                              + (f"  x{r['x_vs_refstyle_fp32']:.2f} wall, x{r['x_cpu_vs_refstyle_fp32']:.2f} cpu vs reference-style fp32" if r['x_vs_refstyle_fp32'] else '')
-                              + (f"  x{r['x_vs_ref_figure']:.2f} vs the 4.1 ex/s reference figure" if 'x_vs_ref_figure' in r else ''),
-                              flush=True)
+                variants = [setup_variant(preset, side, B, dtype, impl.replace('+compile', ''), device, impl.endswith('+compile'))
+                            for dtype in a.dtypes for impl in list(a.impls) + (['dis_nbdev+compile'] if a.compile else [])]
+                group = time_variants(variants, device, a.iters, a.warmup)
+                base = next((r for r in group if r['impl'] == 'reference-style' and r['dtype'] == 'fp32'), None)
+                for r in group:
+                    r['x_vs_refstyle_fp32'] = base['s_per_step'] / r['s_per_step'] if base else None
+                    r['x_cpu_vs_refstyle_fp32'] = base['cpu_s_per_step'] / r['cpu_s_per_step'] if base else None
+                    if preset == 'dis_compact' and side == 30 and B == 8 and device.type == 'cpu':
+                        r['x_vs_ref_figure'] = r['ex_per_s'] / REF_EX_PER_S
+                    peak = GPU_PEAK[r['dtype']] if device.type == 'cuda' else CPU_PEAK[r['dtype']] * torch.get_num_threads() / 2
+                    r['mfu'] = r['tflops'] * 1e12 / peak
+                    if r['impl'].endswith('+compile'):   # break-even against the same dtype, eager
+                        eager = next(e for e in group if e['impl'] == 'dis_nbdev' and e['dtype'] == r['dtype'])
+                        # CPU seconds on a CPU (one thread, compile workers in-process: robust to a busy machine)
+                        k, f = ('cpu_s_per_step', 'first_step_cpu_s') if device.type == 'cpu' else ('s_per_step', 'first_step_s')
+                        r['compile_overhead_s'] = r[f] - eager[k]
+                        saving = eager[k] - r[k]
+                        r['saving_s_per_step'] = saving
+                        r['break_even_steps'] = math.ceil(r['compile_overhead_s'] / saving) if saving > 0 else None
+                    rows.append(r)
+                    print(f"{preset:11s} {side:2d}x{side:<2d} b{B:<3d} {r['dtype']:4s} {r['impl']:22s} "
+                          f"{r['s_per_step']:7.3f} s/step (cpu {r['cpu_s_per_step']:7.3f} s) {r['ex_per_s']:8.2f} ex/s  MFU {r['mfu']:5.1%}"
+                          + (f"  x{r['x_vs_refstyle_fp32']:.2f} wall, x{r['x_cpu_vs_refstyle_fp32']:.2f} cpu vs reference-style fp32" if r['x_vs_refstyle_fp32'] else '')
+                          + (f"  x{r['x_vs_ref_figure']:.2f} vs the 4.1 ex/s reference figure" if 'x_vs_ref_figure' in r else ''),
+                          flush=True)
+                for r in group:
+                    if 'compile_overhead_s' in r:
+                        be = r['break_even_steps']
+                        print(f"  compile ({r['dtype']}, {side}x{side}, b{B}): overhead {r['compile_overhead_s']:.1f} s, saves "
+                              f"{1e3 * r['saving_s_per_step']:.0f} ms/step ({'CPU' if device.type == 'cpu' else 'wall'} time) -> break-even after "
+                              + (f"{be} steps" if be else "never (no per-step saving)"), flush=True)
+                pick = lambda dt: next((r for r in group if r['impl'] == 'dis_nbdev' and r['dtype'] == dt), None)
+                if pick('fp32') and pick('bf16'):
+                    from dis_nbdev.core import resolve_bf16
+                    print(f"  bf16 / fp32 (dis_nbdev, eager, {side}x{side}, b{B}): x{pick('fp32')['cpu_s_per_step'] / pick('bf16')['cpu_s_per_step']:.2f} CPU time, "
+                          f"x{pick('fp32')['s_per_step'] / pick('bf16')['s_per_step']:.2f} wall"
+                          f" -> bf16: auto chose {resolve_bf16('auto', device)} on this {device.type}", flush=True)
     out = dict(rows=rows)
     if a.curve:
         curves = loss_curve(a.curve, device=device)

@@ -214,7 +214,7 @@ class Evaluation(Callback):
         rule = step_rule(cfg)
         res = evaluate(averaged_model(st.model, st.ema), cfg.data_dir, batch_size=cfg.eval_batch_size, device=st.device,
                        out_dir=st.run_dir / f'eval_step{st.step}', n_steps=rule.n_steps or st.n_sup,
-                       injection=rule.injection, bf16=cfg.bf16)
+                       injection=rule.injection, bf16=st.bf16)
         if st.is_main and res:
             rec = dict(step=st.step, **{f'eval/pass@{k}': v for k, v in res.get('pass@k', {}).items()})
             for cb in st.callbacks:

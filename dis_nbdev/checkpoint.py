@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from .core import CheckpointError, ConfigError, atomic_torch_save, atomic_write_text, from_dict, get_device
+from .core import CheckpointError, ConfigError, atomic_torch_save, atomic_write_text, auto_bool, from_dict, get_device
 from .dataset import dataset_fingerprint
 from .model import Carry, ModelConfig, RecursiveModel
 from .steps import LOSSES, INJECTIONS
@@ -58,8 +58,8 @@ class TrainConfig:
     q_loss_weight: float = 0.5
     seed: int = 0
     device: str = 'auto'
-    bf16: bool = False
-    compile: bool = False
+    bf16: bool | str = 'auto'          # 'auto': on where the device computes bf16 natively (core.resolve_bf16)
+    compile: bool | str = 'auto'       # 'auto': compile the shared net when the run is long enough (core.resolve_compile)
     log_every: int = 10
     checkpoint_every: int = 1000
     eval_every: int | None = None
@@ -71,6 +71,7 @@ class TrainConfig:
     grad_clip: float | None = None      # clip the global norm of the dense gradients before the optimizer step
 
     def __post_init__(self):
+        for k in ('bf16', 'compile'): auto_bool(getattr(self, k), f'TrainConfig.{k}')
         for k, allowed in _CHOICES.items():
             if getattr(self, k) not in allowed:
                 raise ConfigError(f'TrainConfig.{k}: {getattr(self, k)!r} is not one of {list(allowed)}')

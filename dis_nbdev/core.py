@@ -12,11 +12,12 @@ import numpy as np
 
 
 # %% auto #0
-__all__ = ['EXIT_INTERRUPTED', 'DisError', 'ArcDataError', 'CheckpointError', 'ConfigError', 'LockError', 'get_device',
-           'seed_everything', 'autocast_context', 'DistInfo', 'dist_info', 'temp_tag', 'atomic_write',
-           'atomic_write_text', 'atomic_write_json', 'atomic_torch_save', 'pid_alive', 'temp_owner', 'stale_temps',
-           'clean_stale_temps', 'FolderLock', 'project_root', 'shared_data_dir', 'coerce_value', 'from_dict',
-           'load_yaml']
+__all__ = ['EXIT_INTERRUPTED', 'BF16_CPU_COST', 'COMPILE_BREAK_EVEN_STEPS', 'DisError', 'ArcDataError', 'CheckpointError',
+           'ConfigError', 'LockError', 'get_device', 'seed_everything', 'autocast_context', 'auto_bool',
+           'cpu_bf16_native', 'resolve_bf16', 'compile_support', 'resolve_compile', 'DistInfo', 'dist_info', 'temp_tag',
+           'atomic_write', 'atomic_write_text', 'atomic_write_json', 'atomic_torch_save', 'pid_alive', 'temp_owner',
+           'stale_temps', 'clean_stale_temps', 'FolderLock', 'project_root', 'shared_data_dir', 'coerce_value',
+           'from_dict', 'load_yaml']
 
 # %% ../nbs/00_core.ipynb #6b2294ca
 class DisError(ValueError):
@@ -61,6 +62,101 @@ def autocast_context(device: torch.device | str, bf16: bool = False):
     device = torch.device(device)
     if not bf16: return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+# %% ../nbs/00_core.ipynb #e0bee889
+_TRUE_WORDS, _FALSE_WORDS = ('true', 'on', 'yes', '1'), ('false', 'off', 'no', '0')
+
+def auto_bool(value, field: str):
+    "'auto', True or False from a bool, 0/1, or a clear word; anything else is a ConfigError naming `field`."
+    if value is None or isinstance(value, bool): return 'auto' if value is None else value
+    if isinstance(value, int) and value in (0, 1): return bool(value)
+    if isinstance(value, str):
+        v = value.strip().lower()
+        if v == 'auto': return 'auto'
+        if v in _TRUE_WORDS: return True
+        if v in _FALSE_WORDS: return False
+    raise ConfigError(f"{field}: {value!r} is not one of 'auto', true, false (or on/off, yes/no, 1/0)")
+
+def _cpu_flags() -> set[str]:
+    "The CPU feature flags of /proc/cpuinfo (empty where there is no such file)."
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith(('flags', 'Features')): return set(line.split(':', 1)[1].split())
+    except OSError: pass
+    return set()
+
+def cpu_bf16_native() -> bool:
+    "True when this CPU has bf16 matmul units (x86 AVX512-BF16 or AMX) that PyTorch's CPU kernels use."
+    import torch
+    cpu = getattr(torch, 'cpu', None)
+    probes = [getattr(cpu, n, None) for n in ('_is_avx512_bf16_supported', '_is_amx_tile_supported')]
+    if any(p is not None for p in probes):
+        for p in probes:
+            try:
+                if p is not None and p(): return True
+            except Exception: pass
+        return False
+    return bool(_cpu_flags() & {'avx512_bf16', 'amx_bf16'})
+
+BF16_CPU_COST = ('on a CPU without bf16 units (measured on AVX2: dis_compact, 30x30, batch 2) bf16 autocast made '
+                 'the forward pass 4x and the backward pass ~20x slower than fp32')
+_warned: set = set()
+
+def resolve_bf16(value, device) -> bool:
+    """Resolve `bf16` ('auto' | True | False | a clear word) for `device`: 'auto' is True exactly where the device
+    computes bf16 natively (CUDA with bf16 support; CPUs with AVX512-BF16/AMX). An explicit True on a CPU
+    without bf16 units is kept, with a one-time warning of its cost."""
+    import torch, warnings
+    v = auto_bool(value, 'bf16')
+    dev = torch.device(device) if not isinstance(device, torch.device) else device
+    if dev.type == 'cuda':
+        native = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    elif dev.type == 'cpu': native = cpu_bf16_native()
+    else: native = False
+    if v == 'auto': return bool(native)
+    if v and dev.type == 'cpu' and not native and 'bf16' not in _warned:
+        _warned.add('bf16')
+        warnings.warn(f'bf16=True: {BF16_CPU_COST}. Use bf16: auto (or false) for fp32 on this machine.', stacklevel=2)
+    return bool(v)
+
+COMPILE_BREAK_EVEN_STEPS = {'cpu': 2000, 'cuda': 2000}   # runs shorter than this stay eager (bench/step.py --compile)
+
+def compile_support(device) -> str | None:
+    "None when `torch.compile` can work on `device`, else the reason it cannot (a C++ compiler, triton...)."
+    import importlib.util, shutil, torch
+    dev = torch.device(device)
+    try:
+        import torch._dynamo
+        if not torch._dynamo.is_dynamo_supported(): return 'torch.compile does not support this Python version'
+    except Exception as e: return f'torch.compile is unavailable ({e})'
+    if dev.type == 'cpu':
+        cxx = os.environ.get('CXX')
+        if not ((cxx and shutil.which(cxx)) or any(shutil.which(c) for c in ('g++', 'clang++', 'c++', 'cl'))):
+            return 'no C++ compiler found (the CPU backend of torch.compile needs one: install g++ or clang, or set CXX)'
+    elif dev.type == 'cuda':
+        if importlib.util.find_spec('triton') is None: return 'triton is not installed (torch.compile on CUDA needs it)'
+    else: return f'torch.compile is not set up for {dev.type} here'
+    return None
+
+def resolve_compile(value, device, planned_steps: int | None, time_budget_s: float | None = None) -> bool:
+    """Resolve `compile` ('auto' | True | False | a clear word): 'auto' compiles when the backend works on `device`
+    and the run is long enough to earn the compile time back (`COMPILE_BREAK_EVEN_STEPS`; a `time_budget_s` run
+    counts as long when the budget exceeds ten minutes). An explicit True that cannot work is a ConfigError."""
+    import torch
+    v = auto_bool(value, 'compile')
+    dev = torch.device(device)
+    if v is False: return False
+    why = compile_support(dev)
+    if v is True:
+        if why: raise ConfigError(f'compile=True: {why}; set compile: auto or false')
+        return True
+    if why: return False
+    need = COMPILE_BREAK_EVEN_STEPS.get(dev.type)
+    if need is None: return False
+    long_enough = planned_steps is not None and int(planned_steps) >= need
+    if time_budget_s is not None: long_enough = long_enough and float(time_budget_s) >= 600
+    return long_enough
 
 # %% ../nbs/00_core.ipynb #ce78a541
 @dataclasses.dataclass(frozen=True)

@@ -283,7 +283,7 @@ def step_predictions(outs) -> StepPredictions:
 def predict_steps(model, inputs: torch.Tensor, puzzle_identifiers: torch.Tensor, n_steps: int | None = None,
                   injection: str = 'prev_argmax', cfg_weight: float | None = None) -> StepPredictions:
     "Run all `n_steps` supervision steps (default: the model's `n_sup`) on a batch; answers of every step."
-    _check_injection(injection)
+    check_injection(injection)
     if cfg_weight is not None and float(cfg_weight) == 1.0: cfg_weight = None   # w=1 is the plain model
     outs = rollout(model, inputs, puzzle_identifiers, n_steps=n_steps, injection=injection,
                    cfg_weight=None if cfg_weight is None else float(cfg_weight))
@@ -362,8 +362,8 @@ def _gather(state: _EvalState, rank: int, world_size: int) -> _EvalState | None:
     for s in out[1:]: total.merge(s)
     return total
 
-def _step_rows(result_steps, ks):
-    return [{'step': s + 1, 'pass@1': r['pass@k'].get(1), 'pass@2': r['pass@k'].get(2), 'pass@k': r['pass@k'],
+def _step_rows(result_steps, ks, first: int = 1):
+    return [{'step': s + first, 'pass@1': r['pass@k'].get(1), 'pass@2': r['pass@k'].get(2), 'pass@k': r['pass@k'],
              'token_acc': r['token_acc'], 'exact_acc': r['exact_acc']} for s, r in enumerate(result_steps)]
 
 # %% ../nbs/06_evaluate.ipynb #6aff179d
@@ -371,15 +371,17 @@ CONFIDENCES = ('q_halt', 'prob')
 
 def evaluate(model, data_dir, batch_size: int = 64, device='auto', cfg_weight: float | None = None,
              ks: Sequence[int] = DEFAULT_KS, out_dir=None, n_steps: int | None = None,
-             injection: str = 'prev_argmax', confidence: str = 'q_halt', bf16: bool = False,
-             progress: bool = False, check_data: bool = True) -> dict | None:
+             injection: str = 'prev_argmax', confidence: str = 'q_halt', bf16: bool | str = False,
+             progress: bool = False, per_step: bool = True, check_data: bool = True) -> dict | None:
     """Score `model` on the test split of the built dataset `data_dir` (augmentation vote, pass@k per step).
     Returns the results on rank 0 (None elsewhere); writes `out_dir/eval.json` and `out_dir/submission.json`.
+    `bf16`: False (exact fp32, the default), True, or 'auto' (`core.resolve_bf16`). `per_step=False` reads out,
+    votes and scores only the last step (same score and submission; `per_step` then holds that step alone).
     A model from `load_trained` must come with the dataset it was trained on (`check_data=False` skips that check)."""
     if check_data: check_data_fingerprint(getattr(model, 'data_fingerprint', None), data_dir, 'evaluate(model)')
-    from dis_nbdev.core import autocast_context
+    from dis_nbdev.core import autocast_context, resolve_bf16
     from dis_nbdev.dataset import TestLoader, open_split
-    _check_injection(injection)
+    check_injection(injection)
     if confidence not in CONFIDENCES: raise ConfigError(f'confidence: {confidence!r} is not one of {CONFIDENCES}')
     ks = tuple(sorted({int(k) for k in ks}))
     data_dir, device = Path(data_dir), get_device(device)
@@ -390,9 +392,12 @@ def evaluate(model, data_dir, batch_size: int = 64, device='auto', cfg_weight: f
     puzzles = load_test_puzzles(data_dir)
     in_index = _input_index(puzzles)
     n_steps = int(n_steps or model.config.n_sup)
+    bf16 = resolve_bf16(bf16, device)
+    kept = n_steps if per_step else 1                   # the last `kept` steps are read out and voted
+    w = None if cfg_weight is None or float(cfg_weight) == 1.0 else float(cfg_weight)   # w=1 is the plain model
     was_training = model.training
     model.to(device).eval()
-    state, inverses = _EvalState(n_steps), {}
+    state, inverses = _EvalState(kept), {}
     loader = TestLoader(split, batch_size, rank=di.rank, world_size=di.world_size)
     if progress and di.is_main:
         from tqdm.auto import tqdm
@@ -404,7 +409,8 @@ def evaluate(model, data_dir, batch_size: int = 64, device='auto', cfg_weight: f
             if not keep.any(): continue
             inputs, pids, labels = batch['inputs'][keep], batch['puzzle_identifiers'][keep], batch['labels'][keep]
             with autocast_context(device, bf16):
-                sp = predict_steps(model, inputs.to(device), pids.to(device), n_steps, injection, cfg_weight)
+                outs = rollout(model, inputs.to(device), pids.to(device), n_steps=n_steps, injection=injection, cfg_weight=w)
+            sp = step_predictions(outs[-kept:])           # softmax, crops and votes of the kept steps only
             toks = sp.tokens.cpu()
             valid = labels != -100
             right = (toks == labels[None]) & valid[None]                 # [S,B,L]
@@ -429,7 +435,7 @@ def evaluate(model, data_dir, batch_size: int = 64, device='auto', cfg_weight: f
     solutions = solutions_of(puzzles)
     n_tests = {t: len(v) for t, v in solutions.items()}
     steps, final_preds = [], None
-    for s in range(n_steps):
+    for s in range(kept):
         preds = state.tables[s].predictions(n_tests)
         sc = score_predictions(preds, solutions, ks)
         sc['token_acc'] = float(state.token_correct[s] / max(state.token_total, 1))
@@ -438,10 +444,10 @@ def evaluate(model, data_dir, batch_size: int = 64, device='auto', cfg_weight: f
     final = steps[-1]
     submission = make_submission(final_preds)
     n_pred = state.examples          # one prediction = one augmented test input through all steps
-    result = {'pass@k': final['pass@k'], 'per_step': _step_rows(steps, ks), 'per_task': final['per_task'],
+    result = {'pass@k': final['pass@k'], 'per_step': _step_rows(steps, ks, first=n_steps - kept + 1), 'per_task': final['per_task'],
               'n_tasks': final['n_tasks'], 'n_examples': state.examples, 'n_predictions': n_pred,
               'unmatched_examples': state.unmatched, 'n_steps': n_steps, 'injection': injection,
-              'cfg_weight': cfg_weight, 'confidence': confidence, 'world_size': di.world_size,
+              'cfg_weight': cfg_weight, 'confidence': confidence, 'bf16': bf16, 'world_size': di.world_size,
               'time_s': elapsed, 'predictions_per_s': n_pred / max(elapsed, 1e-9)}
     if out_dir is not None:
         out_dir = Path(out_dir)
@@ -500,8 +506,10 @@ def eval_cli(argv: Sequence[str] | None = None) -> dict | None:
     ap.add_argument('--confidence', choices=CONFIDENCES, default=None, help="first tie-breaker of the vote (default q_halt, then p)")
     ap.add_argument('--device', default='auto')
     ap.add_argument('--no-ema', action='store_true', help='use the raw weights even when the run has EMA weights')
-    ap.add_argument('--bf16', action='store_true')
     ap.add_argument('--skip-data-check', action='store_true', help='evaluate even when --data is not the dataset the run was trained on')
+    ap.add_argument('--bf16', nargs='?', const='on', default='off', metavar='auto|on|off',
+                    help='bf16 autocast: off (exact fp32, the default), on, or auto (on where the device computes bf16 natively)')
+    ap.add_argument('--last-step-only', action='store_true', help='read out and vote only the last step (same score, less work)')
     ap.add_argument('--ks', default=','.join(map(str, DEFAULT_KS)), help='comma-separated k of pass@k')
     a = ap.parse_args(argv)
     try:
@@ -520,7 +528,7 @@ def eval_cli(argv: Sequence[str] | None = None) -> dict | None:
         ks = tuple(int(k) for k in a.ks.split(',') if k.strip())
         res = evaluate(model, a.data, batch_size=a.batch_size, device=a.device, cfg_weight=a.cfg_weight, ks=ks,
                        out_dir=out, n_steps=a.n_steps or dflt.get('n_steps'), injection=injection, confidence=confidence, bf16=a.bf16,
-                       progress=True, check_data=not a.skip_data_check)
+                       progress=True, per_step=not a.last_step_only, check_data=not a.skip_data_check)
         if res is not None:
             print(format_table(res, ks))
             print(f'ARC score (pass@2, last step): {100 * res["pass@k"].get(2, float("nan")):.2f}%   -> {out}/eval.json, {out}/submission.json')

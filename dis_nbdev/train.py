@@ -16,6 +16,7 @@ import yaml
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .core import (DisError, ConfigError, EXIT_INTERRUPTED, get_device, seed_everything, autocast_context,
+                            resolve_bf16, resolve_compile,
                             dist_info, atomic_write_json, load_yaml)
 from .dataset import TrainLoader, dataset_fingerprint, open_split
 from .model import RecursiveModel, count_parameters, model_config
@@ -98,6 +99,8 @@ class TrainState:
     stop_reason: str | None = None
     created_pg: bool = False
     data_fingerprint: str | None = None
+    bf16: bool = False                  # the resolved precision (cfg.bf16 may say 'auto')
+    compile: bool = False               # whether the shared net was compiled (cfg.compile may say 'auto')
 
     @property
     def world(self) -> int: return self.info.world_size
@@ -152,13 +155,15 @@ def make_state(cfg: TrainConfig, resume: bool = False) -> TrainState:
     schedulers = [torch.optim.lr_scheduler.LambdaLR(o, f) for o in optimizers]
     ema = make_ema(model, float(cfg.ema)) if cfg.ema else None
     net = _wrap_ddp(model, table, device) if info.world_size > 1 else model
-    if cfg.compile:    # compile the shared net in place (state-dict keys unchanged; the Python step loop stays eager)
+    bf16 = resolve_bf16(cfg.bf16, device)                       # 'auto' -> the device's native precision
+    compiled = resolve_compile(cfg.compile, device, total, cfg.time_budget_s)
+    if compiled:    # compile the shared net in place (state-dict keys unchanged; the Python step loop stays eager)
         inner = getattr(model, 'net', None)
         (inner if isinstance(inner, nn.Module) else model).compile()
     S = n_sup if cfg.method == 'dis' else int(cfg.halt_max_steps)
     st = TrainState(cfg, mcfg, model, net, optimizers, schedulers, ema, loader, split, tg, gen, device, info, n_sup,
                     step_weights(n_sup, cfg.step_weights), table, total, _Acc(_metric_shapes(S), device),
-                    created_pg=created, data_fingerprint=dataset_fingerprint(cfg.data_dir))
+                    created_pg=created, data_fingerprint=dataset_fingerprint(cfg.data_dir), bf16=bf16, compile=compiled)
     if resume and ckpt.exists(): load_state(st, ckpt)
     return st
 
@@ -188,7 +193,7 @@ def dis_batch(st: TrainState, batch: dict) -> None:
     drop = st.local(drop_g) if drop_g is not None else False
     carry, cur, calls0 = st.model.initial_carry(b, st.device), inputs, st.model.net_calls
     for s in range(1, st.n_sup + 1):
-        with autocast_context(st.device, cfg.bf16):
+        with autocast_context(st.device, st.bf16):
             out, carry, nxt = supervision_step(st.net, carry, cur, inputs, s, cfg.injection, pids, drop_puzzle=drop)
         tgt = frames[s - 1]
         seq = sequence_loss(out.logits, tgt, cfg.loss)
@@ -226,7 +231,7 @@ def act_step(st: TrainState, batch: dict) -> None:
     pids = torch.where(h, st.local(batch['puzzle_identifiers'].long()), a['pids'])
     calls0 = st.model.net_calls
     step_arg = (steps + 1) if getattr(st.mcfg, 'step_embed', False) else None
-    with autocast_context(st.device, cfg.bf16):
+    with autocast_context(st.device, st.bf16):
         out, carry, _ = supervision_step(st.net, carry, inputs, inputs, step_arg, step_rule(cfg).injection, pids)
     seq = sequence_loss(out.logits, labels, cfg.loss)
     with torch.no_grad(): tok, ex, has = _acc_stats(out.logits.argmax(-1), labels)
@@ -292,7 +297,7 @@ class Trainer:
         try:
             if st.is_main:
                 st.run_dir.mkdir(parents=True, exist_ok=True)
-                atomic_write_json(st.run_dir / 'config.json', dataclasses.asdict(cfg))
+                atomic_write_json(st.run_dir / 'config.json', {**dataclasses.asdict(cfg), 'bf16_resolved': st.bf16, 'compile_resolved': st.compile})
                 flops = step_flops(st.mcfg, count_parameters(st.model), cfg.global_batch_size)
                 print(describe_plan(cfg, reference_examples(st.split.metadata), st.n_sup, flops), file=sys.stderr)
             return fit(st)

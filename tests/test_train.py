@@ -33,7 +33,8 @@ def arc_aug(tmp_path_factory):
 
 def cfg(data, out, **kw):
     d = dict(data_dir=str(data), out_dir=str(out), global_batch_size=8, lr=1e-3, lr_warmup_steps=3, model=dict(TINY),
-             wandb_mode='disabled', progress=False, log_every=1, checkpoint_every=10_000, seed=3)
+             wandb_mode='disabled', progress=False, log_every=1, checkpoint_every=10_000, seed=3,
+             bf16=False)   # fp32 whatever the CPU: these tests check exact equalities (bf16: auto is tested in test_speed)
     d.update(kw)
     return d
 

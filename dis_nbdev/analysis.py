@@ -4,10 +4,10 @@
 
 # %% ../nbs/07_analysis.ipynb #f307687d
 from __future__ import annotations
-import dataclasses, json, math
+import dataclasses, math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -15,7 +15,9 @@ import torch.nn.functional as F
 
 from .core import ConfigError, get_device
 from .arc import IGNORE_LABEL, PAD, Task, grid_to_tokens
+from .dataset import TestLoader, open_split
 from .steps import step_rule, supervision_step
+from .checkpoint import load_trained
 
 # %% auto #0
 __all__ = ['StepLogits', 'counterfactual_rollout', 'rankdata', 'spearman', 'identity_rhs', 'advantage', 'StepStats',
@@ -175,7 +177,7 @@ def analyse_policy(model, batches, n_steps: int | None = None, injection: str = 
         dlc = dl - dl.mean(-1, keepdim=True)
         flat = torch.arange(N * V)
         if N * V > max_pairs: flat = torch.randperm(N * V, generator=g)[:max_pairs]
-        dl_f, adv_f, dlc_f, cor_f = dl.flatten()[flat], adv.flatten()[flat], dlc.flatten()[flat], correct.flatten()[flat]
+        dl_f, adv_f, dlc_f = dl.flatten()[flat], adv.flatten()[flat], dlc.flatten()[flat]
         n_pos = N
         improved = pi_star >= pu_star
         steps.append(StepStats(
@@ -241,7 +243,6 @@ def run_injection(cfg) -> str:
 
 def run_batches(data_dir, split: str = 'test', max_examples: int = 32, batch_size: int = 16) -> list[dict]:
     "The first `max_examples` examples of a built dataset split, as Batch dicts (padding rows masked)."
-    from dis_nbdev.dataset import TestLoader, open_split
     out, n = [], 0
     for b in TestLoader(open_split(data_dir, split), batch_size):
         out.append(b); n += int(b['mask'].sum())
@@ -252,7 +253,6 @@ def analyse_run(run_dir, data_dir=None, split: str = 'test', max_examples: int =
                 n_steps: int | None = None, injection: str | None = None, device='cpu', use_ema: bool = True,
                 label: str | None = None, **kw) -> PolicyAnalysis:
     "Load a trained run and analyse it on its dataset's first `max_examples` examples of `split`."
-    from dis_nbdev.train import load_trained
     model, cfg = load_trained(run_dir, use_ema=use_ema, device=device)
     data_dir = data_dir or resolve_data_dir(cfg.data_dir, run_dir)
     injection = injection or run_injection(cfg)

@@ -306,9 +306,10 @@ def read_metrics(run_dir) -> list[dict]:
     if p.is_dir(): p = p / 'metrics.jsonl'
     if not p.exists(): return []
     out = []
-    for line in p.read_text().splitlines():
-        try: out.append(json.loads(line))
-        except json.JSONDecodeError: pass
+    for line in p.read_text(encoding='utf-8').splitlines():
+        try: rec = json.loads(line)
+        except json.JSONDecodeError: continue
+        if isinstance(rec, dict): out.append(rec)
     return out
 
 def truncate_metrics(run_dir, step: int) -> None:

@@ -12,7 +12,9 @@ import numpy as np
 import torch
 
 from .core import (ArcDataError, CheckpointError, ConfigError, DisError, atomic_write_json,
-                            dist_info, get_device)
+                            autocast_context, dist_info, get_device, resolve_bf16)
+from .arc import invert_grid, parse_variant_name
+from .dataset import TestLoader, open_split
 from .steps import INJECTIONS, check_injection, rollout, step_rule
 from .checkpoint import check_data_fingerprint, load_trained
 
@@ -50,7 +52,6 @@ def key_to_grid(key: bytes) -> np.ndarray:
 # %% ../nbs/06_evaluate.ipynb #a19419f6
 def to_original_frame(grid, variant: str) -> tuple[str, np.ndarray]:
     "Map a cropped prediction of augmented variant `variant` back to its task's frame: `(task_id, grid)`."
-    from dis_nbdev.arc import invert_grid, parse_variant_name
     task_id, t, cmap = parse_variant_name(variant)
     g = np.asarray(grid, dtype=np.uint8)
     if g.size == 0: return task_id, np.zeros((0, 0), np.uint8)
@@ -75,11 +76,9 @@ def crop_sizes(tokens: torch.Tensor, side: int = 30) -> torch.Tensor:
 class _Inverse:
     "The inverse map of one variant name, parsed once: `(task_id, key of the original-frame grid)`."
     def __init__(self, variant: str):
-        from dis_nbdev.arc import parse_variant_name
         self.task_id, self.t, cmap = parse_variant_name(variant)
         self.cmap = np.asarray(cmap, np.uint8)
     def grid(self, cropped_colours: np.ndarray) -> np.ndarray:
-        from dis_nbdev.arc import invert_grid
         if cropped_colours.size == 0: return np.zeros((0, 0), np.uint8)
         return np.ascontiguousarray(invert_grid(cropped_colours, self.t, self.cmap), dtype=np.uint8)
 
@@ -379,8 +378,6 @@ def evaluate(model, data_dir, batch_size: int = 64, device='auto', cfg_weight: f
     votes and scores only the last step (same score and submission; `per_step` then holds that step alone).
     A model from `load_trained` must come with the dataset it was trained on (`check_data=False` skips that check)."""
     if check_data: check_data_fingerprint(getattr(model, 'data_fingerprint', None), data_dir, 'evaluate(model)')
-    from dis_nbdev.core import autocast_context, resolve_bf16
-    from dis_nbdev.dataset import TestLoader, open_split
     check_injection(injection)
     if confidence not in CONFIDENCES: raise ConfigError(f'confidence: {confidence!r} is not one of {CONFIDENCES}')
     ks = tuple(sorted({int(k) for k in ks}))

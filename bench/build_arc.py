@@ -61,7 +61,8 @@ def run_one(num_aug: int, source: str, out: Path, workers: int) -> dict:
     res = json.loads(stdout.strip().splitlines()[-1])
     man = json.loads((out / 'manifest.json').read_text())
     size = sum(f['bytes'] for f in man['files'].values())
-    return dict(num_aug=num_aug, wall_s=wall, build_s=res['build_s'], import_cpu_s=res['import_cpu_s'], cpu_s=(c1.children_user + c1.children_system) - (c0.children_user + c0.children_system),
+    return dict(num_aug=num_aug, wall_s=wall, build_s=res['build_s'], import_cpu_s=res['import_cpu_s'],
+                cpu_s=(c1.children_user + c1.children_system) - (c0.children_user + c0.children_system),
                 peak_gb=peak[0] / 1e9, disk_gb=size / 1e9, rows=man['counts']['train']['examples'] + man['counts']['test']['examples'],
                 identifiers=man['num_puzzle_identifiers'])
 
@@ -84,7 +85,8 @@ def main(argv=None):
           f'load average {os.getloadavg()[0]:.1f} (timings on a shared machine are noisy)')
     print('wall s: whole process; build s: inside build_arc_dataset; cpu s: all processes (of which import: the package '
           'import, mostly torch)')
-    print(f"{'num_aug':>8} {'wall s':>8} {'build s':>8} {'cpu s':>7} {'import':>7} {'peak GB':>8} {'disk GB':>8} {'rows':>9} {'ids':>8}  vs reference")
+    print(f"{'num_aug':>8} {'wall s':>8} {'build s':>8} {'cpu s':>7} {'import':>7} {'peak GB':>8} {'disk GB':>8} "
+          f"{'rows':>9} {'ids':>8}  vs reference")
     try:
         for n in sizes:
             out = scratch / f'arc1_aug{n}'

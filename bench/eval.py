@@ -88,7 +88,8 @@ def components(a, device, model):
             rates[(m, k)] = (n / wall, n / cpu)
             print(f"[{'bf16' if m else 'fp32'}] network {n / r['net'][0]:7.2f}/s | read-out+vote of {'all steps' if k == 'all' else 'last step'}"
                   f" {n / r[k][0]:8.1f}/s ({r[k][0] / wall:.1%} of the time) | together {n / wall:7.2f}/s wall, {n / cpu:7.2f}/s CPU"
-                  f" | full ARC-AGI-1 eval: {FULL_ARC1_PREDICTIONS / (n / wall) / 3600:.1f} h wall ({FULL_ARC1_PREDICTIONS / (n / cpu) / 3600:.1f} h CPU)")
+                  f" | full ARC-AGI-1 eval: {FULL_ARC1_PREDICTIONS / (n / wall) / 3600:.1f} h wall"
+                  f" ({FULL_ARC1_PREDICTIONS / (n / cpu) / 3600:.1f} h CPU)")
     if len(modes) == 2:
         agree = torch.cat(last_tokens[True]).eq(torch.cat(last_tokens[False])).all(-1).float().mean().item()
         print(f"bf16 / fp32 throughput: x{rates[(True, 'all')][1] / rates[(False, 'all')][1]:.2f} CPU time "

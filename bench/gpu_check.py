@@ -14,7 +14,7 @@ Checks, in order (each one's failure is reported in the table, the others still 
                evaluation time at 1000 augmentations.
 On a machine without CUDA it prints 'no CUDA device' and exits 0.
 """
-import argparse, json, math, os, subprocess, sys, tempfile, textwrap, time, traceback
+import argparse, json, os, subprocess, sys, tempfile, textwrap, time, traceback
 from pathlib import Path
 
 import numpy as np

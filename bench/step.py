@@ -22,13 +22,13 @@ steps after which `compile: true` has paid for itself (`core.COMPILE_BREAK_EVEN_
     python bench/step.py --compile --sides 30 9 --iters 5    # the ARC canvas and a board-sized (Sudoku) one
     python bench/step.py --curve 60           # same-seed loss curves, fp32 vs bf16 autocast
 """
-import argparse, json, math, os, platform, sys, tempfile, time
+import argparse, json, math, os, platform, tempfile, time
 
 import torch
 import torch.nn.functional as F
 
-from dis_nbdev.model import (Attention, RecursiveModel, StepOutput, Carry, count_parameters, model_config,
-                             rope_tables, rotate_half, rms_norm)
+from dis_nbdev.model import (Attention, RecursiveModel, StepOutput, Carry, model_config,
+                             rotate_half)
 
 REF_EX_PER_S = 4.1           # dis_compact, batch 8, 30x30, fp32, reference code, 2 cores
 CPU_PEAK = {'fp32': 139e9, 'bf16': 383e9}   # matmul FLOP/s at 2 threads on the reference machine (scaled by threads)
@@ -259,7 +259,8 @@ def main(argv=None):
                     rows.append(r)
                     print(f"{preset:11s} {side:2d}x{side:<2d} b{B:<3d} {r['dtype']:4s} {r['impl']:22s} "
                           f"{r['s_per_step']:7.3f} s/step (cpu {r['cpu_s_per_step']:7.3f} s) {r['ex_per_s']:8.2f} ex/s  MFU {r['mfu']:5.1%}"
-                          + (f"  x{r['x_vs_refstyle_fp32']:.2f} wall, x{r['x_cpu_vs_refstyle_fp32']:.2f} cpu vs reference-style fp32" if r['x_vs_refstyle_fp32'] else '')
+                          + (f"  x{r['x_vs_refstyle_fp32']:.2f} wall, x{r['x_cpu_vs_refstyle_fp32']:.2f} cpu vs reference-style fp32"
+                             if r['x_vs_refstyle_fp32'] else '')
                           + (f"  x{r['x_vs_ref_figure']:.2f} vs the 4.1 ex/s reference figure" if 'x_vs_ref_figure' in r else ''),
                           flush=True)
                 for r in group:
@@ -271,7 +272,8 @@ def main(argv=None):
                 pick = lambda dt: next((r for r in group if r['impl'] == 'dis_nbdev' and r['dtype'] == dt), None)
                 if pick('fp32') and pick('bf16'):
                     from dis_nbdev.core import resolve_bf16
-                    print(f"  bf16 / fp32 (dis_nbdev, eager, {side}x{side}, b{B}): x{pick('fp32')['cpu_s_per_step'] / pick('bf16')['cpu_s_per_step']:.2f} CPU time, "
+                    ratio = pick('fp32')['cpu_s_per_step'] / pick('bf16')['cpu_s_per_step']
+                    print(f"  bf16 / fp32 (dis_nbdev, eager, {side}x{side}, b{B}): x{ratio:.2f} CPU time, "
                           f"x{pick('fp32')['s_per_step'] / pick('bf16')['s_per_step']:.2f} wall"
                           f" -> bf16: auto chose {resolve_bf16('auto', device)} on this {device.type}", flush=True)
     out = dict(rows=rows)

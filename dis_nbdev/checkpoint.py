@@ -12,7 +12,8 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from .core import CheckpointError, ConfigError, atomic_torch_save, atomic_write_text, auto_bool, from_dict, get_device
+from .core import (CheckpointError, ConfigError, atomic_torch_save, atomic_write_text, auto_bool, dist_info, from_dict,
+                            get_device)
 from .dataset import dataset_fingerprint
 from .model import Carry, ModelConfig, RecursiveModel
 from .steps import LOSSES, INJECTIONS
@@ -21,7 +22,8 @@ from .steps import LOSSES, INJECTIONS
 __all__ = ['CHECKPOINT_FORMAT', 'TrainConfig', 'as_train_config', 'reference_examples', 'planned_steps', 'step_flops',
            'describe_plan', 'to_safe', 'from_safe', 'rng_state', 'set_rng_state', 'payload_checksum',
            'nonfinite_tensors', 'write_checkpoint', 'read_checkpoint', 'check_data_fingerprint', 'load_model_state',
-           'state_dict', 'save_state', 'load_state', 'read_metrics', 'truncate_metrics', 'load_trained']
+           'state_dict', 'save_state', 'load_state', 'read_metrics', 'truncate_metrics', 'train_device',
+           'setup_distributed', 'load_trained']
 
 # %% ../nbs/05a_checkpoint.ipynb #4289ddfd
 @dataclasses.dataclass
@@ -318,6 +320,29 @@ def truncate_metrics(run_dir, step: int) -> None:
     if not p.exists(): return
     keep = [r for r in read_metrics(p) if r.get('step', 0) <= step]
     atomic_write_text(p, ''.join(json.dumps(r) + '\n' for r in keep))
+
+# %% ../nbs/05a_checkpoint.ipynb #c32afdf2
+def train_device(device: str = 'auto', what: str = 'TrainConfig.device') -> torch.device:
+    "The device named by `device`, or a ConfigError naming `what` when it is not available here."
+    dev = get_device(device)
+    if dev.type == 'cuda' and not torch.cuda.is_available():
+        raise ConfigError(f'{what}: {device!r} asked for CUDA, but no CUDA device is available here '
+                          "(use device: auto or cpu)")
+    if dev.type == 'mps' and not torch.backends.mps.is_available():
+        raise ConfigError(f'{what}: {device!r} asked for MPS, which is not available here')
+    return dev
+
+def setup_distributed(device: str = 'auto', what: str = 'TrainConfig.device'):
+    "Init the process group when launched by torchrun (WORLD_SIZE > 1). Returns (DistInfo, device, created)."
+    info, created, dev = dist_info(), False, train_device(device, what)
+    if info.world_size > 1:
+        if dev.type == 'cuda':
+            dev = torch.device('cuda', info.local_rank); torch.cuda.set_device(dev)
+        if not dist.is_initialized():
+            dist.init_process_group(backend='nccl' if dev.type == 'cuda' else 'gloo')
+            created = True
+        info = dist_info()
+    return info, dev, created
 
 # %% ../nbs/05a_checkpoint.ipynb #a565ee4f
 def load_trained(run_dir_or_checkpoint, use_ema: bool = True, device='cpu'):

@@ -13,10 +13,10 @@ import torch
 
 from .core import (ArcDataError, ConfigError, DisError, atomic_write_json,
                             autocast_context, dist_info, get_device, resolve_bf16)
-from .arc import invert_grid, parse_variant_name
+from .arc import IGNORE_LABEL, invert_grid, parse_variant_name
 from .dataset import TestLoader, open_split
 from .steps import INJECTIONS, check_injection, rollout, step_rule
-from .checkpoint import check_data_fingerprint, load_trained
+from .checkpoint import check_data_fingerprint, load_trained, setup_distributed
 
 # %% auto #0
 __all__ = ['DEFAULT_KS', 'CONFIDENCES', 'crop_prediction', 'grid_key', 'key_to_grid', 'to_original_frame',
@@ -368,6 +368,28 @@ def _step_rows(result_steps, ks, first: int = 1):
 # %% ../nbs/06_evaluate.ipynb #6aff179d
 CONFIDENCES = ('q_halt', 'prob')
 
+def _vote_rows(state, inverses: dict, inputs, pids, names, side: int, in_index: dict) -> list:
+    "Each row's (inverse augmentation, task id, test slots) for the vote, or None when its input matches no test input."
+    inputs_np, rows = inputs.numpy().astype(np.uint8), []
+    for b, pid in enumerate(pids.tolist()):
+        inv = inverses.get(pid) or inverses.setdefault(pid, _Inverse(names[pid]))
+        grid_in = inv.grid(crop_prediction(inputs_np[b], side))
+        slots = in_index.get(inv.task_id, {}).get(grid_key(grid_in)) if grid_in.size else None
+        if not slots: state.unmatched += 1
+        rows.append((inv, inv.task_id, slots) if slots else None)
+    return rows
+
+def _score_steps(state, solutions: dict, n_tests: dict, ks) -> tuple[list[dict], dict]:
+    "Scores of every kept step (pass@k, token and exact accuracy) and the last step's predictions."
+    steps, preds = [], None
+    for s in range(len(state.tables)):
+        preds = state.tables[s].predictions(n_tests)
+        sc = score_predictions(preds, solutions, ks)
+        sc['token_acc'] = float(state.token_correct[s] / max(state.token_total, 1))
+        sc['exact_acc'] = float(state.exact[s] / max(state.examples, 1))
+        steps.append(sc)
+    return steps, preds
+
 def evaluate(model, data_dir, batch_size: int = 64, device='auto', cfg_weight: float | None = None,
              ks: Sequence[int] = DEFAULT_KS, out_dir=None, n_steps: int | None = None,
              injection: str = 'prev_argmax', confidence: str = 'q_halt', bf16: bool | str = False,
@@ -409,21 +431,14 @@ def evaluate(model, data_dir, batch_size: int = 64, device='auto', cfg_weight: f
                 outs = rollout(model, inputs.to(device), pids.to(device), n_steps=n_steps, injection=injection, cfg_weight=w)
             sp = step_predictions(outs[-kept:])           # softmax, crops and votes of the kept steps only
             toks = sp.tokens.cpu()
-            valid = labels != -100
+            valid = labels != IGNORE_LABEL
             right = (toks == labels[None]) & valid[None]                 # [S,B,L]
             state.token_correct += right.sum((1, 2)).double().numpy()
             state.token_total += float(valid.sum())
             state.exact += (right.sum(-1) == valid.sum(-1)[None]).sum(-1).double().numpy()
             state.examples += int(inputs.shape[0])
-            conf = _confidences(sp, confidence)
-            inputs_np, rows = inputs.numpy().astype(np.uint8), []
-            for b, pid in enumerate(pids.tolist()):
-                inv = inverses.get(pid) or inverses.setdefault(pid, _Inverse(names[pid]))
-                grid_in = inv.grid(crop_prediction(inputs_np[b], side))
-                slots = in_index.get(inv.task_id, {}).get(grid_key(grid_in)) if grid_in.size else None
-                if not slots: state.unmatched += 1
-                rows.append((inv, inv.task_id, slots) if slots else None)
-            _vote_batch(state.tables, rows, sp.tokens, conf, side)
+            rows = _vote_rows(state, inverses, inputs, pids, names, side, in_index)
+            _vote_batch(state.tables, rows, sp.tokens, _confidences(sp, confidence), side)
     finally:
         model.train(was_training)
     elapsed = time.time() - t0
@@ -431,13 +446,7 @@ def evaluate(model, data_dir, batch_size: int = 64, device='auto', cfg_weight: f
     if state is None: return None
     solutions = solutions_of(puzzles)
     n_tests = {t: len(v) for t, v in solutions.items()}
-    steps, final_preds = [], None
-    for s in range(kept):
-        preds = state.tables[s].predictions(n_tests)
-        sc = score_predictions(preds, solutions, ks)
-        sc['token_acc'] = float(state.token_correct[s] / max(state.token_total, 1))
-        sc['exact_acc'] = float(state.exact[s] / max(state.examples, 1))
-        steps.append(sc); final_preds = preds
+    steps, final_preds = _score_steps(state, solutions, n_tests, ks)
     final = steps[-1]
     submission = make_submission(final_preds)
     n_pred = state.examples          # one prediction = one augmented test input through all steps
@@ -510,12 +519,7 @@ def eval_cli(argv: Sequence[str] | None = None) -> dict | None:
     ap.add_argument('--ks', default=','.join(map(str, DEFAULT_KS)), help='comma-separated k of pass@k')
     a = ap.parse_args(argv)
     try:
-        di = dist_info()
-        created = False
-        if di.world_size > 1 and not torch.distributed.is_initialized():
-            dev = get_device(a.device)
-            if dev.type == 'cuda': torch.cuda.set_device(di.local_rank)
-            torch.distributed.init_process_group(backend='nccl' if dev.type == 'cuda' else 'gloo'); created = True
+        _, _, created = setup_distributed(a.device, 'dis-eval --device')
         model, cfg = load_trained(a.checkpoint, use_ema=not a.no_ema, device='cpu')
         ckpt = Path(a.checkpoint)
         out = Path(a.out) if a.out else (ckpt if ckpt.is_dir() else ckpt.parent)/'eval'

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 import yaml
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from .core import (DisError, ConfigError, EXIT_INTERRUPTED, get_device, seed_everything, autocast_context,
+from .core import (DisError, ConfigError, EXIT_INTERRUPTED, seed_everything, autocast_context,
                             resolve_bf16, resolve_compile,
                             dist_info, atomic_write_json, load_yaml)
 from .dataset import TrainLoader, dataset_fingerprint, open_split
@@ -23,42 +23,21 @@ from .model import RecursiveModel, count_parameters, model_config
 from .targets import get_target_generator
 from .steps import sequence_loss, step_rule, step_weights, supervision_step
 from .checkpoint import (TrainConfig, as_train_config, planned_steps, describe_plan, reference_examples,
-                                  step_flops, load_state)
+                                  step_flops, load_state, setup_distributed)
 from .optim import lr_lambda, make_ema, make_optimizers
 from .callbacks import default_callbacks, stop_state, _Acc, _acc_stats, _metric_shapes
 # re-exported, so that the documented `dis_nbdev.train.<name>` keeps working
 from .steps import LOSSES, log_stablemax, stablemax_cross_entropy, softmax_cross_entropy  # noqa: F401
-from .checkpoint import CHECKPOINT_FORMAT, load_model_state, load_trained, read_checkpoint, save_state  # noqa: F401
+from .checkpoint import (CHECKPOINT_FORMAT, load_model_state, load_trained, read_checkpoint, save_state,  # noqa: F401
+                                  train_device)
 from .optim import AdamATan2, SparseSignSGD, averaged_model, make_optimizer  # noqa: F401
 from .callbacks import Callback, NonFiniteLossError  # noqa: F401
 
 # %% auto #0
-__all__ = ['train_device', 'setup_distributed', 'build_model', 'TrainState', 'make_state', 'optimizer_step', 'dis_batch',
-           'new_act_state', 'act_step', 'stop_reason', 'fit', 'Trainer', 'train', 'apply_overrides', 'train_cli']
+__all__ = ['build_model', 'TrainState', 'make_state', 'optimizer_step', 'dis_batch', 'new_act_state', 'act_step', 'stop_reason',
+           'fit', 'Trainer', 'train', 'apply_overrides', 'train_cli']
 
 # %% ../nbs/05_train.ipynb #b3c59590
-def train_device(device: str = 'auto') -> torch.device:
-    "The training device, or a ConfigError when the named one is not available here."
-    dev = get_device(device)
-    if dev.type == 'cuda' and not torch.cuda.is_available():
-        raise ConfigError(f'TrainConfig.device: {device!r} asked for CUDA, but no CUDA device is available here '
-                          "(use device: auto or cpu)")
-    if dev.type == 'mps' and not torch.backends.mps.is_available():
-        raise ConfigError(f'TrainConfig.device: {device!r} asked for MPS, which is not available here')
-    return dev
-
-def setup_distributed(device: str = 'auto'):
-    "Init the process group when launched by torchrun (WORLD_SIZE > 1). Returns (DistInfo, device, created)."
-    info, created, dev = dist_info(), False, train_device(device)
-    if info.world_size > 1:
-        if dev.type == 'cuda':
-            dev = torch.device('cuda', info.local_rank); torch.cuda.set_device(dev)
-        if not dist.is_initialized():
-            dist.init_process_group(backend='nccl' if dev.type == 'cuda' else 'gloo')
-            created = True
-        info = dist_info()
-    return info, dev, created
-
 def build_model(cfg: TrainConfig, metadata=None, extra_vocab: int = 0):
     "The RecursiveModel of `cfg` (preset + overrides, data-derived sizes from `metadata`). Returns (model, model_config)."
     over = dict(cfg.model)

@@ -57,11 +57,11 @@ def assert_same_state(a, b, atol=0.0):
 # ------------------------------------------------------------------------------------------- learning
 def test_dis_learns_on_real_arc(arc_small, tmp_path):
     "A few hundred DIS steps on 4 real tasks: the loss falls and the per-step exact accuracy rises."
-    # the generator contract's path (PAD-label cells ignored): the DIS code's default path also supervises the input
-    # tokens of PAD-label cells, and at this size (240 steps) it has not yet reached exact answers
     s = T.train(cfg(arc_small, tmp_path / 'run', global_batch_size=16, max_steps=240, lr=3e-3, lr_warmup_steps=12,
                     model=dict(hidden_size=64, num_heads=4, puzzle_emb_ndim=64, puzzle_emb_len=1), log_every=24,
-                    targets_kwargs=dict(ignored_in_path=False)))
+                    # the contract path: with the default (the DIS code's, PAD-label cells on the path) this tiny run
+                    # needs about 480 steps, not 240, to pass the same bar (measured: exact 0.0 at 240, 0.66 at 480)
+                    targets_kwargs={'ignored_in_path': False}))
     rs = records(tmp_path / 'run')
     first, last = rs[0], rs[-1]
     assert s['step'] == 240 and last['net_calls_per_sample'] == 18.0

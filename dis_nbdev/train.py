@@ -15,7 +15,7 @@ import torch.nn.functional as F
 import yaml
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from .core import (DisError, ConfigError, EXIT_INTERRUPTED, FolderLock, get_device, seed_everything, autocast_context,
+from .core import (DisError, ConfigError, EXIT_INTERRUPTED, FolderLock, clean_stale_temps, get_device, seed_everything, autocast_context,
                             resolve_bf16, resolve_compile,
                             dist_info, atomic_write_json, load_yaml)
 from .dataset import TrainLoader, dataset_fingerprint, open_split
@@ -287,7 +287,8 @@ class Trainer:
         self.cfg = as_train_config(cfg)
         main = int(os.environ.get('RANK', '0')) == 0          # one writer per run folder (rank 0 holds the lock)
         self.lock = FolderLock(Path(self.cfg.out_dir) / '.train.lock', f'training {self.cfg.name}') if main else None
-        if self.lock is not None: self.lock.acquire()
+        if self.lock is not None:
+            self.lock.acquire(); clean_stale_temps(self.lock.folder)    # a killed writer's temp files
         try: self.state = make_state(self.cfg, resume)
         except BaseException: self.close(); raise
         self.state.callbacks = callbacks if callbacks is not None else default_callbacks(self.cfg, self.state.is_main)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_train.ipynb #868eeeae
 from __future__ import annotations
-import argparse, dataclasses, json, sys
+import argparse, dataclasses, json, os, sys
 from pathlib import Path
 from typing import Iterable
 
@@ -15,8 +15,8 @@ import torch.nn.functional as F
 import yaml
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from .core import (DisError, ConfigError, EXIT_INTERRUPTED, seed_everything, autocast_context,
-                            resolve_bf16, resolve_compile,
+from .core import (DisError, ConfigError, EXIT_INTERRUPTED, FolderLock, clean_stale_temps, seed_everything,
+                            autocast_context, resolve_bf16, resolve_compile,
                             dist_info, atomic_write_json, load_yaml)
 from .dataset import TrainLoader, dataset_fingerprint, open_split
 from .model import RecursiveModel, count_parameters, model_config
@@ -264,11 +264,16 @@ class Trainer:
     "One training run: `Trainer(cfg, resume).run()` (or `train(config)`); `state` holds everything it changes."
     def __init__(self, cfg: TrainConfig, resume: bool = False, callbacks: list | None = None):
         self.cfg = as_train_config(cfg)
-        self.state = make_state(self.cfg, resume)
+        main = int(os.environ.get('RANK', '0')) == 0          # one writer per run folder (rank 0 holds the lock)
+        self.lock = FolderLock(Path(self.cfg.out_dir) / '.train.lock', f'training {self.cfg.name}') if main else None
+        if self.lock is not None:
+            self.lock.acquire(); clean_stale_temps(self.lock.folder)    # a killed writer's temp files
+        try: self.state = make_state(self.cfg, resume)
+        except BaseException: self.close(); raise
         self.state.callbacks = callbacks if callbacks is not None else default_callbacks(self.cfg, self.state.is_main)
 
     def __getattr__(self, name):      # trainer.step, trainer.model, ... read through to the state
-        if name == 'state': raise AttributeError(name)
+        if name in ('state', 'lock'): raise AttributeError(name)
         return getattr(self.state, name)
 
     def run(self) -> dict:
@@ -282,6 +287,11 @@ class Trainer:
             return fit(st)
         finally:
             if st.created_pg and dist.is_initialized(): dist.destroy_process_group()
+            self.close()
+
+    def close(self) -> None:
+        "Release the run folder (done by `run`; call it for a Trainer that is never run)."
+        if self.lock is not None: self.lock.release()
 
 def train(config: TrainConfig | dict, resume: bool = False) -> dict:
     "Train per `config` (DIS or TRM-ACT); writes out_dir/{config.json, checkpoint.pt, metrics.jsonl, summary.json}."

@@ -25,6 +25,7 @@ CURRENT_NBS ?= nbs/index.ipynb nbs/13_viewer.ipynb
 
 test: venv
 	bash .ci/check_export.sh
+	$(BIN)/ruff check .
 	$(BIN)/nbdev_test --n_workers 2
 	$(BIN)/python -m pytest -q tests
 	$(BIN)/python tools/execute_notebooks.py --check --workers 2 $(CURRENT_NBS)

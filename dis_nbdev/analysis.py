@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .core import ConfigError, get_device
-from .arc import IGNORE_LABEL, PAD, Task, grid_to_tokens
+from .arc import IGNORE_LABEL, Task, pairs_to_tokens
 from .dataset import TestLoader, open_split
 from .steps import step_rule, supervision_step
 from .checkpoint import load_trained
@@ -214,17 +214,15 @@ def analyse_policy(model, batches, n_steps: int | None = None, injection: str = 
 def examples_batch(tasks: Sequence[Task], side: int = 30, pairs: str = 'test', max_examples: int | None = None) -> dict:
     "A Batch dict ('inputs', 'labels' with PAD -> -100, 'puzzle_identifiers' = 0, 'mask') from real ARC tasks."
     if pairs not in ('test', 'train', 'all'): raise ConfigError(f"pairs: expected 'test', 'train' or 'all', got {pairs!r}")
-    xs, ys = [], []
+    chosen = []
     for t in tasks:
         for p in (t.test if pairs == 'test' else t.train if pairs == 'train' else t.train + t.test):
             if p.output is None or max(p.input.shape) > side or max(p.output.shape) > side: continue
-            xs.append(grid_to_tokens(p.input, side)); ys.append(grid_to_tokens(p.output, side))
-            if max_examples is not None and len(xs) >= max_examples: break
-        if max_examples is not None and len(xs) >= max_examples: break
-    if not xs: raise ConfigError(f'examples_batch: no {pairs} pair of the {len(tasks)} task(s) fits a {side}x{side} canvas')
-    inputs = torch.from_numpy(np.stack(xs).astype(np.int64))
-    labels = torch.from_numpy(np.stack(ys).astype(np.int64))
-    labels[labels == PAD] = IGNORE_LABEL
+            chosen.append(p)
+            if max_examples is not None and len(chosen) >= max_examples: break
+        if max_examples is not None and len(chosen) >= max_examples: break
+    if not chosen: raise ConfigError(f'examples_batch: no {pairs} pair of the {len(tasks)} task(s) fits a {side}x{side} canvas')
+    inputs, labels = map(torch.from_numpy, pairs_to_tokens(chosen, side))
     B = inputs.shape[0]
     return {'inputs': inputs, 'labels': labels, 'puzzle_identifiers': torch.zeros(B, dtype=torch.long),
             'mask': torch.ones(B, dtype=torch.bool)}
@@ -277,13 +275,17 @@ def binned_means(x, y, bins: int = 12) -> tuple[np.ndarray, np.ndarray]:
     keep = cnt > 0
     return ((edges[:-1] + edges[1:]) / 2)[keep], tot[keep] / cnt[keep]
 
-def plot_delta_vs_advantage(an: PolicyAnalysis, max_steps: int = 6, dpi: int = 80):
-    "Scatter of delta logit against advantage, one panel per (selected) step; correct actions in green."
+def _step_panels(an: PolicyAnalysis, max_steps: int, dpi: int, height: float):
+    "One figure with a panel per selected step: (figure, axes row, steps, {step: StepStats})."
     import matplotlib.pyplot as plt
     steps = _pick_steps(an.samples, max_steps)
-    fig, axs = plt.subplots(1, len(steps), figsize=(2.6 * len(steps), 2.6), dpi=dpi, sharey=True, squeeze=False)
-    by = {s.step: s for s in an.steps}
-    for ax, s in zip(axs[0], steps):
+    fig, axs = plt.subplots(1, len(steps), figsize=(2.6 * len(steps), height), dpi=dpi, sharey=True, squeeze=False)
+    return fig, axs[0], steps, {s.step: s for s in an.steps}
+
+def plot_delta_vs_advantage(an: PolicyAnalysis, max_steps: int = 6, dpi: int = 80):
+    "Scatter of delta logit against advantage, one panel per (selected) step; correct actions in green."
+    fig, axs, steps, by = _step_panels(an, max_steps, dpi, 2.6)
+    for ax, s in zip(axs, steps):
         d = an.samples[s]; c = d['correct'].astype(bool)
         ax.scatter(d['adv'][~c], d['dl'][~c], s=3, alpha=.3, c='tab:red', label='a != y*', rasterized=True)
         ax.scatter(d['adv'][c], d['dl'][c], s=3, alpha=.5, c='tab:green', label='a = y*', rasterized=True)
@@ -291,22 +293,19 @@ def plot_delta_vs_advantage(an: PolicyAnalysis, max_steps: int = 6, dpi: int = 8
         bx, by_ = binned_means(d['adv'], d['dl'])
         ax.plot(bx, by_, 'k.-', lw=1, ms=4, label='binned mean')
         ax.set_title(f'step {s}  rho={by[s].spearman_dl_adv:.2f}', fontsize=9); ax.set_xlabel('advantage A(s,a)')
-    axs[0][0].set_ylabel('delta logit'); axs[0][0].legend(fontsize=7, markerscale=3)
+    axs[0].set_ylabel('delta logit'); axs[0].legend(fontsize=7, markerscale=3)
     fig.suptitle(f'{an.label}: delta logits vs advantage'.strip(': '), fontsize=10); fig.tight_layout()
     return fig
 
 def plot_pi_vs_pu(an: PolicyAnalysis, max_steps: int = 6, dpi: int = 80):
     "pi(y*) against p_u(y*) per step; points above the diagonal are improvements."
-    import matplotlib.pyplot as plt
-    steps = _pick_steps(an.samples, max_steps)
-    fig, axs = plt.subplots(1, len(steps), figsize=(2.6 * len(steps), 2.7), dpi=dpi, sharey=True, squeeze=False)
-    by = {s.step: s for s in an.steps}
-    for ax, s in zip(axs[0], steps):
+    fig, axs, steps, by = _step_panels(an, max_steps, dpi, 2.7)
+    for ax, s in zip(axs, steps):
         d = an.samples[s]
         ax.scatter(d['pu_star'], d['pi_star'], s=3, alpha=.4, rasterized=True)
         ax.plot([0, 1], [0, 1], 'k--', lw=.7); ax.set_xlim(0, 1); ax.set_ylim(0, 1)
         ax.set_title(f'step {s}: {100 * by[s].frac_improved:.0f}% improved', fontsize=9); ax.set_xlabel('p_u(y*)')
-    axs[0][0].set_ylabel('pi(y*)')
+    axs[0].set_ylabel('pi(y*)')
     fig.suptitle(f'{an.label}: policy improvement per step'.strip(': '), fontsize=10); fig.tight_layout()
     return fig
 

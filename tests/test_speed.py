@@ -141,7 +141,7 @@ def test_last_step_only_evaluation_equals_the_full_one(eval_data, tmp_path):
     from dis_nbdev.evaluate import evaluate
     model = _random_tiny(eval_data)
     full = evaluate(model, eval_data, batch_size=8, device='cpu', out_dir=tmp_path / 'full')
-    last = evaluate(model, eval_data, batch_size=8, device='cpu', out_dir=tmp_path / 'last', per_step=False)
+    evaluate(model, eval_data, batch_size=8, device='cpu', out_dir=tmp_path / 'last', per_step=False)
     assert (tmp_path / 'full' / 'submission.json').read_bytes() == (tmp_path / 'last' / 'submission.json').read_bytes()
     a, b = (json.loads((tmp_path / d / 'eval.json').read_text()) for d in ('full', 'last'))
     assert len(a['per_step']) == 3 and b['per_step'] == a['per_step'][-1:] and b['per_step'][0]['step'] == 3

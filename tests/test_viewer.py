@@ -5,10 +5,9 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from dis_nbdev.viewer import (StepTrace, arc_palette, dataset_palette, diff_grid, external_references, frames,
+from dis_nbdev.viewer import (arc_palette, dataset_palette, diff_grid, external_references, frames,
                               gif_bytes, puzzle_palette, render_step, run_trace, save_gif, save_html, show, step_trace)
 
 pytestmark = pytest.mark.usefixtures('one_torch_thread')   # see conftest.py
@@ -70,7 +69,7 @@ def test_gif_has_one_frame_per_step_and_html_is_self_contained(tiny_run, tmp_pat
 
 
 def test_show_is_a_slider(tiny_run):
-    W = pytest.importorskip('ipywidgets')
+    pytest.importorskip('ipywidgets')
     tr = run_trace(tiny_run[0], example=0)
     view = show(tr, dpi=30)
     slider, label = view.children[0].children
@@ -91,7 +90,6 @@ def test_puzzle_vocabularies(tmp_path):
     from dis_nbdev.dataset import open_split
     from dis_nbdev.model import RecursiveModel, model_config
     from dis_nbdev.puzzles import build_puzzle_dataset
-    import matplotlib.pyplot as plt
     for kind, kw in (('sudoku', dict(box=2)), ('nqueens', dict(n=6, givens=(1, 4)))):
         d = build_puzzle_dataset(tmp_path / kind, dict(kind=kind, train=4, test=2, **kw))
         k, pal = dataset_palette(d)

@@ -9,7 +9,7 @@ CPU time of the training call (one torch thread), so they do not depend on how b
 
     python bench/sudoku_bar.py                        # the bar arm (mlp_t), one seed
     python bench/sudoku_bar.py --arms mlp_t rope2d mlp_t_dis --seeds 0 1 2
-    python bench/sudoku_bar.py --arms mlp_t --set lr=3e-4 --set model.T=2   # try a change of recipe
+    python bench/sudoku_bar.py --arms mlp_t --set lr=3e-4 --set ema=null   # try a change of recipe
 """
 import argparse, json, tempfile, time
 from pathlib import Path
@@ -23,11 +23,13 @@ from dis_nbdev.train import apply_overrides, train
 COMMON = dict(global_batch_size=32, max_steps=2000, lr=1e-3, lr_warmup_steps=100, lr_schedule='cosine',
               lr_min_ratio=0.1, weight_decay=1.0, beta2=0.95, ema=0.99, puzzle_emb_lr=1e-3,
               puzzle_emb_weight_decay=1.0, loss='softmax', halt_max_steps=16)
-ARMS = {   # name: (method, preset, TrainConfig overrides)
-    'mlp_t':      ('trm', 'board_mlp_t', {}),                          # TRM's Sudoku network (ACT, T 3, n 6)
-    'rope2d':     ('trm', 'board_rope2d', {}),                         # attention + 2-D rotary positions
-    'rope1d':     ('trm', 'board_rope2d', dict(model=dict(pos_encodings='rope'))),   # the old default backbone
-    'mlp_t_dis':  ('trm', 'board_mlp_t', dict(model=dict(T=1, n=2, n_sup=6), halt_max_steps=6)),  # DIS's budget
+ARMS = {   # name: (method, preset, TrainConfig overrides); T 2, n 2 = the issue's equal-calls comparison
+    'mlp_t':      ('trm', 'board_mlp_t', dict(model=dict(T=2, n=2))),     # TRM's Sudoku network (ACT)
+    'rope2d':     ('trm', 'board_rope2d', dict(model=dict(T=2, n=2))),    # attention + 2-D rotary positions
+    'rope1d':     ('trm', 'board_rope2d', dict(model=dict(T=2, n=2, pos_encodings='rope'))),  # the old default
+    'mlp_t_T3n6': ('trm', 'board_mlp_t', {}),                             # TRM's own T 3, n 6
+    'mlp_t_trm_dis_budget': ('trm', 'board_mlp_t', dict(model=dict(T=1, n=2, n_sup=6), halt_max_steps=6)),
+    'mlp_t_dis':  ('dis', 'board_mlp_t_dis', {}),                         # DIS: T 1, n 2, 6 steps, input-to-label path
 }
 
 

@@ -6,7 +6,9 @@ positions (`mlp_t`, no positions). Each is timed on one supervision step with it
 three net calls, the last cycle differentiated, AdamW-free: forward + backward only) at board sizes 4x4,
 9x9 and the 30x30 ARC canvas, with the board presets' width (hidden 128, 2 layers, 4 heads, a 1-position
 puzzle prefix). Variants are timed round-robin (so a busy machine slows them alike) and the best of
-`--reps` repetitions is kept; the table gives examples/s and the ratio to attention + RoPE at the same size.
+`--reps` repetitions is kept. Times are the process's CPU time (`time.process_time`: with one thread it does
+not grow when other processes share the cores, where wall time does); the table gives examples per
+CPU-second and the ratio to attention + RoPE at the same size.
 
     python bench/variants.py                  # one thread, CPU
     python bench/variants.py --sizes 4 9 --threads 2
@@ -48,12 +50,12 @@ def main():
     ap.add_argument('--sizes', nargs='+', type=int, default=[4, 9, 30], help='board sides (30: the ARC canvas)')
     ap.add_argument('--reps', type=int, default=5)
     ap.add_argument('--iters', type=int, default=None, help='steps per repetition (default: by size)')
-    ap.add_argument('--threads', type=int, default=1)
+    ap.add_argument('--threads', type=int, default=1, help='torch threads (CPU time then sums over threads)')
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f'torch {torch.__version__}, {args.threads} thread(s); one supervision step (T 1, n 2) forward + backward, '
           f'hidden 128, 2 layers; best of {args.reps}')
-    print(f"{'board':>6s} {'batch':>5s} {'variant':13s} {'params':>8s} {'ms/step':>8s} {'examples/s':>11s} {'vs attn+rope':>12s}")
+    print(f"{'board':>6s} {'batch':>5s} {'variant':13s} {'params':>8s} {'CPU-ms/step':>11s} {'examples/CPU-s':>14s} {'vs attn+rope':>12s}")
     for side in args.sizes:
         built = {k: make(side, v) for k, v in VARIANTS.items()}
         iters = args.iters or {4: 20, 9: 10}.get(side, 2)
@@ -61,14 +63,14 @@ def main():
         best = {k: float('inf') for k in built}
         for _ in range(args.reps):
             for k, (m, x, p) in built.items():
-                t = time.perf_counter()
+                t = time.process_time()
                 for _ in range(iters): one_step(m, x, p)
-                best[k] = min(best[k], (time.perf_counter() - t) / iters)
+                best[k] = min(best[k], (time.process_time() - t) / iters)
         base = best['attn+rope']
         for k, (m, x, p) in built.items():
             n_par = sum(q.numel() for q in m.dense_parameters())
-            print(f"{f'{side}x{side}':>6s} {x.shape[0]:5d} {k:13s} {n_par:8,d} {best[k] * 1e3:8.2f} "
-                  f"{x.shape[0] / best[k]:11.1f} {base / best[k]:11.2f}x", flush=True)
+            print(f"{f'{side}x{side}':>6s} {x.shape[0]:5d} {k:13s} {n_par:8,d} {best[k] * 1e3:11.2f} "
+                  f"{x.shape[0] / best[k]:14.1f} {base / best[k]:11.2f}x", flush=True)
 
 
 if __name__ == '__main__':

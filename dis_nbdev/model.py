@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .core import ConfigError
+from .arc import IGNORE_LABEL, PAD
 
 # %% auto #0
 __all__ = ['POS_ENCODINGS', 'PRESETS', 'ModelConfig', 'model_config', 'trunc_normal_', 'rope_tables', 'rope2d_tables',
@@ -327,7 +328,7 @@ class RecursiveModel(nn.Module):
         "`x = sqrt(D) * (cat(puzzle prefix, tokens) + step embedding)`, `[B, P+L, D]`."
         c = self.config; B = inputs.shape[0]
         inputs = inputs.long()
-        e = self.embed_tokens(inputs.masked_fill(inputs == -100, 0))   # ignore label -> PAD, as the DIS code
+        e = self.embed_tokens(inputs.masked_fill(inputs == IGNORE_LABEL, PAD))   # ignore label -> PAD, as the DIS code
         if c.prefix_len > 0:
             if self.puzzle_emb is None:   # table removed (e.g. swapped out): an all-zero prefix
                 pe = e.new_zeros(B, c.puzzle_emb_ndim)
@@ -387,4 +388,4 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad and p is not skip)
 
 # %% ../nbs/03_model.ipynb #17280ded
-from .steps import guided_logits, rollout   # re-exported: the roll-out lives in `steps`
+from .steps import guided_logits, rollout   # noqa: F401 (re-exported: the roll-out lives in `steps`)

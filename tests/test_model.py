@@ -152,7 +152,6 @@ def test_one_step_gradient_matches_reference():
         z_H, z_L, ref_logits, _ = reference_step(None, cfg, z_H, z_L, inputs, pids, torch.full((B,), s), W=W)
         (ref_logits * probe[s - 1]).sum().backward()
         z_H, z_L = z_H.detach(), z_L.detach()
-    ours = {k[len(PREFIX):]: v for k, v in to_reference_state_dict(model).items()}
     params = dict(model.named_parameters())
     from dis_nbdev.convert import _ref_to_ours
     for ref_name, w in W.items():

@@ -72,8 +72,8 @@ def load_grid(grid, overrides: dict | None = None) -> dict:
         raise ConfigError(f'{where}: `budget:` needs `compute` (optimizer steps x batch x net calls per step) or `steps`')
     bad = sorted(set(b) - {'compute', 'steps', 'evals'})
     if bad: raise ConfigError(f'{where}: unknown budget key(s) {bad}; known: compute, steps, evals')
-    if g.get('baseline') is not None and g['baseline'] not in g['arms']:
-        raise ConfigError(f"{where}: baseline {g['baseline']!r} is not an arm; arms: {list(g['arms'])}")
+    for bl in ([g['baseline']] if isinstance(g.get('baseline'), str) else list(g.get('baseline') or [])):
+        if bl not in g['arms']: raise ConfigError(f"{where}: baseline {bl!r} is not an arm; arms: {list(g['arms'])}")
     for t, spec in g['tasks'].items():
         if not isinstance(spec, dict) or not isinstance(spec.get('puzzle'), dict):
             raise ConfigError(f'{where}: task {t!r} needs a `puzzle:` mapping of PuzzleSpec fields')
@@ -332,13 +332,14 @@ def summarize(rows: list[dict], target: float = 0.95, baseline: str | None = Non
                    compute=t_interval([x['compute'] for x in reach]),
                    total_cpu_s=t_interval([v[-1]['train_cpu_s'] for v in full.values()]), _final=dict(zip(full, fin)))
         out.append(row)
-    if baseline:
+    for bl in ([baseline] if isinstance(baseline, str) else list(baseline or [])):
         for task in {r['task'] for r in out}:
-            base = [r for r in out if r['task'] == task and r['arm'].split('@')[0] == baseline]
+            base = [r for r in out if r['task'] == task and r['arm'].split('@')[0] == bl]
             for r in out:
-                if r['task'] != task or not base: continue
+                if r['task'] != task or not base or r is base[0]: continue
                 b = base[0]['_final']; common = sorted(set(b) & set(r['_final']))
-                r['vs_baseline'] = paired_bootstrap([r['_final'][s] for s in common], [b[s] for s in common])
+                r.setdefault('vs', {})[bl] = paired_bootstrap([r['_final'][s] for s in common], [b[s] for s in common])
+                if bl == (baseline if isinstance(baseline, str) else baseline[0]): r['vs_baseline'] = r['vs'][bl]
     return out
 
 def _ci(t, fmt='{:.3f}', lo_clip: float = 0.0, hi_clip: float = float('inf')) -> str:
@@ -354,11 +355,12 @@ def format_table(summary: list[dict], target: float = 0.95, baseline: str | None
         lines.append(f"| {r['task']} | {r['arm']} | {r['seeds']} | {_ci(r['final'], hi_clip=1)} | {_ci(r['final_valid'], hi_clip=1)} | "
                      f"{_ci(r['best'], hi_clip=1)} | {r['reached']}/{r['seeds']} | {_ci(r['steps'], '{:.0f}')} | "
                      f"{_ci(r['cpu_s'], '{:.0f}')} | {_ci(r['total_cpu_s'], '{:.0f}')} |")
-    cmp = [r for r in summary if 'vs_baseline' in r and r['arm'].split('@')[0] != baseline]
-    if cmp:
-        lines += ['', f'Paired bootstrap over seeds (10,000 resamples), final exact minus {baseline!r}:']
+    for bl in ([baseline] if isinstance(baseline, str) else list(baseline or [])):
+        cmp = [r for r in summary if bl in r.get('vs', {})]
+        if not cmp: continue
+        lines += ['', f'Paired bootstrap over seeds (10,000 resamples), final exact minus {bl!r}:']
         for r in cmp:
-            v = r['vs_baseline']
+            v = r['vs'][bl]
             lines.append(f"  {r['task']:10s} {r['arm']:28s} {v['diff']:+.3f}  95% CI [{v['low']:+.3f}, {v['high']:+.3f}]  "
                          f"P(diff <= 0) = {v['p_le_0']:.3f}  ({v['n']} paired seeds)")
     return '\n'.join(lines)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from .core import DisError, ConfigError, atomic_write_json, get_device
+from .steps import rollout, step_rule
 
 # %% auto #0
 __all__ = ['PAD', 'EMPTY', 'QUEEN', 'BLANK', 'IGNORE_LABEL', 'KINDS', 'SOLVER_TARGETS', 'MAZE_CHARS', 'WALL', 'OPEN', 'START',
@@ -831,8 +832,7 @@ _registered_code = register_code_targets()
 # %% ../nbs/10_puzzles.ipynb #bdd9bf6c
 @torch.no_grad()
 def step_predictions(model, inputs: torch.Tensor, n_steps: int, injection: str = 'prev_argmax') -> torch.Tensor:
-    "Argmax answers of every supervision step (`dis_nbdev.model.rollout`, blank identifiers): Long[n_steps, B, L]."
-    from dis_nbdev.model import rollout
+    "Argmax answers of every supervision step (`dis_nbdev.steps.rollout`, blank identifiers): Long[n_steps, B, L]."
     pid = torch.zeros(inputs.shape[0], dtype=torch.long, device=inputs.device)
     return torch.stack([o.logits.argmax(-1) for o in rollout(model, inputs, pid, n_steps=n_steps, injection=injection)])
 
@@ -856,10 +856,10 @@ def evaluate_puzzles(model, data_dir, split: str = 'test', batch_size: int = 256
             'best_valid': max(r['valid'] for r in per_step), 'per_step': per_step}
 
 def evaluate_puzzle_run(run_dir, data_dir=None, split: str = 'test', device='cpu', **kw) -> dict:
-    "Load a training run (`dis_nbdev.train.load_trained`) and evaluate it on its puzzle data."
-    from dis_nbdev.train import load_trained
+    "Load a training run (`dis_nbdev.checkpoint.load_trained`) and evaluate it on its puzzle data."
+    from dis_nbdev.checkpoint import load_trained
     model, cfg = load_trained(run_dir, device=str(get_device(device)))
-    kw.setdefault('injection', getattr(cfg, 'injection', 'prev_argmax') if getattr(cfg, 'method', 'dis') == 'dis' else 'x')
+    kw.setdefault('injection', step_rule(cfg).injection)       # TRM injects x; DIS follows its config
     return evaluate_puzzles(model, data_dir or cfg.data_dir, split=split, device=device, **kw)
 
 # %% ../nbs/10_puzzles.ipynb #7dd4720b

@@ -93,3 +93,12 @@ def test_extends_inherits_and_drops(tmp_path):
     assert [c.key for c in E.expand_grid(g)] == ['sudoku4/dis_code@lr=0.003/seed0']
     (tmp_path/'bad.yaml').write_text('extends: nowhere.yaml\n')
     with pytest.raises(ConfigError, match='nowhere.yaml'): E.load_grid(tmp_path/'bad.yaml')
+
+def test_several_baselines():
+    rows = [dict(task='t', arm=a, seed=s, opt_steps=10, compute=30, train_cpu_s=1.0, train_wall_s=1.0, valid=v, exact=v)
+            for a, v0 in (('a', 0.2), ('b', 0.5), ('c', 0.9)) for s, v in enumerate([v0, v0 + 0.05, v0 + 0.1])]
+    summ = {r['arm']: r for r in E.summarize(rows, 0.95, ['a', 'b'])}
+    assert summ['c']['vs']['a']['diff'] == pytest.approx(0.7) and summ['c']['vs']['b']['diff'] == pytest.approx(0.4)
+    assert 'a' not in summ['a'].get('vs', {}) and summ['c']['vs_baseline'] is summ['c']['vs']['a']
+    table = E.format_table(list(summ.values()), 0.95, ['a', 'b'])
+    assert "minus 'a'" in table and "minus 'b'" in table

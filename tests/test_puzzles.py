@@ -1,6 +1,5 @@
 """N-Queens and Sudoku: generators, the on-disk layout, solver-order targets, rule-based scoring, and a
 short CPU training run on 4x4 Sudoku whose validity rate must rise."""
-import json
 import shutil
 import subprocess
 import sys

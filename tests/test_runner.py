@@ -186,7 +186,7 @@ def test_sigterm_then_rerun_equals_uninterrupted_run(tmp_path, one_torch_thread)
     from dis_nbdev.core import EXIT_INTERRUPTED
     from dis_nbdev.train import train
     out = tmp_path / 'runs'; d = out / 'ci_tiny'
-    cmd = [sys.executable, '-m', 'dis_nbdev.runner', str(CI), '--out', str(out), '--quiet', '--set', 'max_steps=240']
+    cmd = [sys.executable, '-m', 'dis_nbdev.runner', str(CI), '--out', str(out), '--quiet', '--set', 'max_steps=1200']
     proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _wait_for_step(d, 10, proc)
@@ -203,7 +203,7 @@ def test_sigterm_then_rerun_equals_uninterrupted_run(tmp_path, one_torch_thread)
     run = json.loads((d / 'run.json').read_text())
     summary = json.loads((d / 'summary.json').read_text())
     assert run['status'] == 'interrupted' and run_state(d) == 'unfinished'
-    assert summary['stopped'] == 'signal SIGTERM' and 10 <= summary['step'] < 240
+    assert summary['stopped'] == 'signal SIGTERM' and 10 <= summary['step'] < 1200
     assert not (d / 'eval.json').exists() and not (d / 'submission.json').exists(), 'an interrupted run is never evaluated'
     errs = _cells_with_errors(d / 'train.ipynb')
     assert len(errs) == 1 and errs[0]['ename'] == 'RunInterrupted'
@@ -214,10 +214,10 @@ def test_sigterm_then_rerun_equals_uninterrupted_run(tmp_path, one_torch_thread)
     assert again.returncode == 0, again.stderr[-3000:]
     assert 'resuming' in again.stdout
     assert json.loads((d / 'run.json').read_text())['status'] == 'finished' and run_state(d) == 'finished'
-    assert json.loads((d / 'summary.json').read_text())['step'] == 240 and (d / 'eval.json').exists()
+    assert json.loads((d / 'summary.json').read_text())['step'] == 1200 and (d / 'eval.json').exists()
     steps = [r['step'] for r in read_metrics(d)]
-    assert steps == sorted(set(steps)) and steps[-1] == 240
-    ref = load_run_spec(CI, out=tmp_path / 'ref', overrides=['max_steps=240'])
+    assert steps == sorted(set(steps)) and steps[-1] == 1200
+    ref = load_run_spec(CI, out=tmp_path / 'ref', overrides=['max_steps=1200'])
     train(ref.train)                                        # the same run, never interrupted
     a = torch.load(d / 'checkpoint.pt', map_location='cpu', weights_only=False)['model']
     b = torch.load(ref.run_dir / 'checkpoint.pt', map_location='cpu', weights_only=False)['model']

@@ -427,7 +427,7 @@ def evaluate(model, data_dir, batch_size: int = 64, device='auto', cfg_weight: f
             keep = batch['mask'].bool()
             if not keep.any(): continue
             inputs, pids, labels = batch['inputs'][keep], batch['puzzle_identifiers'][keep], batch['labels'][keep]
-            with autocast_context(device, bf16):
+            with torch.no_grad(), autocast_context(device, bf16):     # no graph: 16 TRM steps would keep every activation
                 outs = rollout(model, inputs.to(device), pids.to(device), n_steps=n_steps, injection=injection, cfg_weight=w)
             sp = step_predictions(outs[-kept:])           # softmax, crops and votes of the kept steps only
             toks = sp.tokens.cpu()

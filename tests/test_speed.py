@@ -160,6 +160,19 @@ def test_evaluate_bf16_auto_is_recorded(eval_data):
     assert evaluate(model, eval_data, batch_size=16, device='cpu', per_step=False)['bf16'] is False   # default: fp32
 
 
+def test_evaluation_builds_no_autograd_graph(eval_data):
+    "Evaluation keeps no activations for backward (a 16-step TRM evaluation once filled 24 GB this way)."
+    import dis_nbdev.evaluate as E
+    seen, real = [], E.rollout
+    def spy(*a, **kw):
+        outs = real(*a, **kw)
+        seen.append((torch.is_grad_enabled(), any(o.logits.requires_grad for o in outs)))
+        return outs
+    with mock.patch.object(E, 'rollout', spy):
+        E.evaluate(_random_tiny(eval_data), eval_data, batch_size=16, device='cpu', per_step=False)
+    assert seen and all(s == (False, False) for s in seen), seen
+
+
 # ------------------------------------------------------------------------------------------- GPU check
 def test_gpu_check_on_a_cpu_machine_says_so_and_exits_0(root):
     "bench/gpu_check.py is a one-command check for the day a GPU is at hand; without one it stops cleanly."

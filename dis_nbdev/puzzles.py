@@ -29,11 +29,11 @@ __all__ = ['PAD', 'EMPTY', 'QUEEN', 'BLANK', 'KINDS', 'SOLVER_TARGETS', 'MAZE_CH
            'sudoku_is_valid', 'sudoku_is_consistent', 'sudoku_puzzle', 'sudoku_make', 'sudoku_backtracks',
            'sudoku_waves', 'sudoku_rating', 'sudoku_make_hard', 'SudokuTransform', 'random_sudoku_transform',
            'make_examples', 'augment_pair', 'PuzzleSpec', 'build_puzzle_dataset', 'load_puzzle_split',
-           'nqueens_solver_order', 'sudoku_solver_order', 'frame_counts', 'detect_kind', 'SolverTargets',
+           'nqueens_solver_order', 'sudoku_solver_order', 'frame_counts', 'detect_kind', 'CodeTargets', 'SolverTargets',
            'register_solver_targets', 'is_valid_prediction', 'validity', 'score_predictions', 'maze_to_tokens',
            'tokens_to_maze', 'maze_distances', 'maze_count_shortest', 'maze_grid', 'maze_make', 'maze_path_cells',
-           'maze_examples', 'maze_is_valid', 'maze_path_order', 'wave_counts', 'CodeTargets', 'WaveTargets',
-           'MazePathTargets', 'register_code_targets', 'step_predictions', 'evaluate_puzzles', 'evaluate_puzzle_run',
+           'maze_examples', 'maze_is_valid', 'maze_path_order', 'wave_counts', 'WaveTargets', 'MazePathTargets',
+           'register_code_targets', 'step_predictions', 'evaluate_puzzles', 'evaluate_puzzle_run',
            'ensure_puzzle_dataset', 'build_puzzles_cli', 'split_puzzle_config', 'run_puzzle_config',
            'compare_puzzle_runs']
 
@@ -571,35 +571,50 @@ def detect_kind(inputs, labels) -> str:
     y = np.asarray(labels); x = np.asarray(inputs)
     return 'nqueens' if (y[y != IGNORE_LABEL] <= QUEEN).all() and (x <= QUEEN).all() else 'sudoku'
 
-class SolverTargets:
-    "Target generator: frames from puzzle to solution in solver order (see `get_target_generator`)."
+class CodeTargets:
+    "Shared batch loop of the code-based generators: `groups(x, y)` -> list of cell lists, revealed in that order."
     extra_vocab = 0
-    def __init__(self, kind: str = 'auto', cache_size: int = 200_000):
-        if kind != 'auto': _check_kind(kind)
-        self.kind, self.cache_size, self.cache = kind, cache_size, OrderedDict()
-    def __repr__(self): return f'SolverTargets(kind={self.kind!r})'
-    def order(self, x: np.ndarray, y: np.ndarray, kind: str) -> list[int]:
-        key = (kind, x.tobytes(), y.tobytes())
+    def __init__(self, cache_size: int = 200_000):
+        self.cache_size, self.cache = cache_size, OrderedDict()
+    def groups(self, x: np.ndarray, y: np.ndarray) -> list[list[int]]: raise NotImplementedError
+    def counts(self, k: int, n_steps: int) -> list[int]: return frame_counts(k, n_steps)
+    def _groups(self, x, y) -> tuple[np.ndarray, np.ndarray]:
+        "The changed cells in reveal order, and where each group ends in it (cached per puzzle)."
+        key = (x.tobytes(), y.tobytes())
         if key in self.cache: self.cache.move_to_end(key); return self.cache[key]
-        if kind == 'nqueens': o = nqueens_solver_order(tokens_to_queens(x), tokens_to_queens(y))
-        else: o = sudoku_solver_order(np.maximum(tokens_to_sudoku(x), 0), tokens_to_sudoku(y))
-        diff = np.nonzero(x != y)[0]; got = set(o)
-        o = [i for i in o if x[i] != y[i]] + [int(i) for i in diff if int(i) not in got]
-        self.cache[key] = o
+        g = [[i for i in grp if x[i] != y[i]] for grp in self.groups(x, y)]
+        got = {i for grp in g for i in grp}; rest = [int(i) for i in np.nonzero(x != y)[0] if int(i) not in got]
+        g = [grp for grp in g if grp] + ([rest] if rest else [])
+        cells = np.asarray([i for grp in g for i in grp], np.int64)
+        ends = np.cumsum([0] + [len(grp) for grp in g])
+        self.cache[key] = cells, ends
         if len(self.cache) > self.cache_size: self.cache.popitem(last=False)
-        return o
+        return cells, ends
     def __call__(self, inputs: torch.Tensor, labels: torch.Tensor, n_steps: int,
                  generator: torch.Generator | None = None) -> torch.Tensor:
         X = inputs.detach().cpu().numpy().astype(np.int64); Y = labels.detach().cpu().numpy().astype(np.int64)
-        if X.shape != Y.shape: raise PuzzleError(f'solver targets: inputs {X.shape} and labels {Y.shape} differ')
+        if X.shape != Y.shape: raise PuzzleError(f'{type(self).__name__}: inputs {X.shape} and labels {Y.shape} differ')
         out = np.empty((n_steps, *Y.shape), np.int64)
         for b in range(Y.shape[0]):
             ign = Y[b] == IGNORE_LABEL; x = X[b]; y = np.where(ign, x, Y[b])
-            kind = self.kind if self.kind != 'auto' else detect_kind(x, y)
-            o = np.asarray(self.order(x, y, kind), np.int64)
-            for s, m in enumerate(frame_counts(len(o), n_steps)):
-                f = x.copy(); f[o[:m]] = y[o[:m]]; f[ign] = IGNORE_LABEL; out[s, b] = f
+            cells, ends = self._groups(x, y)
+            for s, m in enumerate(self.counts(len(ends) - 1, n_steps)):
+                shown = cells[:ends[m]]
+                f = x.copy(); f[shown] = y[shown]; f[ign] = IGNORE_LABEL; out[s, b] = f
         return torch.from_numpy(out).to(labels.device)
+
+class SolverTargets(CodeTargets):
+    "Target generator: frames from puzzle to solution in solver order (see `get_target_generator`)."
+    def __init__(self, kind: str = 'auto', cache_size: int = 200_000):
+        if kind != 'auto': _check_kind(kind)
+        super().__init__(cache_size); self.kind = kind
+    def __repr__(self): return f'SolverTargets(kind={self.kind!r})'
+    def groups(self, x: np.ndarray, y: np.ndarray) -> list[list[int]]:
+        kind = self.kind if self.kind != 'auto' else detect_kind(x, y)
+        if kind == 'nqueens': o = nqueens_solver_order(tokens_to_queens(x), tokens_to_queens(y))
+        else: o = sudoku_solver_order(np.maximum(tokens_to_sudoku(x), 0), tokens_to_sudoku(y))
+        return [[i] for i in o]
+
 
 # %% ../nbs/10_puzzles.ipynb #0eec2c1d
 def _solver_factory(kind):
@@ -762,36 +777,6 @@ def maze_path_order(inputs, labels, both_ends: bool = False) -> list[int]:
 def wave_counts(n_waves: int, n_steps: int) -> list[int]:
     "Waves shown in frames 1..n_steps: ceil(s*R/n_steps), spread evenly; the last frame shows all R waves."
     return [-(-s * n_waves // n_steps) for s in range(1, n_steps + 1)]
-
-class CodeTargets:
-    "Shared batch loop of the code-based generators: `groups(x, y)` -> list of cell lists, revealed in that order."
-    extra_vocab = 0
-    def __init__(self, cache_size: int = 200_000):
-        self.cache_size, self.cache = cache_size, OrderedDict()
-    def groups(self, x: np.ndarray, y: np.ndarray) -> list[list[int]]: raise NotImplementedError
-    def counts(self, k: int, n_steps: int) -> list[int]: return frame_counts(k, n_steps)
-    def _groups(self, x, y):
-        key = (x.tobytes(), y.tobytes())
-        if key in self.cache: self.cache.move_to_end(key); return self.cache[key]
-        g = [[i for i in grp if x[i] != y[i]] for grp in self.groups(x, y)]
-        got = {i for grp in g for i in grp}; rest = [int(i) for i in np.nonzero(x != y)[0] if int(i) not in got]
-        g = [grp for grp in g if grp] + ([rest] if rest else [])
-        self.cache[key] = g
-        if len(self.cache) > self.cache_size: self.cache.popitem(last=False)
-        return g
-    def __call__(self, inputs: torch.Tensor, labels: torch.Tensor, n_steps: int,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
-        X = inputs.detach().cpu().numpy().astype(np.int64); Y = labels.detach().cpu().numpy().astype(np.int64)
-        if X.shape != Y.shape: raise PuzzleError(f'{type(self).__name__}: inputs {X.shape} and labels {Y.shape} differ')
-        out = np.empty((n_steps, *Y.shape), np.int64)
-        for b in range(Y.shape[0]):
-            ign = Y[b] == IGNORE_LABEL; x = X[b]; y = np.where(ign, x, Y[b])
-            g = self._groups(x, y)
-            for s, m in enumerate(self.counts(len(g), n_steps)):
-                f = x.copy()
-                for grp in g[:m]: f[grp] = y[grp]
-                f[ign] = IGNORE_LABEL; out[s, b] = f
-        return torch.from_numpy(out).to(labels.device)
 
 class WaveTargets(CodeTargets):
     "Sudoku: frame s = the puzzle plus the propagation waves 1..ceil(s*R/n_steps) (search-needed cells come last)."

@@ -265,8 +265,6 @@ class StepPredictions:
     q_halt: torch.Tensor
     prob: torch.Tensor
 
-_check_injection = check_injection
-
 @torch.no_grad()
 def step_predictions(outs) -> StepPredictions:
     "Answers and confidences from the per-step outputs (`StepOutput`s) of one rollout."

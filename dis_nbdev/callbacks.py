@@ -18,9 +18,9 @@ from .optim import averaged_model
 from .evaluate import evaluate
 
 # %% auto #0
-__all__ = ['FINISHED_REASONS', 'metrics_record', 'NonFiniteLossError', 'stop_state', 'Callback', 'Clock', 'StopRules', 'Signals',
-           'NanGuard', 'Metrics', 'JsonlLog', 'WandbLog', 'ProgressBar', 'Checkpoints', 'Evaluation',
-           'default_callbacks']
+__all__ = ['FINISHED_REASONS', 'metrics_record', 'NonFiniteLossError', 'stop_state', 'Callback', 'Clock', 'StopRules',
+           'catch_signals_early', 'Signals', 'NanGuard', 'Metrics', 'JsonlLog', 'WandbLog', 'ProgressBar',
+           'Checkpoints', 'Evaluation', 'default_callbacks']
 
 # %% ../nbs/05c_callbacks.ipynb #101b6dcc
 def _metric_shapes(S: int) -> dict:
@@ -123,10 +123,23 @@ class StopRules(Callback):
         if cfg.stop_at_step is not None and st.step >= cfg.stop_at_step: return 'stop_at_step'
         if cfg.time_budget_s is not None and self.clock.elapsed(st) >= cfg.time_budget_s: return 'time_budget'
 
+_EARLY_SIGNAL = {'got': None}
+
+def catch_signals_early() -> None:
+    "From process start (`dis-train`): a SIGTERM / SIGUSR1 that arrives while the run loads is kept for `Signals`."
+    if threading.current_thread() is not threading.main_thread(): return
+    def handler(signum, frame): _EARLY_SIGNAL['got'] = signal.Signals(signum).name
+    for name in ('SIGTERM', 'SIGUSR1'):
+        sig = getattr(signal, name, None)
+        if sig is None: continue
+        try: signal.signal(sig, handler)
+        except (ValueError, OSError): pass
+
 class Signals(Callback):
     "SIGTERM / SIGUSR1 / first SIGINT: stop after the current batch (a second SIGINT raises KeyboardInterrupt)."
     def __init__(self): self.got, self.old = None, {}
     def before_fit(self, st):
+        self.got, _EARLY_SIGNAL['got'] = _EARLY_SIGNAL['got'], None     # preempted while loading: stop at once
         if threading.current_thread() is not threading.main_thread(): return
         def handler(signum, frame):
             if self.got is not None and signum == signal.SIGINT: raise KeyboardInterrupt

@@ -25,7 +25,7 @@ from .steps import sequence_loss, step_rule, step_weights, supervision_step
 from .checkpoint import (TrainConfig, as_train_config, planned_steps, describe_plan, reference_examples,
                                   step_flops, load_state, setup_distributed)
 from .optim import lr_lambda, make_ema, make_optimizers
-from .callbacks import default_callbacks, stop_state, _Acc, _acc_stats, _metric_shapes
+from .callbacks import catch_signals_early, default_callbacks, stop_state, _Acc, _acc_stats, _metric_shapes
 # re-exported, so that the documented `dis_nbdev.train.<name>` keeps working
 from .steps import LOSSES, log_stablemax, stablemax_cross_entropy, softmax_cross_entropy  # noqa: F401
 from .checkpoint import (CHECKPOINT_FORMAT, load_model_state, load_trained, read_checkpoint, save_state,  # noqa: F401
@@ -324,6 +324,7 @@ def apply_overrides(d: dict, sets: Iterable[str]) -> dict:
 
 def train_cli(argv: list[str] | None = None):
     "dis-train --config X.yaml [--resume] [--set key=value ...]; exits EXIT_INTERRUPTED when a signal stopped the run."
+    catch_signals_early()           # a job preempted while it still loads is interrupted too, not killed
     ap = argparse.ArgumentParser(prog='dis-train', description='Train DIS or the TRM-ACT baseline (run under torchrun for multi-GPU).')
     ap.add_argument('--config', required=True, help='YAML file of TrainConfig fields')
     ap.add_argument('--resume', action='store_true', help='continue from out_dir/checkpoint.pt when it exists')

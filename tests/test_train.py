@@ -290,3 +290,19 @@ def test_a_second_trainer_on_one_run_folder_is_refused_at_once(tmp_path):
     with pytest.raises(Exception, match='nowhere'):        # lock free again: now the missing dataset is the error
         T.Trainer({'data_dir': str(tmp_path / 'nowhere'), 'out_dir': str(tmp_path / 'run')})
     FolderLock(tmp_path / 'run' / '.train.lock').acquire().release()     # a failed start released it
+
+
+def test_sigterm_while_the_run_loads_is_an_interrupted_run(arc_aug, tmp_path):
+    "A job preempted before its loop starts exits EXIT_INTERRUPTED with a checkpoint, not killed by the signal."
+    import signal, yaml
+    y = tmp_path / 'run.yaml'; y.write_text(yaml.safe_dump(cfg(arc_aug, tmp_path / 'run', max_steps=500)))
+    env = dict(os.environ, OMP_NUM_THREADS='1', WANDB_MODE='disabled')
+    p = subprocess.Popen([sys.executable, '-c', 'from dis_nbdev.train import train_cli; train_cli()', '--config', str(y)],
+                         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    line = p.stderr.readline()                        # the plan line: the run is loaded, its loop not yet started
+    assert 'plan' in line, line
+    p.send_signal(signal.SIGTERM)
+    err = p.stderr.read(); p.wait(timeout=120)
+    assert p.returncode == EXIT_INTERRUPTED, err[-2000:]
+    s = json.loads((tmp_path / 'run' / 'summary.json').read_text())
+    assert s['state'] == 'interrupted' and s['step'] < 500 and (tmp_path / 'run' / 'checkpoint.pt').exists()

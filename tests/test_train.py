@@ -230,6 +230,7 @@ def test_killed_and_preempted_run_resumes_identically(arc_aug, tmp_path):
     # 2. resume in a new process, SIGTERM once it has logged a new step
     p = subprocess.Popen(cmd + ['--resume'], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     last = lambda: json.loads(mj.read_text().splitlines()[-1])['step'] if mj.exists() and mj.read_text().strip() else 0
+    assert 'plan' in p.stderr.readline()         # loaded: metrics.jsonl is cut back to the checkpoint by now
     wait(lambda: last() > step, p); p.send_signal(signal.SIGTERM)
     out, err = p.communicate(timeout=120)
     assert p.returncode == EXIT_INTERRUPTED == 75, err[-2000:]

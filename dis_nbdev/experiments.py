@@ -4,7 +4,7 @@
 
 # %% ../nbs/14_experiments.ipynb #e0000003
 from __future__ import annotations
-import argparse, contextlib, copy, csv, fcntl, io, itertools, json, math, os, subprocess, sys, time
+import argparse, copy, csv, difflib, io, itertools, json, math, os, subprocess, sys, time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -12,17 +12,19 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .core import DisError, ConfigError, atomic_write_json, atomic_write_text, load_yaml
+from .core import DisError, ConfigError
+from .files import FolderLock, RunDir, append_jsonl, atomic_write_json, atomic_write_text, check_name, read_jsonl
+from .config import as_train_config, coerce_value, deep_merge, load_yaml
 from .model import model_config
-from .checkpoint import as_train_config
+import dis_nbdev.checkpoint  # noqa: F401  (registers the model and loss checks into config)
 from .train import train
 from .puzzles import PuzzleSpec, ensure_puzzle_dataset, evaluate_puzzle_run
 
 # %% auto #0
 __all__ = ['TASK_KEYS', 'GRID_KEYS', 'RESULT_COLS', 'STEP_COLS', 'Cell', 'load_grid', 'expand_grid', 'prepare_grid_data',
-           'cell_dir', 'read_evals', 'cell_done', 'cell_lock', 'run_cell', 'run_grid', 'collect_results', 'write_csv',
-           't_quantile_975', 't_interval', 'paired_bootstrap', 'summarize', 'format_table', 'plot_grid_results',
-           'grid_report', 'grid_cli']
+           'grid_problems', 'cell_dir', 'read_evals', 'cell_done', 'run_cell', 'run_grid', 'collect_results',
+           'write_csv', 't_quantile_975', 't_interval', 'paired_bootstrap', 'summarize', 'format_grid_table',
+           'plot_grid_results', 'grid_report', 'grid_cli']
 
 # %% ../nbs/14_experiments.ipynb #e2000000
 TASK_KEYS = ('puzzle', 'data_dir', 'targets', 'train', 'budget', 'eval')
@@ -42,49 +44,32 @@ class Cell:
     @property
     def key(self) -> str: return f'{self.task}/{self.arm}/seed{self.seed}'
 
-def _deep_merge(a: dict, b: dict) -> dict:
-    out = dict(a)
-    for k, v in (b or {}).items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
-    return out
-
 def _fmt(v) -> str:
     return f'{v:g}' if isinstance(v, float) else str(v)
 
-def load_grid(grid, overrides: dict | None = None) -> dict:
-    "A grid declaration (YAML path or dict), checked: unknown keys, missing tasks/arms/seeds, budget fields."
+def load_grid(grid, overrides: dict | None = None, _chain: tuple = ()) -> dict:
+    "A grid declaration (YAML path or dict), checked: every problem of the file at once (see `grid_problems`)."
     path = Path(grid) if isinstance(grid, (str, os.PathLike)) else None
-    g = _deep_merge(load_yaml(path) if path else dict(grid), overrides or {})
+    if path is None and not isinstance(grid, dict):
+        raise ConfigError(f'grid: expected a YAML path or a mapping, got {type(grid).__name__}')
     where = str(path) if path else 'grid'
+    if path is not None and path.resolve() in _chain:
+        raise ConfigError(f'{where}: `extends` makes a cycle: ' + ' -> '.join(str(p) for p in (*_chain, path.resolve())))
+    raw = load_yaml(path) if path else dict(grid)
+    g = deep_merge(raw, overrides or {})
     if g.get('extends'):                  # another grid file (relative to this one), deep-merged under this one
-        parent = (path.parent if path else Path('.'))/g.pop('extends')
+        parent = (path.parent if path else Path('.'))/str(g.pop('extends'))
         if not parent.exists(): raise ConfigError(f'{where}: extends {str(parent)!r}, which does not exist')
-        g = _deep_merge(load_grid(parent), g); g.pop('_where', None)
-        if 'name' not in (load_yaml(path) if path else grid): g['name'] = path.stem if path else 'grid'
-        if 'out' not in (load_yaml(path) if path else grid): g['out'] = None
+        g = deep_merge(load_grid(parent, _chain=(*_chain, path.resolve() if path else 'grid')), g); g.pop('_where', None)
+        if 'name' not in raw: g['name'] = path.stem if path else 'grid'
+        if 'out' not in raw: g['out'] = None
     for k in ('tasks', 'arms'):           # `arm: null` drops an inherited arm (or task)
         if isinstance(g.get(k), dict): g[k] = {a: v for a, v in g[k].items() if v is not None}
-    bad = sorted(set(g) - set(GRID_KEYS))
-    if bad: raise ConfigError(f'{where}: unknown grid key(s) {bad}; known: {list(GRID_KEYS)}')
-    for k in ('tasks', 'arms'):
-        if not isinstance(g.get(k), dict) or not g[k]: raise ConfigError(f'{where}: `{k}:` must be a non-empty mapping')
-    seeds = g.get('seeds', [0])
-    if isinstance(seeds, int): seeds = list(range(seeds))
-    if not seeds or not all(isinstance(s, int) for s in seeds): raise ConfigError(f'{where}: `seeds:` must be a list of ints or a count')
-    g['seeds'] = seeds
-    b = g.get('budget')
-    if not isinstance(b, dict) or not any(k in b for k in ('compute', 'steps')):
-        raise ConfigError(f'{where}: `budget:` needs `compute` (optimizer steps x batch x net calls per step) or `steps`')
-    bad = sorted(set(b) - {'compute', 'steps', 'evals'})
-    if bad: raise ConfigError(f'{where}: unknown budget key(s) {bad}; known: compute, steps, evals')
-    for bl in ([g['baseline']] if isinstance(g.get('baseline'), str) else list(g.get('baseline') or [])):
-        if bl not in g['arms']: raise ConfigError(f"{where}: baseline {bl!r} is not an arm; arms: {list(g['arms'])}")
-    for t, spec in g['tasks'].items():
-        if not isinstance(spec, dict) or not isinstance(spec.get('puzzle'), dict):
-            raise ConfigError(f'{where}: task {t!r} needs a `puzzle:` mapping of PuzzleSpec fields')
-        bad = sorted(set(spec) - set(TASK_KEYS))
-        if bad: raise ConfigError(f'{where}: task {t!r}: unknown key(s) {bad}; known: {list(TASK_KEYS)}')
-    g['name'] = g.get('name') or (path.stem if path else 'grid')
+    g['name'] = g.get('name') if g.get('name') is not None else (path.stem if path else 'grid')
+    errors = grid_problems(g)
+    if errors: raise ConfigError(f'{where}: {len(errors)} problem(s) in the grid:\n  ' + '\n  '.join(errors))
+    if isinstance(g.get('seeds', [0]), int): g['seeds'] = list(range(g['seeds']))
+    g.setdefault('seeds', [0])
     g['out'] = str(g.get('out') or Path('runs')/'grids'/g['name'])
     g['_where'] = where
     return g
@@ -119,7 +104,7 @@ def expand_grid(grid) -> list[Cell]:
         for aname, afields in arms.items():
             afields = _resolve_targets(afields, task, f'{where}: arm {aname!r}')
             for seed in g['seeds']:
-                cfg = _deep_merge(_deep_merge(_deep_merge(g.get('base') or {}, task.get('train') or {}), afields),
+                cfg = deep_merge(deep_merge(deep_merge(g.get('base') or {}, task.get('train') or {}), afields),
                                   dict(seed=int(seed), data_dir=data_dir, name=f'{g["name"]}-{tname}-{aname}-s{seed}',
                                        out_dir=str(out/'runs'/tname/aname/f'seed{seed}'/'train')))
                 try: tc = as_train_config(cfg)
@@ -147,32 +132,81 @@ def prepare_grid_data(grid) -> dict:
         out[t] = ensure_puzzle_dataset(dd, task['puzzle'])
     return out
 
+# %% ../nbs/14_experiments.ipynb #50154376
+def _unknown(keys, known, what: str) -> list[str]:
+    out = []
+    for k in sorted(set(map(str, keys)) - set(known)):
+        near = difflib.get_close_matches(k, list(known), n=1, cutoff=0.6)
+        out.append(f'unknown {what} {k!r}' + (f'; did you mean {near[0]!r}?' if near else f'; known: {list(known)}'))
+    return out
+
+def _budget_problems(b, at: str) -> list[str]:
+    if b is None: return []
+    if not isinstance(b, dict): return [f'{at}budget: expected a mapping (compute, steps, evals), got {b!r}']
+    out = _unknown(b, ('compute', 'steps', 'evals'), f'{at}budget key')
+    for k, hint, low in (('steps', int, 1), ('evals', int, 1), ('compute', float, 0)):
+        if k not in b: continue
+        try: v = coerce_value(b[k], hint, f'{at}budget.{k}')
+        except ConfigError as e: out.append(str(e)); continue
+        if not math.isfinite(v) or (v < low if hint is int else v <= low):
+            out.append(f'{at}budget.{k}={b[k]!r}: must be {"a whole number >= 1" if hint is int else "a number > 0"}')
+        else: b[k] = v
+    return out
+
+def _task_problems(t, spec) -> list[str]:
+    at = f'task {t!r}: '
+    if not isinstance(spec, dict): return [f'{at}expected a mapping with a `puzzle:` mapping of PuzzleSpec fields']
+    out = _unknown(spec, TASK_KEYS, f'{at}key')
+    if not isinstance(spec.get('puzzle'), dict): out.append(f'{at}needs a `puzzle:` mapping of PuzzleSpec fields')
+    else:
+        try: PuzzleSpec(**spec['puzzle'])
+        except (TypeError, ValueError) as e: out.append(f'{at}puzzle: {e}')
+    for k in ('train', 'targets', 'eval'):
+        if spec.get(k) is not None and not isinstance(spec[k], dict): out.append(f'{at}{k}: expected a mapping, got {spec[k]!r}')
+    return out + _budget_problems(spec.get('budget'), at)
+
+
+# %% ../nbs/14_experiments.ipynb #6f0f9ebe
+def grid_problems(g: dict) -> list[str]:
+    "Every problem of grid mapping `g` (after `extends`), as one line each."
+    out = _unknown(g, GRID_KEYS, 'grid key')
+    for what, k in (('grid name', 'name'),):
+        try: check_name(g.get(k), what)
+        except ConfigError as e: out.append(str(e))
+    o = g.get('out')
+    if o is not None and (not isinstance(o, (str, os.PathLike)) or str(o).strip() == ''):
+        out.append(f'out: {o!r} is not a folder path')
+    elif o is not None and Path(o).exists() and not Path(o).is_dir(): out.append(f'out: {str(o)!r} is a file, not a folder')
+    for k in ('tasks', 'arms'):
+        if not isinstance(g.get(k), dict) or not g[k]: out.append(f'`{k}:` must be a non-empty mapping'); continue
+        for n in g[k]:
+            try: check_name(n, k[:-1] + ' name')
+            except ConfigError as e: out.append(str(e))
+    seeds = g.get('seeds', [0])
+    if isinstance(seeds, int) and not isinstance(seeds, bool): seeds = list(range(seeds)) if seeds >= 1 else []
+    if (not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
+                                                            and 0 <= s < 2**63 for s in seeds)):
+        out.append(f'seeds: {g.get("seeds")!r}: must be a list of whole numbers in [0, 2**63) or a count >= 1')
+    b = g.get('budget')
+    if not isinstance(b, dict) or not any(k in b for k in ('compute', 'steps')):
+        out.append('`budget:` needs `compute` (optimizer steps x batch x net calls per step) or `steps`')
+    out += _budget_problems(b if isinstance(b, dict) else None, '')
+    for bl in ([g['baseline']] if isinstance(g.get('baseline'), str) else list(g.get('baseline') or [])):
+        if isinstance(g.get('arms'), dict) and bl not in g['arms']: out.append(f"baseline {bl!r} is not an arm; arms: {list(g['arms'])}")
+    for a, fields in (g.get('arms') or {}).items() if isinstance(g.get('arms'), dict) else ():
+        if not isinstance(fields, dict): out.append(f'arm {a!r}: expected a mapping of TrainConfig fields, got {fields!r}')
+    for t, spec in (g.get('tasks') or {}).items() if isinstance(g.get('tasks'), dict) else (): out += _task_problems(t, spec)
+    return out
+
+
 # %% ../nbs/14_experiments.ipynb #e2000001
 def cell_dir(grid: dict, cell: Cell) -> Path: return Path(grid['out'])/'runs'/cell.task/cell.arm/f'seed{cell.seed}'
 
 def read_evals(d: Path) -> list[dict]:
-    "The evaluation records a cell has written so far (one JSON line per evaluation point)."
-    p = Path(d)/'evals.jsonl'
-    if not p.exists(): return []
-    out = []
-    for line in p.read_text().splitlines():
-        try: out.append(json.loads(line))
-        except json.JSONDecodeError: break           # a torn last line (killed mid-write): evaluate that point again
-    return out
+    "The evaluation records a cell has written so far (one JSON line per point); a torn last line is repaired, with a warning."
+    return read_jsonl(Path(d)/'evals.jsonl', repair=True, what='evaluations')
 
 def cell_done(grid: dict, cell: Cell) -> bool: return (cell_dir(grid, cell)/'done.json').exists()
-
-@contextlib.contextmanager
-def cell_lock(d: Path):
-    "Hold `<cell>/.cell.lock` (fcntl, non-blocking); raises DisError when another process runs this cell."
-    d.mkdir(parents=True, exist_ok=True)
-    fh = open(d/'.cell.lock', 'a+')
-    try:
-        try: fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError: raise DisError(f'{d}: another process is running this cell') from None
-        fh.seek(0); fh.truncate(); fh.write(str(os.getpid())); fh.flush()
-        yield
-    finally: fh.close()
 
 def _cpu_s() -> float:
     "CPU seconds of this process (all threads)."
@@ -184,7 +218,7 @@ def run_cell(grid, cell: Cell, device: str = 'cpu', max_points: int | None = Non
     g = grid if '_where' in grid else load_grid(grid)
     if threads: torch.set_num_threads(int(threads))
     d = cell_dir(g, cell)
-    with cell_lock(d):
+    with FolderLock(d/'.cell.lock', f'grid cell {cell.key}'):
         evals = read_evals(d)
         done = {r['opt_steps'] for r in evals}
         prev = evals[-1] if evals else dict(train_cpu_s=0.0, train_wall_s=0.0, eval_cpu_s=0.0)
@@ -192,7 +226,7 @@ def run_cell(grid, cell: Cell, device: str = 'cpu', max_points: int | None = Non
         cfg = {**cell.train, 'device': device}
         for p in todo:
             t0, w0 = _cpu_s(), time.time()
-            ckpt = Path(cfg['out_dir'])/'checkpoint.pt'
+            ckpt = RunDir(cfg['out_dir']).checkpoint
             summary = train({**cfg, 'stop_at_step': p}, resume=ckpt.exists())
             if device != 'cpu' and torch.cuda.is_available(): torch.cuda.synchronize()
             t1, w1 = _cpu_s(), time.time()
@@ -207,7 +241,7 @@ def run_cell(grid, cell: Cell, device: str = 'cpu', max_points: int | None = Non
                        eval_cpu_s=round(prev['eval_cpu_s'] + t2 - t1, 3), device=device,
                        valid=ev['valid'], exact=ev['exact'], token_acc=ev['per_step'][-1]['token_acc'],
                        best_step_exact=max(r['exact'] for r in ev['per_step']), n_test=ev['n'], per_step=ev['per_step'])
-            with open(d/'evals.jsonl', 'a') as fh: fh.write(json.dumps(rec) + '\n')
+            append_jsonl(d/'evals.jsonl', rec)
             evals.append(rec); prev = rec
         if {r['opt_steps'] for r in evals} >= set(cell.points):
             atomic_write_json(d/'done.json', dict(key=cell.key, points=cell.points, final=evals[-1]['exact']))
@@ -229,6 +263,9 @@ def run_grid(grid, workers: int = 1, device: str = 'cpu', threads: int = 1, only
     atomic_write_json(gpath, {k: v for k, v in g.items() if k != '_where'})
     prepare_grid_data(g)
     cells = [c for c in expand_grid(g) if not only or any(c.key.startswith(o) for o in only)]
+    if only and not cells:
+        raise ConfigError(f"{g['_where']}: --only {list(only)} matches no cell; cells: "
+                          + ', '.join(c.key for c in expand_grid(g)[:6]) + (' ...' if len(expand_grid(g)) > 6 else ''))
     skipped = [c.key for c in cells if cell_done(g, c)]
     order = {t: i for i, t in enumerate(g['tasks'])}           # seed-major: a stopped grid still has every arm
     todo = sorted((c for c in cells if not cell_done(g, c)), key=lambda c: (order[c.task], c.seed))
@@ -343,7 +380,7 @@ def _ci(t, fmt='{:.3f}', lo_clip: float = 0.0, hi_clip: float = float('inf')) ->
     m, lo, hi = t; lo, hi = max(lo, lo_clip), min(hi, hi_clip)
     return fmt.format(m) if lo == hi else f'{fmt.format(m)} [{fmt.format(lo)}, {fmt.format(hi)}]'
 
-def format_table(summary: list[dict], target: float = 0.95, baseline: str | None = None) -> str:
+def format_grid_table(summary: list[dict], target: float = 0.95, baseline: str | None = None) -> str:
     "A markdown table of `summarize` rows, with the paired-bootstrap comparison to the baseline under it."
     head = (f'| task | arm | seeds | final exact (95% CI) | final valid | best exact | reached {target:g} | '
             f'opt. steps to {target:g} (or best) | train CPU-s to {target:g} (or best) | total train CPU-s |')
@@ -414,7 +451,7 @@ def grid_report(grid, log=print, figures: bool = True) -> dict:
     write_csv(out/'results.csv', rows, RESULT_COLS); write_csv(out/'results_steps.csv', steps, STEP_COLS)
     target = float(g.get('target', 0.95))
     summ = summarize(rows, target, g.get('baseline')) if rows else []
-    table = format_table(summ, target, g.get('baseline')) if summ else '(no finished evaluation points yet)'
+    table = format_grid_table(summ, target, g.get('baseline')) if summ else '(no finished evaluation points yet)'
     atomic_write_text(out/'summary.md', table + '\n')
     figs = []
     if figures and rows:

@@ -10,23 +10,24 @@ from pathlib import Path
 import torch
 import yaml
 
-from .core import (EXIT_INTERRUPTED, ConfigError, DisError, FolderLock, atomic_write_json,
-                            atomic_write_text, clean_stale_temps, coerce_value, from_dict, load_yaml, project_root)
+from .core import EXIT_INTERRUPTED, ConfigError, DisError
+from .files import (RunDir, atomic_write_json, atomic_write_text, check_name, clean_stale_temps, project_root,
+                             summary_state)
+from .config import TrainConfig, apply_overrides, as_train_config, check_start, coerce_value, load_yaml
 from .arc import check_task_id, fits, load_subsets
 from .dataset import build_arc_dataset, recover_dataset, verify_dataset
-from .checkpoint import TrainConfig, load_trained, read_metrics, setup_distributed
+from .checkpoint import load_trained, read_metrics, setup_distributed
 from .evaluate import evaluate, run_defaults
 from .train import train
 from .puzzles import ensure_puzzle_dataset, evaluate_puzzle_run   # importing puzzles registers its target generators
 
 
 # %% auto #0
-__all__ = ['DATA_DEFAULTS', 'EVAL_DEFAULTS', 'DATA_TYPES', 'EVAL_TYPES', 'FINISHED_STOPS', 'RUN_LOCK', 'TRAINING_FILES',
-           'default_data_dir', 'RunSpec', 'parse_overrides', 'load_run_spec', 'task_to_json', 'select_tasks',
-           'write_task_folder', 'prepare_data', 'train_config', 'torchrun_command', 'launch_training', 'eval_kwargs',
-           'run_evaluation', 'run_puzzle_evaluation', 'RunInterrupted', 'summary_state', 'run_finished',
-           'check_finished', 'per_step_series', 'plot_training', 'plot_per_step', 'run_state', 'default_notebook',
-           'config_diff', 'move_run_aside', 'execute_run', 'run_cli']
+__all__ = ['DATA_DEFAULTS', 'EVAL_DEFAULTS', 'DATA_TYPES', 'EVAL_TYPES', 'default_data_dir', 'RunSpec', 'load_run_spec',
+           'select_tasks', 'write_task_folder', 'prepare_data', 'train_config', 'torchrun_command', 'launch_training',
+           'eval_kwargs', 'run_evaluation', 'run_puzzle_evaluation', 'RunInterrupted', 'run_finished', 'check_finished',
+           'per_step_series', 'plot_training', 'plot_per_step', 'run_state', 'default_notebook', 'config_diff',
+           'move_run_aside', 'execute_run', 'run_cli']
 
 # %% ../nbs/09_runner.ipynb #730f27d9
 DATA_DEFAULTS = dict(
@@ -83,31 +84,20 @@ class RunSpec:
         "The flat config again (what a YAML holds)."
         return {**self.data, **self.eval, **self.train}
 
-def parse_overrides(items) -> dict:
-    "`['lr=1e-3', 'model={hidden_size: 64}']` -> dict, values parsed as YAML."
-    if items is None: return {}
-    if isinstance(items, dict): return dict(items)
-    out = {}
-    for it in items:
-        if '=' not in it: raise ConfigError(f'--set {it!r}: expected key=value')
-        k, v = it.split('=', 1)
-        val = yaml.safe_load(v)
-        if isinstance(val, str) and val == v.strip():      # YAML 1.1 reads 5e-4 as text: a number was meant
-            try: val = float(val.replace('_', '')) if any(c.isdigit() for c in val) else val
-            except ValueError: pass
-        out[k.strip()] = val
-    return out
-
 def load_run_spec(config, run_dir=None, overrides=None, out='runs') -> RunSpec:
     "Read a run config (YAML path or dict), apply `overrides`, and split it into a `RunSpec`."
     path = None
     if isinstance(config, (str, os.PathLike)):
         path = Path(config); cfg = load_yaml(path)
-    else: cfg = dict(config or {})
-    cfg.update(parse_overrides(overrides))
+    elif config is None or isinstance(config, dict): cfg = dict(config or {})
+    else: raise ConfigError(f'config: expected a YAML path or a mapping of fields, got {type(config).__name__}')
     where = str(path) if path else 'config'
-    name = cfg.get('name') or (path.stem if path else None)
-    if not name: raise ConfigError(f'{where}: a run needs a `name`')
+    cfg = apply_overrides(cfg, overrides, f'{where}: --set')          # the one override syntax (config.apply_overrides)
+    name = cfg.get('name') if cfg.get('name') is not None else (path.stem if path else None)
+    if name is None: raise ConfigError(f'{where}: a run needs a `name`')
+    check_name(name, 'run name', where)                                 # it becomes <out>/<name>: nothing escapes --out
+    if run_dir is None and (str(out) == '' or (Path(out).exists() and not Path(out).is_dir())):
+        raise ConfigError(f'{where}: --out {str(out)!r} is {"empty" if str(out) == "" else "a file"}; name the folder that holds the run folders')
     data = {k: cfg.pop(k, v) for k, v in DATA_DEFAULTS.items()}
     ev = {k: cfg.pop(k, v) for k, v in EVAL_DEFAULTS.items()}
     errors = []
@@ -122,10 +112,12 @@ def load_run_spec(config, run_dir=None, overrides=None, out='runs') -> RunSpec:
     if not errors and not 2 <= data['side'] <= 30:
         errors.append(f'side={data["side"]!r}: must be an integer canvas side in 2..30')
     if not errors and data['num_aug'] < 0: errors.append(f'num_aug={data["num_aug"]!r}: must be a non-negative integer')
-    if errors: raise ConfigError(f'{where}: {len(errors)} bad field(s):\n  ' + '\n  '.join(errors))
     run_dir = Path(run_dir) if run_dir is not None else Path(out)/name
     cfg['name'] = name
     cfg['out_dir'] = str(run_dir)
+    try: as_train_config({**cfg, 'data_dir': cfg.get('data_dir') or 'data'}, where)   # every problem of the file at once
+    except ConfigError as e: errors += getattr(e, 'errors', [str(e)])
+    if errors: raise ConfigError(f'{where}: {len(errors)} bad field(s):\n  ' + '\n  '.join(errors))
     if not cfg.get('data_dir'):
         if data['puzzle']:
             p = data['puzzle']
@@ -134,11 +126,6 @@ def load_run_spec(config, run_dir=None, overrides=None, out='runs') -> RunSpec:
     return RunSpec(name, run_dir, cfg, data, ev, path)
 
 # %% ../nbs/09_runner.ipynb #388ab8ee
-def task_to_json(task) -> dict:
-    "A `Task` as standard ARC JSON (`train`/`test` lists of input/output grids)."
-    pair = lambda p: {'input': p.input.tolist(), **({'output': p.output.tolist()} if p.output is not None else {})}
-    return {'train': [pair(p) for p in task.train], 'test': [pair(p) for p in task.test]}
-
 def select_tasks(source: str, subset: str | None = None, max_grid: int | None = None, task_ids=None) -> list:
     "Tasks of `subset` of `source` (default: its test set) whose grids fit `max_grid`, optionally only `task_ids`."
     subsets, test = load_subsets(source)
@@ -155,7 +142,7 @@ def select_tasks(source: str, subset: str | None = None, max_grid: int | None = 
 def write_task_folder(tasks, folder) -> Path:
     "Write tasks as `folder/evaluation/<id>.json`: a `folder:` source whose test set is exactly these tasks."
     folder = Path(folder)
-    for t in tasks: atomic_write_json(folder/'evaluation'/f'{check_task_id(t.id, str(folder))}.json', task_to_json(t), indent=None)
+    for t in tasks: atomic_write_json(folder/'evaluation'/f'{check_task_id(t.id, str(folder))}.json', t.to_dict(), indent=None)
     return folder
 
 def prepare_data(spec: RunSpec, progress: bool = True, workers: int = 2) -> Path:
@@ -185,7 +172,7 @@ def prepare_data(spec: RunSpec, progress: bool = True, workers: int = 2) -> Path
 def train_config(spec: RunSpec):
     "The run's `TrainConfig` (unknown or ill-typed fields raise `ConfigError` naming the YAML)."
     where = str(spec.source_path) if spec.source_path else spec.name
-    return from_dict(TrainConfig, spec.train, where)
+    return as_train_config(spec.train, where)
 
 def _train_in_process(cfg: dict, resume: bool) -> dict:
     return train(cfg, resume=resume)
@@ -212,15 +199,15 @@ def _run_torchrun(cmd: list[str], nproc: int, what: str, echo: bool = True) -> N
 
 def launch_training(spec: RunSpec, gpus: int = 1, echo: bool = True) -> dict:
     "Train the run (in this process, or across `gpus` torchrun workers); returns `summary.json`'s content."
-    train_config(spec)                     # validate here, where the notebook shows the error
-    spec.run_dir.mkdir(parents=True, exist_ok=True)
-    resume = (spec.run_dir/'checkpoint.pt').exists()
-    if echo and resume: print(f'resuming from {spec.run_dir/"checkpoint.pt"}')
+    check_start(train_config(spec), gpus, str(spec.source_path or spec.name))   # validate here, where the notebook shows it
+    rd = RunDir(spec.run_dir).check_writable(f'run {spec.name}')
+    rd.path.mkdir(parents=True, exist_ok=True)
+    resume = rd.checkpoint.exists()
+    if echo and resume: print(f'resuming from {rd.checkpoint}')
     if gpus <= 1: return _train_in_process(spec.train, resume)
     cfg_path = atomic_write_text(spec.run_dir/'train_config.yaml', yaml.safe_dump(spec.train, sort_keys=False))
     _run_torchrun(torchrun_command(cfg_path, gpus, resume), gpus, f'training run {spec.name}', echo)
-    summary = spec.run_dir/'summary.json'
-    return json.loads(summary.read_text()) if summary.exists() else {}
+    return rd.read_json(rd.SUMMARY) or {}
 
 def _worker_main(argv) -> None:
     "Entry point of one torchrun worker: `python -m dis_nbdev.runner --worker train_config.yaml [--resume]`."
@@ -239,14 +226,13 @@ def eval_kwargs(spec: RunSpec, cfg, device='auto') -> dict:
 
 def run_evaluation(spec: RunSpec, device: str = 'auto', gpus: int = 1, echo: bool = True) -> dict:
     "Score the trained run with the standard ARC vote (on `gpus` workers); writes eval.json and submission.json."
+    rd = RunDir(spec.run_dir)
+    summary = rd.read_json(rd.SUMMARY)
+    if summary is not None: check_finished(summary, spec.run_dir)       # never score a partial model
     if gpus > 1:
-        summary = spec.run_dir/'summary.json'
-        if summary.exists(): check_finished(json.loads(summary.read_text()), spec.run_dir)
         args = atomic_write_json(spec.run_dir/'eval_args.json', dict(spec=spec.to_dict(), run_dir=str(spec.run_dir), device=device))
         _run_torchrun(torchrun_command(args, gpus, mode='--eval-worker'), gpus, f'evaluating run {spec.name}', echo)
-        return json.loads((spec.run_dir/'eval.json').read_text())
-    summary = spec.run_dir/'summary.json'
-    if summary.exists(): check_finished(json.loads(summary.read_text()), spec.run_dir)   # never score a partial model
+        return rd.read_json(rd.EVAL)
     model, cfg = load_trained(spec.run_dir, use_ema=True, device=device)
     return evaluate(model, spec.data_dir, **eval_kwargs(spec, cfg, device))
 
@@ -254,7 +240,7 @@ def run_puzzle_evaluation(spec: RunSpec, device: str = 'cpu') -> dict:
     "Puzzle runs: validity, exact match and token accuracy per supervision step; writes puzzle_eval.json."
     res = evaluate_puzzle_run(spec.run_dir, spec.data_dir, device=device, n_steps=spec.eval['eval_n_steps'],
                               limit=spec.eval['eval_limit'])
-    atomic_write_json(spec.run_dir/'puzzle_eval.json', res)
+    RunDir(spec.run_dir).write_json(RunDir.PUZZLE_EVAL, res)
     return res
 
 def _eval_worker_main(argv) -> None:
@@ -272,13 +258,7 @@ def _eval_worker_main(argv) -> None:
 class RunInterrupted(DisError):
     "Training stopped before its planned end (a signal, a wall-clock limit): resume it, do not evaluate it."
 
-FINISHED_STOPS = ('max_steps', 'time_budget')      # stop reasons that are the planned end of a run
-
-def summary_state(summary: dict) -> str:
-    "'finished' or 'interrupted': the summary's `state` when present, else derived from its stop reason."
-    if not summary: raise DisError('training wrote no summary.json: it did not end normally (see its output above)')
-    if summary.get('state') in ('finished', 'interrupted'): return summary['state']
-    return 'finished' if summary.get('stopped') in FINISHED_STOPS else 'interrupted'
+# `summary_state` (files): the one rule for finished vs interrupted, shared with the trainer and RunDir
 
 def run_finished(summary: dict) -> bool:
     "Whether the training that wrote `summary` reached its planned end."
@@ -334,21 +314,9 @@ def plot_per_step(results: dict, ax=None, label=None):
     return fig
 
 # %% ../nbs/09_runner.ipynb #11db7542
-RUN_LOCK = '.run.lock'
-TRAINING_FILES = ('checkpoint.pt', 'metrics.jsonl', 'summary.json')   # a folder holding any of these holds a run
-
 def run_state(run_dir) -> str:
-    "'finished', 'unfinished' (something is there: it resumes) or 'new'."
-    d = Path(run_dir)
-    if (d/'run.json').exists():
-        try:
-            if json.loads((d/'run.json').read_text()).get('status') == 'finished': return 'finished'
-        except json.JSONDecodeError: pass
-    if (d/'summary.json').exists() and (d/'eval.json').exists():
-        try:
-            if run_finished(json.loads((d/'summary.json').read_text())): return 'finished'
-        except (json.JSONDecodeError, DisError): pass
-    return 'unfinished' if d.exists() and any(p.name != RUN_LOCK for p in d.iterdir()) else 'new'
+    "'finished', 'unfinished' (something is there: it resumes) or 'new' (`files.RunDir.state`)."
+    return RunDir(run_dir).state()
 
 def default_notebook() -> Path:
     root = project_root()
@@ -385,7 +353,7 @@ def move_run_aside(run_dir: Path) -> Path:
     while aside.exists(): aside = run_dir.parent/f'{run_dir.name}.replaced-{time.strftime("%Y%m%d-%H%M%S")}-{k}'; k += 1
     aside.mkdir(parents=True)
     for p in sorted(run_dir.iterdir()):
-        if p.name != RUN_LOCK: p.rename(aside/p.name)
+        if p.name != RunDir.RUN_LOCK: p.rename(aside/p.name)
     return aside
 
 def _descendants(pid: int) -> list[int]:
@@ -434,14 +402,15 @@ def execute_run(config, out='runs', gpus: int = 1, overrides=None, notebook=None
     try: spec = load_run_spec(path, overrides=overrides, out=out); merged = spec.to_dict(); name = spec.name
     except DisError:                       # let the notebook show the error; name the run after the file
         spec = None; name = path.stem; merged = None
-    run_dir = Path(out)/name
-    res = dict(name=name, run_dir=str(run_dir), status='', error=None, notebook=str(run_dir/'train.ipynb'))
-    lock = FolderLock(run_dir/RUN_LOCK, f'dis-run {config}').acquire()   # one writer per run folder, or LockError now
+    check_name(name, 'run name', str(config))
+    rd = RunDir(Path(out)/name).check_writable(f'run {name}'); run_dir = rd.path
+    res = dict(name=name, run_dir=str(run_dir), status='', error=None, notebook=str(rd/rd.NOTEBOOK))
+    lock = rd.lock('run', f'dis-run {config}').acquire()       # one writer per run folder, or LockError now
     try:
         clean_stale_temps(run_dir, echo=echo)     # temporary files of a killed earlier attempt
         state = run_state(run_dir)
         snap = run_dir/'run_config.yaml'
-        has_run = any((run_dir/f).exists() for f in TRAINING_FILES)
+        has_run = rd.has_run()
         diff = config_diff(load_yaml(snap), merged) if merged is not None and snap.exists() else []
         if has_run and (diff or force):
             if not force:
@@ -473,7 +442,7 @@ def execute_run(config, out='runs', gpus: int = 1, overrides=None, notebook=None
             try:
                 pm.execute_notebook(str(notebook or default_notebook()), str(run_dir/'train.ipynb'),
                                     parameters=dict(config_path=cfg_param, run_dir=str(run_dir.resolve()), gpus=int(gpus)),
-                                    kernel_name=kernel, cwd=str(project_root() or Path.cwd()), progress_bar=False,
+                                    kernel_name=kernel, cwd=str(Path.cwd()), progress_bar=False,
                                     stdout_file=sys.stdout if stream else None, stderr_file=sys.stderr if stream else None)
             except KeyboardInterrupt:
                 interrupted('KeyboardInterrupt'); raise
@@ -515,6 +484,8 @@ def run_cli(argv=None) -> int:
     p.add_argument('--quiet', action='store_true', help="do not stream the notebook's output")
     a = p.parse_args(argv)
     if a.gpus < 1: p.error('--gpus must be >= 1')
+    if a.out == '' or (Path(a.out).exists() and not Path(a.out).is_dir()):
+        p.error(f'--out {a.out!r}: {"empty" if a.out == "" else "is a file"}; name the folder that holds the run folders')
     results = []
     for c in a.configs:
         try: results.append(execute_run(c, out=a.out, gpus=a.gpus, overrides=a.overrides, notebook=a.notebook,

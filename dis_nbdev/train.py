@@ -304,23 +304,11 @@ def train(config: TrainConfig | dict, resume: bool = False) -> dict:
     return trainer.run()
 
 # %% ../nbs/05_train.ipynb #8d5f14e1
-def _parse_value(s: str):
-    try: v = yaml.safe_load(s)
-    except yaml.YAMLError: return s
-    if isinstance(v, str):      # YAML 1.1 reads '3e-4' as a string
-        try: return float(v)
-        except ValueError: pass
-    return v
+from .config import apply_overrides as _apply_overrides, check_start   # the one override syntax
 
 def apply_overrides(d: dict, sets: Iterable[str]) -> dict:
-    "Apply `key=value` strings (YAML values; `model.x=v` sets a model override) to config dict `d`."
-    d = dict(d); d['model'] = dict(d.get('model') or {})
-    for s in sets or []:
-        if '=' not in s: raise ConfigError(f'--set {s!r}: expected key=value')
-        k, v = s.split('=', 1); k = k.strip()
-        if k.startswith('model.'): d['model'][k[6:]] = _parse_value(v)
-        else: d[k] = _parse_value(v)
-    return d
+    "Apply `key=value` strings (YAML values; `model.x=v` sets a model override) to config dict `d` (`config.apply_overrides`)."
+    return _apply_overrides(d, sets)
 
 def train_cli(argv: list[str] | None = None):
     "dis-train --config X.yaml [--resume] [--set key=value ...]; exits EXIT_INTERRUPTED when a signal stopped the run."
@@ -330,7 +318,9 @@ def train_cli(argv: list[str] | None = None):
     ap.add_argument('--resume', action='store_true', help='continue from out_dir/checkpoint.pt when it exists')
     ap.add_argument('--set', nargs='*', default=[], metavar='KEY=VALUE', help='override config fields (model.hidden_size=64)')
     a = ap.parse_args(argv)
-    try: summary = train(apply_overrides(load_yaml(a.config), a.set), resume=a.resume)
+    try:
+        cfg = as_train_config(apply_overrides(load_yaml(a.config), a.set), a.config)
+        summary = train(check_start(cfg, dist_info().world_size, a.config), resume=a.resume)
     except DisError as e:
         print(f'dis-train: error: {e}', file=sys.stderr); raise SystemExit(2)
     if dist_info().is_main: print(json.dumps({k: v for k, v in summary.items() if k != 'metrics'}))

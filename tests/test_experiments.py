@@ -100,5 +100,5 @@ def test_several_baselines():
     summ = {r['arm']: r for r in E.summarize(rows, 0.95, ['a', 'b'])}
     assert summ['c']['vs']['a']['diff'] == pytest.approx(0.7) and summ['c']['vs']['b']['diff'] == pytest.approx(0.4)
     assert 'a' not in summ['a'].get('vs', {}) and summ['c']['vs_baseline'] is summ['c']['vs']['a']
-    table = E.format_table(list(summ.values()), 0.95, ['a', 'b'])
+    table = E.format_grid_table(list(summ.values()), 0.95, ['a', 'b'])
     assert "minus 'a'" in table and "minus 'b'" in table

@@ -259,13 +259,13 @@ def run_grid(grid, workers: int = 1, device: str = 'cpu', threads: int = 1, only
     the results table and figures (`grid_report`). Returns {'ran', 'skipped', 'failed', 'report'}."""
     g = grid if '_where' in grid else load_grid(grid)
     out = Path(g['out']); out.mkdir(parents=True, exist_ok=True)
-    gpath = out/'grid.json'
-    atomic_write_json(gpath, {k: v for k, v in g.items() if k != '_where'})
-    prepare_grid_data(g)
-    cells = [c for c in expand_grid(g) if not only or any(c.key.startswith(o) for o in only)]
+    every = expand_grid(g)
+    cells = [c for c in every if not only or any(c.key.startswith(o) for o in only)]
     if only and not cells:
         raise ConfigError(f"{g['_where']}: --only {list(only)} matches no cell; cells: "
-                          + ', '.join(c.key for c in expand_grid(g)[:6]) + (' ...' if len(expand_grid(g)) > 6 else ''))
+                          + ', '.join(c.key for c in every[:6]) + (' ...' if len(every) > 6 else ''))
+    gpath = atomic_write_json(out/'grid.json', {k: v for k, v in g.items() if k != '_where'})
+    prepare_grid_data(g)
     skipped = [c.key for c in cells if cell_done(g, c)]
     order = {t: i for i, t in enumerate(g['tasks'])}           # seed-major: a stopped grid still has every arm
     todo = sorted((c for c in cells if not cell_done(g, c)), key=lambda c: (order[c.task], c.seed))

@@ -13,7 +13,8 @@ import yaml
 from .core import EXIT_INTERRUPTED, ConfigError, DisError
 from .files import (RunDir, atomic_write_json, atomic_write_text, check_name, clean_stale_temps, project_root,
                              summary_state)
-from .config import TrainConfig, apply_overrides, as_train_config, check_start, coerce_value, load_yaml
+from .config import (TrainConfig, apply_overrides, as_train_config, check_start, coerce_value, load_yaml,
+                              parse_overrides)
 from .arc import check_task_id, fits, load_subsets
 from .dataset import build_arc_dataset, recover_dataset, verify_dataset
 from .checkpoint import load_trained, read_metrics, setup_distributed
@@ -399,6 +400,7 @@ def execute_run(config, out='runs', gpus: int = 1, overrides=None, notebook=None
     "Execute the run notebook for one config; returns {'name', 'run_dir', 'status', 'error', 'notebook'}."
     import papermill as pm   # a dev requirement: only `dis-run` needs it
     path = Path(config)
+    load_yaml(path); parse_overrides(overrides, f'{config}: --set')   # an unreadable file or a bad --set: fail at once
     try: spec = load_run_spec(path, overrides=overrides, out=out); merged = spec.to_dict(); name = spec.name
     except DisError:                       # let the notebook show the error; name the run after the file
         spec = None; name = path.stem; merged = None

@@ -4,7 +4,7 @@
 
 # %% ../nbs/05a_checkpoint.ipynb #24750b05
 from __future__ import annotations
-import dataclasses, hashlib, json, math, os, random
+import dataclasses, hashlib, random
 from pathlib import Path
 
 import numpy as np
@@ -23,10 +23,10 @@ from .model import Carry, ModelConfig, RecursiveModel, model_config
 from .steps import LOSSES, INJECTIONS
 
 # %% auto #0
-__all__ = ['MODEL_RANGES', 'CHECKPOINT_FORMAT', 'to_safe', 'from_safe', 'rng_state', 'set_rng_state', 'payload_checksum',
-           'nonfinite_tensors', 'write_checkpoint', 'read_checkpoint', 'check_data_fingerprint', 'load_model_state',
-           'state_dict', 'save_state', 'load_state', 'read_metrics', 'truncate_metrics', 'train_device',
-           'setup_distributed', 'load_trained']
+__all__ = ['MODEL_RANGES', 'CHECKPOINT_FORMAT', 'RESUME_FIXED', 'to_safe', 'from_safe', 'rng_state', 'set_rng_state',
+           'payload_checksum', 'nonfinite_tensors', 'write_checkpoint', 'read_checkpoint', 'check_data_fingerprint',
+           'load_model_state', 'state_dict', 'save_state', 'load_state', 'read_metrics', 'truncate_metrics',
+           'train_device', 'setup_distributed', 'load_trained']
 
 # %% ../nbs/05a_checkpoint.ipynb #4289ddfd
 register_choices('loss', LOSSES)
@@ -71,7 +71,7 @@ def set_rng_state(st: dict, gen: torch.Generator | None = None) -> None:
     if 'cuda' in st and torch.cuda.is_available(): torch.cuda.set_rng_state_all(st['cuda'])
     if gen is not None and 'gen' in st: gen.set_state(st['gen'])
 
-# %% ../nbs/05a_checkpoint.ipynb #2314a413
+# %% ../nbs/05a_checkpoint.ipynb #92caf4eb
 CHECKPOINT_FORMAT = 'dis_nbdev.train/1'
 
 def _feed(h, obj) -> None:
@@ -96,6 +96,7 @@ def payload_checksum(ck: dict) -> str:
     _feed(h, {k: v for k, v in ck.items() if k != 'sha256'})
     return h.hexdigest()
 
+# %% ../nbs/05a_checkpoint.ipynb #afccf664
 def nonfinite_tensors(state: dict) -> list[str]:
     "Names of the floating-point tensors of `state` that hold NaN or infinity."
     return [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
@@ -125,6 +126,7 @@ def read_checkpoint(path, device='cpu') -> dict:
         if bad: raise CheckpointError(f'{path}: non-finite {part} weights in {bad[:4]}')
     return ck
 
+# %% ../nbs/05a_checkpoint.ipynb #c4a2659a
 def check_data_fingerprint(expected: str | None, data_dir, where: str) -> None:
     "ConfigError when `data_dir` is not the dataset (fingerprint `expected`) that `where` was trained on."
     if not expected: return
@@ -160,6 +162,8 @@ def _gather_act(st) -> dict | None:
         d = {k: gather(v) for k, v in d.items()}
     return {k: v.detach().cpu() for k, v in d.items()}
 
+RESUME_FIXED = ('lr', 'weight_decay', 'beta1', 'beta2', 'puzzle_emb_lr', 'puzzle_emb_weight_decay', 'optimizer')
+
 def state_dict(st) -> dict:
     "Everything needed to resume (collective in distributed runs: every rank must call it)."
     ema = None if st.ema is None else {k: v for k, v in st.ema.state_dict().items() if 'puzzle_emb' not in k}
@@ -181,6 +185,11 @@ def load_state(st, path) -> None:
     for k in ('method', 'preset'):
         if ck.get('config', {}).get(k) != getattr(cfg, k):
             raise CheckpointError(f'{where}: written by a run with {k}={ck["config"].get(k)!r}, this config has {getattr(cfg, k)!r}')
+    old = ck.get('config', {})
+    changed = [f'{k}: {old[k]!r} -> {getattr(cfg, k)!r}' for k in RESUME_FIXED if k in old and old[k] != getattr(cfg, k)]
+    if changed:      # the restored optimizer would keep the old values while config.json recorded the new ones
+        raise CheckpointError(f'{where}: the restored optimizer runs with the settings it was saved with; this config '
+                              f'changes {"; ".join(changed)}. Resume with the same values, or start a new run (another out_dir)')
     check_data_fingerprint(ck.get('data_fingerprint'), cfg.data_dir, where)
     load_model_state(st.model, ck['model'], where)
     if len(ck['optimizers']) != len(st.optimizers):

@@ -84,7 +84,7 @@ def autocast_context(device: torch.device | str, bf16: bool = False):
     if not bf16: return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
-# %% ../nbs/00_core.ipynb #e0bee889
+# %% ../nbs/00_core.ipynb #839d6f32
 TRUE_WORDS, FALSE_WORDS = frozenset({'true', 'on', 'yes', '1'}), frozenset({'false', 'off', 'no', '0'})   # the one list
 
 def auto_bool(value, field: str):
@@ -98,6 +98,7 @@ def auto_bool(value, field: str):
         if v in FALSE_WORDS: return False
     raise ConfigError(f"{field}: {value!r} is not one of 'auto', true, false (or on/off, yes/no, 1/0)")
 
+# %% ../nbs/00_core.ipynb #678ff641
 def _cpu_flags() -> set[str]:
     "The CPU feature flags of /proc/cpuinfo (empty where there is no such file)."
     try:
@@ -141,6 +142,7 @@ def resolve_bf16(value, device) -> bool:
         warnings.warn(f'bf16=True: {BF16_CPU_COST}. Use bf16: auto (or false) for fp32 on this machine.', stacklevel=2)
     return bool(v)
 
+# %% ../nbs/00_core.ipynb #4349a5d5
 COMPILE_BREAK_EVEN_STEPS = {'cpu': 2000, 'cuda': 2000}   # runs shorter than this stay eager (bench/step.py --compile)
 
 def compile_support(device) -> str | None:

@@ -4,7 +4,7 @@
 
 # %% ../nbs/14_experiments.ipynb #e0000003
 from __future__ import annotations
-import argparse, copy, csv, difflib, io, itertools, json, math, os, subprocess, sys, time
+import argparse, csv, difflib, io, itertools, math, os, subprocess, sys, time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -21,12 +21,12 @@ from .train import train
 from .puzzles import PuzzleSpec, ensure_puzzle_dataset, evaluate_puzzle_run
 
 # %% auto #0
-__all__ = ['TASK_KEYS', 'GRID_KEYS', 'RESULT_COLS', 'STEP_COLS', 'Cell', 'load_grid', 'expand_grid', 'prepare_grid_data',
-           'grid_problems', 'cell_dir', 'read_evals', 'cell_done', 'run_cell', 'run_grid', 'collect_results',
+__all__ = ['TASK_KEYS', 'GRID_KEYS', 'RESULT_COLS', 'STEP_COLS', 'Cell', 'grid_problems', 'load_grid', 'expand_grid',
+           'prepare_grid_data', 'cell_dir', 'read_evals', 'cell_done', 'run_cell', 'run_grid', 'collect_results',
            'write_csv', 't_quantile_975', 't_interval', 'paired_bootstrap', 'summarize', 'format_grid_table',
            'plot_grid_results', 'grid_report', 'grid_cli']
 
-# %% ../nbs/14_experiments.ipynb #e2000000
+# %% ../nbs/14_experiments.ipynb #35d0eac4
 TASK_KEYS = ('puzzle', 'data_dir', 'targets', 'train', 'budget', 'eval')
 GRID_KEYS = ('name', 'out', 'seeds', 'budget', 'eval', 'base', 'tasks', 'arms', 'baseline', 'sweep', 'target', 'note', 'extends')
 
@@ -46,91 +46,6 @@ class Cell:
 
 def _fmt(v) -> str:
     return f'{v:g}' if isinstance(v, float) else str(v)
-
-def load_grid(grid, overrides: dict | None = None, _chain: tuple = ()) -> dict:
-    "A grid declaration (YAML path or dict), checked: every problem of the file at once (see `grid_problems`)."
-    path = Path(grid) if isinstance(grid, (str, os.PathLike)) else None
-    if path is None and not isinstance(grid, dict):
-        raise ConfigError(f'grid: expected a YAML path or a mapping, got {type(grid).__name__}')
-    where = str(path) if path else 'grid'
-    if path is not None and path.resolve() in _chain:
-        raise ConfigError(f'{where}: `extends` makes a cycle: ' + ' -> '.join(str(p) for p in (*_chain, path.resolve())))
-    raw = load_yaml(path) if path else dict(grid)
-    g = deep_merge(raw, overrides or {})
-    if g.get('extends'):                  # another grid file (relative to this one), deep-merged under this one
-        parent = (path.parent if path else Path('.'))/str(g.pop('extends'))
-        if not parent.exists(): raise ConfigError(f'{where}: extends {str(parent)!r}, which does not exist')
-        g = deep_merge(load_grid(parent, _chain=(*_chain, path.resolve() if path else 'grid')), g); g.pop('_where', None)
-        if 'name' not in raw: g['name'] = path.stem if path else 'grid'
-        if 'out' not in raw: g['out'] = None
-    for k in ('tasks', 'arms'):           # `arm: null` drops an inherited arm (or task)
-        if isinstance(g.get(k), dict): g[k] = {a: v for a, v in g[k].items() if v is not None}
-    g['name'] = g.get('name') if g.get('name') is not None else (path.stem if path else 'grid')
-    errors = grid_problems(g)
-    if errors: raise ConfigError(f'{where}: {len(errors)} problem(s) in the grid:\n  ' + '\n  '.join(errors))
-    if isinstance(g.get('seeds', [0]), int): g['seeds'] = list(range(g['seeds']))
-    g.setdefault('seeds', [0])
-    g['out'] = str(g.get('out') or Path('runs')/'grids'/g['name'])
-    g['_where'] = where
-    return g
-
-def _arm_variants(arms: dict, sweep: dict | None) -> dict:
-    "Arms x swept values: {'trm@lr=0.001': fields, ...} (no sweep: the arms unchanged)."
-    if not sweep: return {a: dict(v or {}) for a, v in arms.items()}
-    keys = list(sweep); out = {}
-    for a, v in arms.items():
-        for vals in itertools.product(*(sweep[k] for k in keys)):
-            out[a + '@' + ','.join(f'{k}={_fmt(x)}' for k, x in zip(keys, vals))] = {**(v or {}), **dict(zip(keys, vals))}
-    return out
-
-def _resolve_targets(fields: dict, task: dict, where: str) -> dict:
-    "Arm fields with '@name' targets replaced by the task's `targets: {name: generator}` entry."
-    t = fields.get('targets')
-    if isinstance(t, str) and t.startswith('@'):
-        table = task.get('targets') or {}
-        if t[1:] not in table: raise ConfigError(f'{where}: targets {t!r} needs `targets: {{{t[1:]}: <generator>}}` in the task')
-        fields = {**fields, 'targets': table[t[1:]]}
-    return fields
-
-def expand_grid(grid) -> list[Cell]:
-    "Every cell of a grid: task x arm (x swept values) x seed, with its TrainConfig, evaluation points and compute."
-    g = grid if '_where' in grid else load_grid(grid)
-    where, out = g['_where'], Path(g['out'])
-    arms = _arm_variants(g['arms'], g.get('sweep'))
-    cells = []
-    for tname, task in g['tasks'].items():
-        spec = PuzzleSpec(**task['puzzle'])
-        data_dir = task.get('data_dir') or str(Path(out)/'data'/tname)
-        for aname, afields in arms.items():
-            afields = _resolve_targets(afields, task, f'{where}: arm {aname!r}')
-            for seed in g['seeds']:
-                cfg = deep_merge(deep_merge(deep_merge(g.get('base') or {}, task.get('train') or {}), afields),
-                                  dict(seed=int(seed), data_dir=data_dir, name=f'{g["name"]}-{tname}-{aname}-s{seed}',
-                                       out_dir=str(out/'runs'/tname/aname/f'seed{seed}'/'train')))
-                try: tc = as_train_config(cfg)
-                except DisError as e: raise ConfigError(f'{where}: cell {tname}/{aname}/seed{seed}: {e}') from None
-                mc = model_config(tc.preset, **{**tc.model, 'vocab_size': spec.vocab_size, 'seq_len': spec.seq_len})
-                calls, batch = mc.T * (mc.n + 1), int(tc.global_batch_size)
-                per = mc.n_sup if tc.method == 'dis' else 1       # DIS trains n_sup optimizer steps per batch
-                b = {**g['budget'], **(task.get('budget') or {})}
-                steps = int(b['steps']) if 'steps' in b else int(float(b['compute']) // (batch * calls))
-                steps = max(per, steps // per * per)
-                k = int(b.get('evals', 5))
-                points = sorted({max(per, round(steps * (i + 1) / k / per) * per) for i in range(k)})
-                cfg['max_steps'] = steps
-                ev = {**(g.get('eval') or {}), **(task.get('eval') or {})}
-                ev.setdefault('n_steps', mc.n_sup if tc.method == 'dis' else int(tc.halt_max_steps))
-                cells.append(Cell(tname, aname, int(seed), cfg, ev, points, calls, batch))
-    return cells
-
-def prepare_grid_data(grid) -> dict:
-    "Build every task's dataset once (before workers start), so no two workers build the same folder."
-    g = grid if '_where' in grid else load_grid(grid)
-    cells = expand_grid(g); out = {}
-    for t, task in g['tasks'].items():
-        dd = next(c.train['data_dir'] for c in cells if c.task == t)
-        out[t] = ensure_puzzle_dataset(dd, task['puzzle'])
-    return out
 
 # %% ../nbs/14_experiments.ipynb #50154376
 def _unknown(keys, known, what: str) -> list[str]:
@@ -198,6 +113,93 @@ def grid_problems(g: dict) -> list[str]:
     for t, spec in (g.get('tasks') or {}).items() if isinstance(g.get('tasks'), dict) else (): out += _task_problems(t, spec)
     return out
 
+
+# %% ../nbs/14_experiments.ipynb #27686b17
+def load_grid(grid, overrides: dict | None = None, _chain: tuple = ()) -> dict:
+    "A grid declaration (YAML path or dict), checked: every problem of the file at once (see `grid_problems`)."
+    path = Path(grid) if isinstance(grid, (str, os.PathLike)) else None
+    if path is None and not isinstance(grid, dict):
+        raise ConfigError(f'grid: expected a YAML path or a mapping, got {type(grid).__name__}')
+    where = str(path) if path else 'grid'
+    if path is not None and path.resolve() in _chain:
+        raise ConfigError(f'{where}: `extends` makes a cycle: ' + ' -> '.join(str(p) for p in (*_chain, path.resolve())))
+    raw = load_yaml(path) if path else dict(grid)
+    g = deep_merge(raw, overrides or {})
+    if g.get('extends'):                  # another grid file (relative to this one), deep-merged under this one
+        parent = (path.parent if path else Path('.'))/str(g.pop('extends'))
+        if not parent.exists(): raise ConfigError(f'{where}: extends {str(parent)!r}, which does not exist')
+        g = deep_merge(load_grid(parent, _chain=(*_chain, path.resolve() if path else 'grid')), g); g.pop('_where', None)
+        if 'name' not in raw: g['name'] = path.stem if path else 'grid'
+        if 'out' not in raw: g['out'] = None
+    for k in ('tasks', 'arms'):           # `arm: null` drops an inherited arm (or task)
+        if isinstance(g.get(k), dict): g[k] = {a: v for a, v in g[k].items() if v is not None}
+    g['name'] = g.get('name') if g.get('name') is not None else (path.stem if path else 'grid')
+    errors = grid_problems(g)
+    if errors: raise ConfigError(f'{where}: {len(errors)} problem(s) in the grid:\n  ' + '\n  '.join(errors))
+    if isinstance(g.get('seeds', [0]), int): g['seeds'] = list(range(g['seeds']))
+    g.setdefault('seeds', [0])
+    g['out'] = str(g.get('out') or Path('runs')/'grids'/g['name'])
+    g['_where'] = where
+    return g
+
+# %% ../nbs/14_experiments.ipynb #db2ed076
+def _arm_variants(arms: dict, sweep: dict | None) -> dict:
+    "Arms x swept values: {'trm@lr=0.001': fields, ...} (no sweep: the arms unchanged)."
+    if not sweep: return {a: dict(v or {}) for a, v in arms.items()}
+    keys = list(sweep); out = {}
+    for a, v in arms.items():
+        for vals in itertools.product(*(sweep[k] for k in keys)):
+            out[a + '@' + ','.join(f'{k}={_fmt(x)}' for k, x in zip(keys, vals))] = {**(v or {}), **dict(zip(keys, vals))}
+    return out
+
+def _resolve_targets(fields: dict, task: dict, where: str) -> dict:
+    "Arm fields with '@name' targets replaced by the task's `targets: {name: generator}` entry."
+    t = fields.get('targets')
+    if isinstance(t, str) and t.startswith('@'):
+        table = task.get('targets') or {}
+        if t[1:] not in table: raise ConfigError(f'{where}: targets {t!r} needs `targets: {{{t[1:]}: <generator>}}` in the task')
+        fields = {**fields, 'targets': table[t[1:]]}
+    return fields
+
+def expand_grid(grid) -> list[Cell]:
+    "Every cell of a grid: task x arm (x swept values) x seed, with its TrainConfig, evaluation points and compute."
+    g = grid if '_where' in grid else load_grid(grid)
+    where, out = g['_where'], Path(g['out'])
+    arms = _arm_variants(g['arms'], g.get('sweep'))
+    cells = []
+    for tname, task in g['tasks'].items():
+        spec = PuzzleSpec(**task['puzzle'])
+        data_dir = task.get('data_dir') or str(Path(out)/'data'/tname)
+        for aname, afields in arms.items():
+            afields = _resolve_targets(afields, task, f'{where}: arm {aname!r}')
+            for seed in g['seeds']:
+                cfg = deep_merge(deep_merge(deep_merge(g.get('base') or {}, task.get('train') or {}), afields),
+                                  dict(seed=int(seed), data_dir=data_dir, name=f'{g["name"]}-{tname}-{aname}-s{seed}',
+                                       out_dir=str(out/'runs'/tname/aname/f'seed{seed}'/'train')))
+                try: tc = as_train_config(cfg)
+                except DisError as e: raise ConfigError(f'{where}: cell {tname}/{aname}/seed{seed}: {e}') from None
+                mc = model_config(tc.preset, **{**tc.model, 'vocab_size': spec.vocab_size, 'seq_len': spec.seq_len})
+                calls, batch = mc.T * (mc.n + 1), int(tc.global_batch_size)
+                per = mc.n_sup if tc.method == 'dis' else 1       # DIS trains n_sup optimizer steps per batch
+                b = {**g['budget'], **(task.get('budget') or {})}
+                steps = int(b['steps']) if 'steps' in b else int(float(b['compute']) // (batch * calls))
+                steps = max(per, steps // per * per)
+                k = int(b.get('evals', 5))
+                points = sorted({max(per, round(steps * (i + 1) / k / per) * per) for i in range(k)})
+                cfg['max_steps'] = steps
+                ev = {**(g.get('eval') or {}), **(task.get('eval') or {})}
+                ev.setdefault('n_steps', mc.n_sup if tc.method == 'dis' else int(tc.halt_max_steps))
+                cells.append(Cell(tname, aname, int(seed), cfg, ev, points, calls, batch))
+    return cells
+
+def prepare_grid_data(grid) -> dict:
+    "Build every task's dataset once (before workers start), so no two workers build the same folder."
+    g = grid if '_where' in grid else load_grid(grid)
+    cells = expand_grid(g); out = {}
+    for t, task in g['tasks'].items():
+        dd = next(c.train['data_dir'] for c in cells if c.task == t)
+        out[t] = ensure_puzzle_dataset(dd, task['puzzle'])
+    return out
 
 # %% ../nbs/14_experiments.ipynb #e2000001
 def cell_dir(grid: dict, cell: Cell) -> Path: return Path(grid['out'])/'runs'/cell.task/cell.arm/f'seed{cell.seed}'
@@ -294,7 +296,7 @@ def run_grid(grid, workers: int = 1, device: str = 'cpu', threads: int = 1, only
     rep = grid_report(g, log=log)
     return dict(ran=ran, skipped=skipped, failed=failed, report=rep)
 
-# %% ../nbs/14_experiments.ipynb #e2000003
+# %% ../nbs/14_experiments.ipynb #62e8e765
 RESULT_COLS = ('task', 'arm', 'seed', 'opt_steps', 'batch', 'net_calls', 'compute', 'train_cpu_s', 'train_wall_s',
                'eval_cpu_s', 'device', 'valid', 'exact', 'token_acc', 'best_step_exact', 'n_test')
 STEP_COLS = ('task', 'arm', 'seed', 'opt_steps', 'compute', 'sup_step', 'valid', 'exact', 'token_acc')
@@ -317,6 +319,7 @@ def write_csv(path, rows: list[dict], cols: Sequence[str]) -> Path:
     for r in rows: w.writerow({k: r.get(k) for k in cols})
     return atomic_write_text(path, buf.getvalue())
 
+# %% ../nbs/14_experiments.ipynb #8f051b31
 _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
          2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
 
@@ -341,6 +344,7 @@ def paired_bootstrap(a: Sequence[float], b: Sequence[float], n_boot: int = 10_00
     return dict(diff=float(d.mean()), low=float(np.percentile(boots, 2.5)), high=float(np.percentile(boots, 97.5)),
                 p_le_0=float((boots <= 0).mean()), n=int(len(d)))
 
+# %% ../nbs/14_experiments.ipynb #adc25461
 def _reach(recs: list[dict], target: float, metric: str = 'exact') -> dict:
     "First evaluation point of one run at or above `target` (else its best point)."
     hit = next((r for r in recs if r[metric] >= target), None)

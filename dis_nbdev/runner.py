@@ -13,7 +13,7 @@ import yaml
 from .core import EXIT_INTERRUPTED, ConfigError, DisError
 from .files import (RunDir, atomic_write_json, atomic_write_text, check_name, clean_stale_temps, project_root,
                              summary_state)
-from .config import (TrainConfig, apply_overrides, as_train_config, check_start, coerce_value, load_yaml,
+from .config import (apply_overrides, as_train_config, check_start, coerce_value, load_yaml,
                               parse_overrides)
 from .arc import check_task_id, fits, load_subsets
 from .dataset import build_arc_dataset, recover_dataset, verify_dataset
@@ -126,7 +126,7 @@ def load_run_spec(config, run_dir=None, overrides=None, out='runs') -> RunSpec:
         else: cfg['data_dir'] = default_data_dir(data)
     return RunSpec(name, run_dir, cfg, data, ev, path)
 
-# %% ../nbs/09_runner.ipynb #388ab8ee
+# %% ../nbs/09_runner.ipynb #c7f2991c
 def select_tasks(source: str, subset: str | None = None, max_grid: int | None = None, task_ids=None) -> list:
     "Tasks of `subset` of `source` (default: its test set) whose grids fit `max_grid`, optionally only `task_ids`."
     subsets, test = load_subsets(source)
@@ -146,6 +146,7 @@ def write_task_folder(tasks, folder) -> Path:
     for t in tasks: atomic_write_json(folder/'evaluation'/f'{check_task_id(t.id, str(folder))}.json', t.to_dict(), indent=None)
     return folder
 
+# %% ../nbs/09_runner.ipynb #37229e1a
 def prepare_data(spec: RunSpec, progress: bool = True, workers: int = 2) -> Path:
     "Build the run's dataset unless a finished build (with its manifest) is already there."
     d = spec.data_dir
@@ -175,6 +176,7 @@ def train_config(spec: RunSpec):
     where = str(spec.source_path) if spec.source_path else spec.name
     return as_train_config(spec.train, where)
 
+# %% ../nbs/09_runner.ipynb #75b9d49e
 def _train_in_process(cfg: dict, resume: bool) -> dict:
     return train(cfg, resume=resume)
 
@@ -198,6 +200,7 @@ def _run_torchrun(cmd: list[str], nproc: int, what: str, echo: bool = True) -> N
     if rc != 0:
         raise RuntimeError(f'torchrun with {nproc} workers failed (exit {rc}) while {what}; last output:\n' + ''.join(tail))
 
+# %% ../nbs/09_runner.ipynb #3c387375
 def launch_training(spec: RunSpec, gpus: int = 1, echo: bool = True) -> dict:
     "Train the run (in this process, or across `gpus` torchrun workers); returns `summary.json`'s content."
     check_start(train_config(spec), gpus, str(spec.source_path or spec.name))   # validate here, where the notebook shows it
@@ -217,6 +220,7 @@ def _worker_main(argv) -> None:
     a = p.parse_args(argv)
     _train_in_process(load_yaml(a.config), a.resume)
 
+# %% ../nbs/09_runner.ipynb #b12f4835
 def eval_kwargs(spec: RunSpec, cfg, device='auto') -> dict:
     "Arguments of `dis_nbdev.evaluate.evaluate` for this run: the method's injection and steps, then the YAML's eval keys."
     dflt = run_defaults(cfg)
@@ -314,7 +318,7 @@ def plot_per_step(results: dict, ax=None, label=None):
     ax.legend(fontsize=8); fig.tight_layout()
     return fig
 
-# %% ../nbs/09_runner.ipynb #11db7542
+# %% ../nbs/09_runner.ipynb #8a93e49d
 def run_state(run_dir) -> str:
     "'finished', 'unfinished' (something is there: it resumes) or 'new' (`files.RunDir.state`)."
     return RunDir(run_dir).state()
@@ -333,6 +337,7 @@ def _stash_attempt(run_dir: Path, fname: str) -> None:
     while (att/f'{p.stem}-{k}{p.suffix}').exists(): k += 1
     p.rename(att/f'{p.stem}-{k}{p.suffix}')
 
+# %% ../nbs/09_runner.ipynb #b7abfd4d
 def config_diff(old: dict, new: dict) -> list[str]:
     "`['lr: 0.001 -> 0.0005', ...]`: the fields whose values differ between two flat run configs."
     old, new = (yaml.safe_load(yaml.safe_dump(dict(x or {}), sort_keys=True)) for x in (old, new))
@@ -357,6 +362,7 @@ def move_run_aside(run_dir: Path) -> Path:
         if p.name != RunDir.RUN_LOCK: p.rename(aside/p.name)
     return aside
 
+# %% ../nbs/09_runner.ipynb #0f679a05
 def _descendants(pid: int) -> list[int]:
     "Process ids of every descendant of `pid` (POSIX `ps`; empty where it is unavailable)."
     try: out = subprocess.run(['ps', '-A', '-o', 'pid=', '-o', 'ppid='], capture_output=True, text=True, timeout=10).stdout
@@ -395,6 +401,7 @@ class _SignalForwarder:
     def __exit__(self, *exc):
         for sig, h in self._old.items(): signal.signal(sig, h)
 
+# %% ../nbs/09_runner.ipynb #e61b589e
 def execute_run(config, out='runs', gpus: int = 1, overrides=None, notebook=None, kernel: str = 'python3',
                 stream: bool = False, echo: bool = True, force: bool = False) -> dict:
     "Execute the run notebook for one config; returns {'name', 'run_dir', 'status', 'error', 'notebook'}."
@@ -466,7 +473,6 @@ def execute_run(config, out='runs', gpus: int = 1, overrides=None, notebook=None
         return {**res, 'status': 'finished'}
     finally:
         lock.release()
-
 
 # %% ../nbs/09_runner.ipynb #a9b44bef
 def run_cli(argv=None) -> int:

@@ -35,7 +35,7 @@ from .callbacks import Callback, NonFiniteLossError  # noqa: F401
 
 # %% auto #0
 __all__ = ['build_model', 'TrainState', 'make_state', 'optimizer_step', 'dis_batch', 'new_act_state', 'act_step', 'stop_reason',
-           'fit', 'Trainer', 'train', 'apply_overrides', 'train_cli']
+           'fit', 'Trainer', 'train', 'train_cli']
 
 # %% ../nbs/05_train.ipynb #b3c59590
 def build_model(cfg: TrainConfig, metadata=None, extra_vocab: int = 0):
@@ -304,11 +304,8 @@ def train(config: TrainConfig | dict, resume: bool = False) -> dict:
     return trainer.run()
 
 # %% ../nbs/05_train.ipynb #8d5f14e1
-from .config import apply_overrides as _apply_overrides, check_start   # the one override syntax
-
-def apply_overrides(d: dict, sets: Iterable[str]) -> dict:
-    "Apply `key=value` strings (YAML values; `model.x=v` sets a model override) to config dict `d` (`config.apply_overrides`)."
-    return _apply_overrides(d, sets)
+# `key=value` overrides: the one syntax of every command (`dis-run` too), re-exported as `train.apply_overrides`
+from .config import apply_overrides, check_start
 
 def train_cli(argv: list[str] | None = None):
     "dis-train --config X.yaml [--resume] [--set key=value ...]; exits EXIT_INTERRUPTED when a signal stopped the run."

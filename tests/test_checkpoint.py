@@ -209,3 +209,13 @@ def test_dis_leaves_the_unused_q_head_alone_trm_trains_it(data_a, tmp_path):
         init = RecursiveModel(from_dict(ModelConfig, ck['model_config'])).q_head.state_dict()
         same = all(torch.equal(ck['model'][f'q_head.{k}'], v) for k, v in init.items())
         assert same != moved, method
+
+
+def test_resume_with_a_changed_optimizer_setting_is_refused(data_a, tmp_path):
+    "The restored optimizer keeps its lr / weight decay / betas: a resume that changes one is refused, naming it."
+    T.train(cfg(data_a, tmp_path / 'run', max_steps=12, stop_at_step=6))
+    before = json.loads((tmp_path / 'run' / 'config.json').read_text())
+    with pytest.raises(CheckpointError, match=r'lr: 0\.001 -> 0\.01.*weight_decay: 0\.1 -> 0\.0'):
+        T.train(cfg(data_a, tmp_path / 'run', max_steps=12, lr=1e-2, weight_decay=0.0), resume=True)
+    assert json.loads((tmp_path / 'run' / 'config.json').read_text()) == before      # config.json still states what ran
+    assert T.train(cfg(data_a, tmp_path / 'run', max_steps=12), resume=True)['step'] == 12

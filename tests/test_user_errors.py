@@ -3,8 +3,6 @@
 Each row is an input and a substring of the message the user must see. Library rows call the function; CLI rows run
 the console entry point in-process and check its exit status, its message, and that no traceback reaches the user."""
 import errno
-import json
-import warnings
 
 import pytest
 import torch
@@ -16,7 +14,7 @@ from dis_nbdev import runner as R
 from dis_nbdev import train as T
 from dis_nbdev.checkpoint import CHECKPOINT_FORMAT, read_checkpoint, write_checkpoint
 from dis_nbdev.config import TrainConfig, apply_overrides, as_train_config, describe_plan, load_yaml, start_problems
-from dis_nbdev.core import ConfigError, CheckpointError, DisError, get_device, parse_device
+from dis_nbdev.core import ConfigError, CheckpointError, get_device, parse_device
 
 GOOD = dict(data_dir='data/x', out_dir='runs/x', device='cpu')
 

@@ -200,7 +200,7 @@ def test_grad_clip_bounds_the_dense_gradient_norm(data_a, tmp_path):
 
 def test_dis_leaves_the_unused_q_head_alone_trm_trains_it(data_a, tmp_path):
     from dis_nbdev.model import ModelConfig, RecursiveModel
-    from dis_nbdev.core import from_dict
+    from dis_nbdev.config import from_dict
     for method, moved in (('dis', False), ('trm', True)):
         kw = dict(method=method, weight_decay=1.0, ema=0.9)
         if method == 'trm': kw.update(preset='trm_compact', halt_max_steps=3)

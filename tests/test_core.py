@@ -1,4 +1,4 @@
-"""core: typed configs (every YAML scalar form of every numeric and boolean field), folder locks, stale temp files."""
+"""config and files: typed configs (every YAML scalar form of every numeric and boolean field), folder locks, stale temp files."""
 import dataclasses
 import os
 import subprocess
@@ -9,7 +9,9 @@ import types
 import pytest
 import yaml
 
-from dis_nbdev.core import ConfigError, FolderLock, LockError, coerce_value, from_dict
+from dis_nbdev.config import coerce_value, from_dict
+from dis_nbdev.core import ConfigError, LockError
+from dis_nbdev.files import FolderLock
 from dis_nbdev.runner import DATA_TYPES, EVAL_TYPES, load_run_spec
 from dis_nbdev.train import TrainConfig
 
@@ -155,14 +157,14 @@ def test_coerce_value_names_the_field():
 
 def test_folder_lock_second_process_fails_at_once_naming_the_holder(tmp_path):
     lock = tmp_path / 'run' / '.run.lock'
-    code = f'from dis_nbdev.core import FolderLock; FolderLock({str(lock)!r}, "second").acquire()'
+    code = f'from dis_nbdev.files import FolderLock; FolderLock({str(lock)!r}, "second").acquire()'
     with FolderLock(lock, 'first holder'):
         r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=60)
         assert r.returncode != 0 and f'process {os.getpid()} is already writing here' in r.stderr and 'first holder' in r.stderr
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr                   # released on exit
     # a holder killed with SIGKILL releases its lock too (the OS drops it with the process)
-    holder = subprocess.Popen([sys.executable, '-c', f'from dis_nbdev.core import FolderLock; import time; '
+    holder = subprocess.Popen([sys.executable, '-c', f'from dis_nbdev.files import FolderLock; import time; '
                                f'l = FolderLock({str(lock)!r}, "killed").acquire(); print("held", flush=True); time.sleep(60)'],
                               stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == 'held'

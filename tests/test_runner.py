@@ -226,7 +226,7 @@ def test_sigterm_then_rerun_equals_uninterrupted_run(tmp_path, one_torch_thread)
 
 def test_locked_run_folder_is_refused_at_once(tmp_path):
     "Whoever holds <run>/.run.lock, a dis-run on that folder exits 1 at once, naming the holder, and writes nothing."
-    from dis_nbdev.core import FolderLock
+    from dis_nbdev.files import FolderLock
     d = tmp_path / 'ci_tiny'
     with FolderLock(d / '.run.lock', 'a test holding the folder'):
         t0 = time.time()
@@ -259,7 +259,7 @@ def test_changed_config_on_finished_run_is_refused_then_force_starts_over(finish
 
 def test_leftover_temp_files_of_a_killed_attempt_are_cleaned(tmp_path):
     "A checkpoint write killed half-way leaves `.checkpoint.pt.tmp-<host>-<pid>...`; the next dis-run removes it."
-    from dis_nbdev.core import temp_tag
+    from dis_nbdev.files import temp_tag
     dead = subprocess.Popen([sys.executable, '-c', 'pass']); dead.wait()
     d = tmp_path / 'ci_tiny'; d.mkdir()
     stale = d / f".checkpoint.pt.{temp_tag().rsplit('-', 1)[0]}-{dead.pid}.abcd.tmp"

@@ -14,7 +14,7 @@ import torch
 
 from .core import DisError, ConfigError
 from .files import FolderLock, RunDir, append_jsonl, atomic_write_json, atomic_write_text, check_name, read_jsonl
-from .config import as_train_config, coerce_value, deep_merge, load_yaml
+from .config import as_train_config, build_problems, coerce_value, deep_merge, load_yaml
 from .model import model_config
 import dis_nbdev.checkpoint  # noqa: F401  (registers the model and loss checks into config)
 from .train import train
@@ -73,9 +73,7 @@ def _task_problems(t, spec) -> list[str]:
     if not isinstance(spec, dict): return [f'{at}expected a mapping with a `puzzle:` mapping of PuzzleSpec fields']
     out = _unknown(spec, TASK_KEYS, f'{at}key')
     if not isinstance(spec.get('puzzle'), dict): out.append(f'{at}needs a `puzzle:` mapping of PuzzleSpec fields')
-    else:
-        try: PuzzleSpec(**spec['puzzle'])
-        except (TypeError, ValueError) as e: out.append(f'{at}puzzle: {e}')
+    else: out += [at + e for e in build_problems(PuzzleSpec, spec['puzzle'], 'puzzle.')]   # h2's families may check more
     for k in ('train', 'targets', 'eval'):
         if spec.get(k) is not None and not isinstance(spec[k], dict): out.append(f'{at}{k}: expected a mapping, got {spec[k]!r}')
     return out + _budget_problems(spec.get('budget'), at)
@@ -228,7 +226,8 @@ def run_cell(grid, cell: Cell, device: str = 'cpu', max_points: int | None = Non
         cfg = {**cell.train, 'device': device}
         for p in todo:
             t0, w0 = _cpu_s(), time.time()
-            ckpt = RunDir(cfg['out_dir']).checkpoint
+            rd = RunDir(cfg['out_dir']); ckpt = rd.checkpoint
+            if not ckpt.exists() and rd.metrics.exists(): rd.truncate_metrics(0)   # killed before its first checkpoint
             summary = train({**cfg, 'stop_at_step': p}, resume=ckpt.exists())
             if device != 'cpu' and torch.cuda.is_available(): torch.cuda.synchronize()
             t1, w1 = _cpu_s(), time.time()

@@ -4,23 +4,23 @@
 
 # %% ../nbs/09_runner.ipynb #9a544faf
 from __future__ import annotations
-import argparse, dataclasses, hashlib, json, os, signal, subprocess, sys, threading, time
+import argparse, dataclasses, hashlib, json, math, os, signal, subprocess, sys, threading, time
 from pathlib import Path
 
 import torch
 import yaml
 
-from .core import EXIT_INTERRUPTED, ConfigError, DisError
+from .core import EXIT_INTERRUPTED, ConfigError, DisError, cpu_threads
 from .files import (RunDir, atomic_write_json, atomic_write_text, check_name, clean_stale_temps, project_root,
                              summary_state)
-from .config import (apply_overrides, as_train_config, check_start, coerce_value, load_yaml,
+from .config import (apply_overrides, build_problems, as_train_config, check_start, coerce_value, load_yaml,
                               parse_overrides)
 from .arc import check_task_id, fits, load_subsets
 from .dataset import build_arc_dataset, recover_dataset, verify_dataset
 from .checkpoint import load_trained, read_metrics, setup_distributed
 from .evaluate import evaluate, run_defaults
 from .train import train
-from .puzzles import ensure_puzzle_dataset, evaluate_puzzle_run   # importing puzzles registers its target generators
+from .puzzles import PuzzleSpec, ensure_puzzle_dataset, evaluate_puzzle_run   # importing puzzles registers its target generators
 
 
 # %% auto #0
@@ -85,6 +85,19 @@ class RunSpec:
         "The flat config again (what a YAML holds)."
         return {**self.data, **self.eval, **self.train}
 
+def _value_problems(data: dict, ev: dict) -> list[str]:
+    "The bounds of the data and evaluation keys (their types are checked already)."
+    out = []
+    if not 2 <= data['side'] <= 30: out.append(f'side={data["side"]!r}: must be an integer canvas side in 2..30')
+    if data['num_aug'] < 0: out.append(f'num_aug={data["num_aug"]!r}: must be a non-negative integer')
+    if not 0 <= data['data_seed'] < 2**32: out.append(f'data_seed={data["data_seed"]!r}: must be in [0, 2**32)')
+    if data['puzzle'] is not None: out += build_problems(PuzzleSpec, data['puzzle'], 'puzzle.')
+    if not ev['eval_ks'] or any(k < 1 for k in ev['eval_ks']): out.append(f'eval_ks={ev["eval_ks"]!r}: must be a list of k >= 1')
+    if ev['cfg_weight'] is not None and not math.isfinite(ev['cfg_weight']): out.append(f'cfg_weight={ev["cfg_weight"]!r}: must be finite')
+    for k in ('eval_n_steps', 'eval_limit'):
+        if ev[k] is not None and ev[k] < 1: out.append(f'{k}={ev[k]!r}: must be >= 1 (or null for the default)')
+    return out
+
 def load_run_spec(config, run_dir=None, overrides=None, out='runs') -> RunSpec:
     "Read a run config (YAML path or dict), apply `overrides`, and split it into a `RunSpec`."
     path = None
@@ -110,9 +123,7 @@ def load_run_spec(config, run_dir=None, overrides=None, out='runs') -> RunSpec:
         nums = [t for t in data['task_ids'] if not isinstance(t, str)]
         if nums: errors.append(f'task_ids={nums!r}: YAML read these ids as numbers (a leading 0 even makes octal); '
                                f"quote every task id, e.g. ['00576224']")
-    if not errors and not 2 <= data['side'] <= 30:
-        errors.append(f'side={data["side"]!r}: must be an integer canvas side in 2..30')
-    if not errors and data['num_aug'] < 0: errors.append(f'num_aug={data["num_aug"]!r}: must be a non-negative integer')
+    errors += _value_problems(data, ev) if not errors else []
     run_dir = Path(run_dir) if run_dir is not None else Path(out)/name
     cfg['name'] = name
     cfg['out_dir'] = str(run_dir)
@@ -190,7 +201,7 @@ def _run_torchrun(cmd: list[str], nproc: int, what: str, echo: bool = True) -> N
     "Run a torchrun command, echoing its output; raise with the last lines when it fails."
     if echo: print('$', ' '.join(cmd[2:]) if cmd[0] == sys.executable else ' '.join(cmd), flush=True)
     env = {**os.environ, 'PYTHONUNBUFFERED': '1'}
-    env.setdefault('OMP_NUM_THREADS', str(max(1, (os.cpu_count() or 1)//nproc)))
+    env.setdefault('OMP_NUM_THREADS', str(max(1, cpu_threads()//nproc)))     # the cores this job may use
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     tail = []
     for line in proc.stdout:
@@ -208,6 +219,9 @@ def launch_training(spec: RunSpec, gpus: int = 1, echo: bool = True) -> dict:
     rd.path.mkdir(parents=True, exist_ok=True)
     resume = rd.checkpoint.exists()
     if echo and resume: print(f'resuming from {rd.checkpoint}')
+    if not resume and rd.metrics.exists():     # an attempt killed before its first checkpoint: its records start over
+        rd.truncate_metrics(0)
+        if echo: print(f'no checkpoint yet: the records of an earlier attempt in {rd.metrics.name} start over')
     if gpus <= 1: return _train_in_process(spec.train, resume)
     cfg_path = atomic_write_text(spec.run_dir/'train_config.yaml', yaml.safe_dump(spec.train, sort_keys=False))
     _run_torchrun(torchrun_command(cfg_path, gpus, resume), gpus, f'training run {spec.name}', echo)

@@ -124,6 +124,23 @@ def test_run_name_rows(name, message):
     assert 'run name' in str(e.value) and message in str(e.value)
 
 
+RUN_SPEC_ROWS = [
+    (dict(eval_ks=[0]), 'eval_ks=[0]: must be a list of k >= 1'),
+    (dict(eval_ks='abc'), "eval_ks='abc': expected a list"),
+    (dict(eval_n_steps=0), 'eval_n_steps=0: must be >= 1'),
+    (dict(cfg_weight='nan'), 'cfg_weight=nan: must be finite'),
+    (dict(data_seed=-1), 'data_seed=-1: must be in [0, 2**32)'),
+    (dict(num_aug=-1), 'num_aug=-1'),
+    (dict(puzzle={'kind': 'sudoku', 'boxx': 2}), "puzzle.boxx: unknown field; did you mean 'box'?"),
+    (dict(lrr=1e-3, side=40), "lrr: unknown field; did you mean 'lr'?"),      # data and training problems together
+]
+
+@pytest.mark.parametrize('fields,message', RUN_SPEC_ROWS, ids=[m[:40] for _, m in RUN_SPEC_ROWS])
+def test_run_yaml_rows(fields, message):
+    with pytest.raises(ConfigError) as e: R.load_run_spec({'name': 'x', **fields})
+    assert message in str(e.value)
+
+
 def test_out_that_is_a_file(tmp_path):
     f = tmp_path / 'file'; f.write_text('mine')
     with pytest.raises(ConfigError, match='is a file'): R.load_run_spec({'name': 'x'}, out=f)
@@ -204,7 +221,7 @@ GRID_ROWS = [
     (dict(name='../g'), "grid name '../g'"),
     (dict(arms={'/abs': {}}), "arm name '/abs'"),
     (dict(tasks={'../t': {'puzzle': {'kind': 'sudoku'}}}), "task name '../t'"),
-    (dict(tasks={'t': {'puzzle': {'kind': 'sudoku', 'boxx': 2}}}), "task 't': puzzle:"),
+    (dict(tasks={'t': {'puzzle': {'kind': 'sudoku', 'boxx': 2}}}), "task 't': puzzle.boxx: unknown field; did you mean 'box'?"),
     (dict(tasks={'t': {'puzzle': {'kind': 'sudoku'}, 'train': 'many'}}), "task 't': train: expected a mapping"),
 ]
 

@@ -63,6 +63,9 @@ def _read_state_dict(path_or_state_dict) -> tuple[dict, str]:
             if isinstance(sd.get(k), dict): sd = sd[k]; break
     if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise CheckpointError(f'{where}: not a state_dict of tensors')
+    bad = [k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad: raise CheckpointError(f'{where}: non-finite weights (NaN or infinity) in {len(bad)} tensor(s): {bad[:4]}; '
+                                  'the checkpoint is broken (e.g. saved after a diverged step): use an earlier one')
     return sd, where
 
 def _strip_prefixes(sd: dict) -> dict:

@@ -90,10 +90,11 @@ def hierarchical_bootstrap(a, b=None, n_boot: int = 2000, conf: float = 0.95, se
     """Mean of `a - b` over seeds and puzzles (`a`, `b`: per-puzzle correctness `[seeds, puzzles]`, rows paired by
     seed, columns by puzzle) with a percentile interval from resampling seeds, then puzzles within each seed (the
     same puzzle draw for both arms). Returns diff, low, high, p_le_0 (share of resamples <= 0), n (seeds), n_puzzles."""
-    a = _matrix(a, 'a'); d = a if b is None else a - _matrix(b, 'b')
-    if b is not None and np.shape(_matrix(b, 'b')) != a.shape:
-        raise StatsError(f'hierarchical_bootstrap: arm shape {a.shape} != control shape {_matrix(b, "b").shape}; '
+    a = _matrix(a, 'a'); b = None if b is None else _matrix(b, 'b')
+    if b is not None and b.shape != a.shape:
+        raise StatsError(f'hierarchical_bootstrap: arm shape {a.shape} != control shape {b.shape}; '
                          'pair seeds by row and puzzles by column')
+    d = a if b is None else a - b
     S, P = d.shape; rng = np.random.default_rng(seed); alpha = (1 - _level(conf)) / 2
     boots, chunk = np.empty(int(n_boot)), max(1, 4_000_000 // (S * P))
     for i in range(0, int(n_boot), chunk):

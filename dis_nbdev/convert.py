@@ -15,7 +15,7 @@ from .model import ModelConfig, RecursiveModel, model_config
 # %% auto #0
 __all__ = ['to_reference_state_dict', 'load_reference_checkpoint', 'config_from_reference', 'load_reference_model']
 
-# %% ../nbs/03a_convert.ipynb #e0b148d8
+# %% ../nbs/03a_convert.ipynb #0246c776
 _REF_NAMES = [  # (reference name after 'inner.', name here); {i} = layer index
     ('H_init', 'y_init'), ('L_init', 'z_init'),
     ('embed_tokens.embedding_weight', 'embed_tokens.weight'),
@@ -45,11 +45,12 @@ def _ours_to_ref(key: str) -> str:
     if ref is None: raise KeyError(key)
     return ref
 
+# %% ../nbs/03a_convert.ipynb #69dd070a
 def to_reference_state_dict(model: RecursiveModel, prefix: str = '_orig_mod.model.inner.') -> dict:
     "This model's weights under the official key names (fp32 copies), as a DIS/TRM checkpoint holds them."
     return {prefix + _ours_to_ref(k): v.detach().float().clone() for k, v in model.state_dict().items()}
 
-# %% ../nbs/03a_convert.ipynb #c68c5d31
+# %% ../nbs/03a_convert.ipynb #7755a327
 def _read_state_dict(path_or_state_dict) -> tuple[dict, str]:
     if isinstance(path_or_state_dict, (str, Path)):
         where = str(path_or_state_dict)
@@ -63,6 +64,9 @@ def _read_state_dict(path_or_state_dict) -> tuple[dict, str]:
             if isinstance(sd.get(k), dict): sd = sd[k]; break
     if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise CheckpointError(f'{where}: not a state_dict of tensors')
+    bad = [k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad: raise CheckpointError(f'{where}: non-finite weights (NaN or infinity) in {len(bad)} tensor(s): {bad[:4]}; '
+                                  'the checkpoint is broken (e.g. saved after a diverged step): use an earlier one')
     return sd, where
 
 def _strip_prefixes(sd: dict) -> dict:
@@ -75,6 +79,7 @@ def _strip_prefixes(sd: dict) -> dict:
                 sd = {k[len(p):]: v for k, v in sd.items()}; changed = True
     return sd
 
+# %% ../nbs/03a_convert.ipynb #b3234270
 _REF_TRANSIENT = ('puzzle_emb.local_weights', 'puzzle_emb.local_ids')      # per-batch scratch buffers: skipped
 _REF_DERIVED = {'rotary_emb.cos_cached': 'rope_cos', 'rotary_emb.sin_cached': 'rope_sin'}  # checked, not loaded
 
@@ -117,7 +122,7 @@ def load_reference_checkpoint(model: RecursiveModel, path_or_state_dict) -> Recu
         for k, v in mapped.items(): ours[k].copy_(v.to(dtype=ours[k].dtype))
     return model
 
-# %% ../nbs/03a_convert.ipynb #ae3416fc
+# %% ../nbs/03a_convert.ipynb #3ac41867
 def config_from_reference(path_or_state_dict, preset: str = 'dis_compact', **overrides) -> ModelConfig:
     "A `ModelConfig` whose shapes (D, layers, vocab, tables, `mlp_t`, learned positions) are read off a checkpoint."
     sd, where = _read_state_dict(path_or_state_dict)

@@ -20,13 +20,14 @@ __all__ = ['POS_ENCODINGS', 'PRESETS', 'ModelConfig', 'model_config', 'trunc_nor
            'rotate_half', 'rms_norm', 'Attention', 'SwiGLU', 'Block', 'Net', 'Carry', 'StepOutput', 'RecursiveModel',
            'count_parameters']
 
-# %% ../nbs/03_model.ipynb #f9fe5100
+# %% ../nbs/03_model.ipynb #6b6d5c05
 POS_ENCODINGS = ('rope', 'learned', 'none', 'rope2d')
 
 def _swiglu_width(expansion: float, width: int) -> int:
     "SwiGLU hidden width: round(expansion * width * 2/3) rounded up to a multiple of 256."
     return -(round(expansion * width * 2 / 3) // -256) * 256
 
+# %% ../nbs/03_model.ipynb #31826718
 @dataclass
 class ModelConfig:
     "Every number that shapes the recursive network. Validated on construction."
@@ -105,6 +106,7 @@ class ModelConfig:
     @property
     def net_calls_per_step(self) -> int: return self.T * (self.n + 1)
 
+# %% ../nbs/03_model.ipynb #bd5db7d0
 _BOARD = dict(hidden_size=128, num_heads=4, num_layers=2, puzzle_emb_ndim=128, puzzle_emb_len=1)
 PRESETS: dict[str, dict] = {
     'dis_compact': dict(hidden_size=256, num_heads=8, num_layers=1, puzzle_emb_ndim=256, T=1, n=2, n_sup=6,
@@ -140,7 +142,7 @@ def model_config(preset: str | ModelConfig | dict | None = 'dis_compact', **over
     base.update(overrides)
     return ModelConfig(**base)
 
-# %% ../nbs/03_model.ipynb #509ac556
+# %% ../nbs/03_model.ipynb #3de5577f
 def trunc_normal_(t: torch.Tensor, std: float = 1.0, lower: float = -2.0, upper: float = 2.0) -> torch.Tensor:
     "JAX-style truncated normal in place: cut at `lower..upper` sigmas, std corrected to equal `std`."
     with torch.no_grad():
@@ -154,6 +156,7 @@ def trunc_normal_(t: torch.Tensor, std: float = 1.0, lower: float = -2.0, upper:
         t.uniform_(a, b).erfinv_().mul_(math.sqrt(2) * s).clamp_(lower * s, upper * s)
     return t
 
+# %% ../nbs/03_model.ipynb #7f0ecb2a
 def rope_tables(total_len: int, head_dim: int, theta: float = 10000.0, device=None):
     "`(cos, sin)`, each `[total_len, head_dim]` fp32, `cat(freqs, freqs)` layout (the reference's)."
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim))
@@ -177,11 +180,12 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((-x2, x1), dim=-1)
 
+# %% ../nbs/03_model.ipynb #3a28e58d
 def rms_norm(h: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     "Weightless RMSNorm, computed in fp32, returned in the input dtype."
     return F.rms_norm(h.float(), (h.shape[-1],), eps=eps).to(h.dtype)
 
-# %% ../nbs/03_model.ipynb #c14c5302
+# %% ../nbs/03_model.ipynb #9ff47685
 class Attention(nn.Module):
     "Non-causal multi-head self-attention: fused QKV, RoPE, `scaled_dot_product_attention`."
     def __init__(self, hidden_size: int, num_heads: int):
@@ -202,6 +206,7 @@ class Attention(nn.Module):
         o = F.scaled_dot_product_attention(q, k, v.squeeze(2).transpose(1, 2).to(q.dtype), is_causal=False)
         return self.out(o.transpose(1, 2).reshape(B, S, D))
 
+# %% ../nbs/03_model.ipynb #a3a40b4b
 class SwiGLU(nn.Module):
     "`down(silu(gate) * up)` with gate and up fused in one weight (gate rows first)."
     def __init__(self, hidden_size: int, ffn_size: int):
@@ -213,6 +218,7 @@ class SwiGLU(nn.Module):
         gate, up = self.gate_up(h).chunk(2, dim=-1)
         return self.down(F.silu(gate) * up)
 
+# %% ../nbs/03_model.ipynb #7160e50a
 class Block(nn.Module):
     "Post-norm block: `h = norm(h + attn(h)); h = norm(h + mlp(h))`; with `mlp_t` an MLP across positions mixes."
     def __init__(self, config: ModelConfig):
@@ -241,7 +247,7 @@ class Net(nn.Module):
         for layer in self.layers: h = layer(h, cos, sin)
         return h
 
-# %% ../nbs/03_model.ipynb #fafbba6b
+# %% ../nbs/03_model.ipynb #b4b1e13c
 @dataclass
 class Carry:
     "The recurrent state between supervision steps: answer `y` and latent `z`, each `[B, P+L, D]`."

@@ -2,7 +2,7 @@
 
     python tools/execute_notebooks.py [NB ...]           # execute in place (default: every nbs/*.ipynb), then nbdev_clean
     python tools/execute_notebooks.py --check [NB ...]   # execute in memory; fail when saved outputs are missing or stale
-    python tools/execute_notebooks.py --lint [NB ...]    # no execution: fail when an example cell that displays has no output
+    python tools/execute_notebooks.py --lint [NB ...]    # no execution: the three notebook rules below, and the output share
 
 Execution is nbdev_test's: the same in-process IPython shell (execnb's CaptureShell, inline matplotlib), run from the
 notebook's folder. Cells flagged with settings.ini's `tst_flags` (`#| slow`, `#| gpu`) or `#| eval: false` are not run
@@ -20,6 +20,18 @@ or opts out with `#| output: false` (a cell whose output is deliberately not kep
     docstring) and a call of a function named in `SIDE_EFFECTS` (`shutil.rmtree(...)`, `torch.manual_seed(...)`...:
     called for what they do, they return None). End the cell with `;` or assign the value when it is not worth showing.
 Every example cell that displays must have at least one saved output.
+
+Two more `--lint` rules make a notebook teach like fastai's miniai notebooks (issue 20 item 5):
+  - **every exported cell is followed by an example**: between an exported cell and the next exported cell there is a
+    code cell that is not exported and not hidden and has saved output (an example cell, or a `#| slow` / `#| gpu`
+    cell whose outputs were saved by hand). It shows what the definitions just made do: a shape, a grid, a record.
+    Exported cells that hold only imports are exempt (and do not end the previous cell's span).
+  - **no exported cell over 60 lines** (`MAX_EXPORTED_LINES`; non-blank lines, directives not counted): one idea per
+    cell. A cell that truly cannot be split (one class, whose methods cannot live in separate cells without changing the
+    exported code) goes on `LONG_CELLS_ALLOWED`, keyed by notebook and the first name the cell defines, with the reason.
+Finally `--lint` prints, per notebook and in total, the share of example cells that have saved output. Linting every
+notebook (no notebook named), a total under `MIN_OUTPUT_SHARE` (80%) is an error too (`--min-share` sets the bar,
+also for named notebooks).
 
 `--check` is the precise version of the same rule: it executes the notebook and compares, cell by cell, the saved
 outputs with fresh ones. A cell that outputs something now but has nothing saved, a cell with saved outputs that
@@ -96,18 +108,96 @@ def displays(body: str) -> bool:
     return False
 
 
+MAX_EXPORTED_LINES = 60      # non-blank lines of an exported cell, directives not counted
+MIN_OUTPUT_SHARE = 0.8       # of all notebooks' example cells, the share that must show saved output
+# Exported cells allowed over MAX_EXPORTED_LINES: `notebook: first name the cell defines` -> why it cannot be split.
+# Keep this small: a cell of several definitions can always be split; one class cannot (without changing the code).
+LONG_CELLS_ALLOWED = {
+    '03_model.ipynb: ModelConfig': 'one dataclass: its fields, validation and derived sizes are a single class body',
+    '03_model.ipynb: RecursiveModel': 'one nn.Module: its init, carry, input embedding and forward are one class body',
+}
+EXPORT_FLAGS = {'export', 'exports', 'exporti'}
+
+
+def _nb_cells(path: Path) -> list[dict]:
+    return json.loads(Path(path).read_text(encoding='utf-8')).get('cells', [])
+
+
+def _first_line(body: str) -> str:
+    lines = body.strip().splitlines()
+    return lines[0][:70] if lines else ''
+
+
+def _defined(body: str) -> list[str]:
+    "Names a cell defines at its top level (functions, classes, assigned names), in order."
+    try: tree = ast.parse(body)
+    except SyntaxError: return []
+    out = []
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)): out.append(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            for t in (node.targets if isinstance(node, ast.Assign) else [node.target]):
+                out += [n.id for n in ast.walk(t) if isinstance(n, ast.Name)]
+    return out
+
+
+def _imports_only(body: str) -> bool:
+    "An exported cell that only imports (the module header, a re-export): nothing of its own to show."
+    try: tree = ast.parse(body)
+    except SyntaxError: return False
+    return bool(tree.body) and all(isinstance(n, (ast.Import, ast.ImportFrom)) for n in tree.body)
+
+
+def code_lines(body: str) -> int:
+    "The length rule's measure: non-blank lines (directives are already stripped from `body`)."
+    return sum(1 for line in body.splitlines() if line.strip())
+
+
 def lint(path: Path, flags: set[str]) -> list[str]:
-    "Errors: example cells that display but have no saved output."
-    nb = json.loads(Path(path).read_text(encoding='utf-8'))
-    errs = []
-    for i, cell in enumerate(nb.get('cells', [])):
+    "Errors of the three `--lint` rules (see the module docstring), each naming the notebook, the cell and what to do."
+    path = Path(path)
+    errs, pending = [], None            # pending: (index, first line) of an exported cell still waiting for its example
+    def unshown(i, first):
+        errs.append(f'{path.name} cell {i} ({first!r}): exported cell has no example after it (before the next '
+                    f'exported cell); add a 1-5 line cell below it that shows a value (a shape, a grid, a record) and '
+                    f'save its output with tools/execute_notebooks.py {path.name}')
+    for i, cell in enumerate(_nb_cells(path)):
         if cell.get('cell_type') != 'code': continue
         d, body = directives(_src(cell))
+        if not body.strip(): continue
+        if EXPORT_FLAGS & d.keys():
+            if _imports_only(body): continue
+            if pending: unshown(*pending)
+            pending = (i, _first_line(body))
+            n = code_lines(body)
+            names = _defined(body)
+            key = f'{path.name}: {names[0] if names else _first_line(body)}'
+            if n > MAX_EXPORTED_LINES and key not in LONG_CELLS_ALLOWED:
+                what = (f'it holds {len(names)} definitions: split it into one idea per cell, each followed by its '
+                        'example' if len(names) > 1 else
+                        'split it (a long function into helpers in their own cells); a single class that cannot be '
+                        f'split goes on LONG_CELLS_ALLOWED in tools/execute_notebooks.py as {key!r} with the reason')
+                errs.append(f'{path.name} cell {i} ({_first_line(body)!r}): exported cell has {n} lines (at most '
+                            f'{MAX_EXPORTED_LINES}); {what}')
+            continue
+        if 'hide' in d or d.get('output', '').lower() == 'false': continue
         if is_example(d, body, flags) and displays(body) and not cell.get('outputs'):
-            first = body.strip().splitlines()[0][:70]
-            errs.append(f'{path.name} cell {i} ({first!r}): displays something but has no saved output '
+            errs.append(f'{path.name} cell {i} ({_first_line(body)!r}): displays something but has no saved output '
                         f'(run tools/execute_notebooks.py {path.name}, or mark it `#| output: false`)')
+        if cell.get('outputs'): pending = None
+    if pending: unshown(*pending)
     return errs
+
+
+def output_share(path: Path, flags: set[str]) -> tuple[int, int]:
+    "`(example cells with saved output, example cells)` of a notebook."
+    shown = total = 0
+    for cell in _nb_cells(path):
+        if cell.get('cell_type') != 'code': continue
+        d, body = directives(_src(cell))
+        if is_example(d, body, flags):
+            total += 1; shown += bool(cell.get('outputs'))
+    return shown, total
 
 
 # ----- normalised output text -----------------------------------------------------------------------------------
@@ -182,12 +272,13 @@ def _plain(o):
     return json.loads(json.dumps(o, default=dict))
 
 
-def run_one(args) -> tuple[str, list[str], float]:
+def run_one(args) -> tuple:
+    "`(notebook name, errors, seconds)`, and with `--lint` the notebook's `output_share`."
     import time
     path, mode, flags = args
     t0 = time.time()
     path = Path(path)
-    if mode == 'lint': return path.name, lint(path, flags), time.time() - t0
+    if mode == 'lint': return path.name, lint(path, flags), time.time() - t0, output_share(path, flags)
     nb, saved, err = execute(path, flags)
     if err: return path.name, [err], time.time() - t0
     if mode == 'check':
@@ -217,8 +308,11 @@ def main(argv=None) -> int:
     ap.add_argument('notebooks', nargs='*', help='notebooks (default: every nbs/*.ipynb)')
     g = ap.add_mutually_exclusive_group()
     g.add_argument('--check', action='store_true', help='execute in memory; fail on missing or stale outputs')
-    g.add_argument('--lint', action='store_true', help='no execution: every example cell that displays has output')
+    g.add_argument('--lint', action='store_true', help='no execution: the notebook rules (see below) and the output share')
     ap.add_argument('--workers', type=int, default=1)
+    ap.add_argument('--min-share', type=float, default=None,
+                    help=f'with --lint: the least share of example cells with saved output, over all notebooks linted '
+                         f'(default: {MIN_OUTPUT_SHARE} when linting every notebook, no bar for named ones)')
     a = ap.parse_args(argv)
     nbs = [Path(p) for p in a.notebooks] or sorted(p for p in (ROOT / 'nbs').glob('*.ipynb') if not p.name.startswith(('_', '.')))
     mode = 'check' if a.check else 'lint' if a.lint else 'execute'
@@ -227,11 +321,22 @@ def main(argv=None) -> int:
     if mode == 'lint' or a.workers <= 1 and len(jobs) == 1: results = [run_one(j) for j in jobs]
     else:
         with ProcessPoolExecutor(max(1, a.workers), max_tasks_per_child=1) as ex: results = list(ex.map(run_one, jobs))
-    errors = [e for _, errs, _ in results for e in errs]
-    for name, errs, dt in results:
-        if mode != 'lint': print(f'{name}: {mode} {"ok" if not errs else "FAILED"} ({dt:.0f} s)')
+    errors = [e for r in results for e in r[1]]
+    if mode == 'lint':
+        shown = sum(r[3][0] for r in results); total = sum(r[3][1] for r in results)
+        for name, errs, _, (s, n) in results:
+            print(f'{name}: {s}/{n} example cells with saved output ({s / max(n, 1):.0%}), {len(errs)} error(s)')
+        share = shown / max(total, 1)
+        print(f'{len(nbs)} notebooks linted: {shown}/{total} example cells with saved output ({share:.0%}; '
+              f'the bar is {MIN_OUTPUT_SHARE:.0%} over all notebooks), {len(errors)} error(s)')
+        bar = a.min_share if a.min_share is not None else None if a.notebooks else MIN_OUTPUT_SHARE
+        if bar is not None and share < bar:
+            errors.append(f'only {share:.0%} of all example cells have saved output (at least {bar:.0%}): '
+                          'show a value in the examples that print nothing, or hide set-up cells (`#| hide`), '
+                          'then save the outputs with tools/execute_notebooks.py NB')
+    else:
+        for name, errs, dt in results: print(f'{name}: {mode} {"ok" if not errs else "FAILED"} ({dt:.0f} s)')
     for e in errors: print('ERROR', e, file=sys.stderr)
-    if mode == 'lint': print(f'{len(nbs)} notebooks linted: {len(errors)} example cell(s) without saved output')
     return 1 if errors else 0
 
 

@@ -1,0 +1,45 @@
+"""The grids of issue 18 (experiments A and B) load, expand to the declared cells, and their control arms differ from
+each other in the one factor each is meant to isolate; every arm runs at the same compute and evaluation points."""
+from pathlib import Path
+
+from dis_nbdev.experiments import expand_grid, load_grid
+from dis_nbdev.stats import compute_units
+
+GRIDS = Path(__file__).resolve().parents[1]/'papermill_runs'/'grids'
+FIELDS = ('method', 'preset', 'model', 'targets', 'injection', 'q_loss_weight', 'halt_max_steps')
+
+
+def _arms(cells):
+    return {c.arm: c for c in cells if c.seed == 0}
+
+
+def _diff(a, b):
+    return sorted(k for k in FIELDS if a.train.get(k) != b.train.get(k))
+
+
+def test_experiment_A_controls_isolate_one_factor_each():
+    g = load_grid(GRIDS/'grid_targets_A.yaml'); cells = expand_grid(g)
+    assert len(cells) == 6 * 5 and g['seeds'] == [0, 1, 2, 3, 4]
+    arms = _arms(cells)
+    assert _diff(arms['trm_T1n2'], arms['trm_T1n2_nohalt']) == ['q_loss_weight'] and arms['trm_T1n2_nohalt'].train['q_loss_weight'] == 0
+    assert _diff(arms['dis_label_x'], arms['dis_waves_x']) == ['targets']
+    assert arms['dis_label_x'].train['targets'] == 'label' and arms['dis_waves_x'].train['targets'] == 'sudoku_waves'
+    assert _diff(arms['dis_waves_x'], arms['dis_waves_prev']) == ['injection'] and arms['dis_waves_x'].train['injection'] == 'x'
+    assert arms['dis_corrupt'].train['targets'] == 'input_to_label' and arms['dis_corrupt'].train['injection'] == 'prev_argmax'
+    spec = g['tasks']['sudoku6_hard']['puzzle']
+    assert (spec['box'], spec['remove'], spec['train'], spec['test']) == ([2, 3], [18, 24], 3000, 500)
+    for c in cells:    # same optimizer steps, batch, evaluation points and FLOP-weighted units for every arm
+        assert (c.points, c.batch, c.net_calls, c.train['max_steps']) == ([300, 600, 900, 1200], 32, 3, 1200)
+        assert c.eval['limit'] == 500 and all(p % 6 == 0 for p in c.points)
+    assert compute_units(1, 2, 1200, 32)['units'] == 1200 * 32 * 9
+
+
+def test_experiment_B_varies_only_the_training_set_size():
+    g = load_grid(GRIDS/'grid_scarce_B.yaml'); cells = expand_grid(g)
+    assert sorted(g['tasks']) == ['train100', 'train1000', 'train300'] and g['out'].endswith('scarce_B')
+    assert sorted(_arms(cells)) == ['dis_label_x', 'dis_waves_x', 'trm_T1n2'] and len(cells) == 3 * 3 * 5
+    sizes = {t: s['puzzle']['train'] for t, s in g['tasks'].items()}
+    assert sizes == {'train100': 100, 'train300': 300, 'train1000': 1000}
+    rest = [{k: v for k, v in s['puzzle'].items() if k != 'train'} for s in g['tasks'].values()]
+    assert all(r == rest[0] for r in rest) and rest[0]['remove'] == [18, 24] and rest[0]['test'] == 500
+    assert {c.train['max_steps'] for c in cells} == {1200} and len({c.train['data_dir'] for c in cells}) == 3

@@ -17,6 +17,7 @@ from .core import (CheckpointError, ConfigError, atomic_torch_save, atomic_write
 from .dataset import dataset_fingerprint
 from .model import Carry, ModelConfig, RecursiveModel
 from .steps import LOSSES, INJECTIONS
+from .methods import get_method
 
 # %% auto #0
 __all__ = ['CHECKPOINT_FORMAT', 'TrainConfig', 'as_train_config', 'reference_examples', 'planned_steps', 'step_flops',
@@ -74,6 +75,7 @@ class TrainConfig:
 
     def __post_init__(self):
         for k in ('bf16', 'compile'): auto_bool(getattr(self, k), f'TrainConfig.{k}')
+        get_method(self.method)     # a registered method (dis_nbdev.methods), else a ConfigError naming the choices
         for k, allowed in _CHOICES.items():
             if getattr(self, k) not in allowed:
                 raise ConfigError(f'TrainConfig.{k}: {getattr(self, k)!r} is not one of {list(allowed)}')
@@ -85,9 +87,9 @@ class TrainConfig:
     @property
     def optimizer_kind(self) -> str:
         if self.optimizer != 'auto': return self.optimizer
-        return 'adamw' if self.method == 'dis' else 'adam_atan2'
+        return get_method(self.method).default_optimizer
 
-_CHOICES = dict(method=('dis', 'trm'), lr_schedule=('cosine', 'constant'), optimizer=('auto', 'adam_atan2', 'adamw'),
+_CHOICES = dict(lr_schedule=('cosine', 'constant'), optimizer=('auto', 'adam_atan2', 'adamw'),
                 loss=tuple(LOSSES), step_weights=('none', 'linear'), injection=INJECTIONS,
                 wandb_mode=('offline', 'online', 'disabled'))
 # field: (low, high, brackets); None = unbounded. Fields typed `... | None` may also be None.
@@ -135,7 +137,7 @@ def describe_plan(cfg: TrainConfig, n_examples: float, n_sup: int, flops_per_ste
                   tflops: float = 100.0) -> str:
     "One line for the start of a run: planned optimizer steps, batches, samples, and a rough GPU-hours figure."
     steps = planned_steps(cfg, n_examples)
-    per_batch = n_sup if cfg.method == 'dis' else 1
+    per_batch = get_method(cfg.method).steps_per_batch(n_sup)
     batches = math.ceil(steps / per_batch)
     line = (f'{cfg.name} [{cfg.method}]: plan {steps:,} optimizer steps = {batches:,} batches x {per_batch} supervision '
             f'step(s) = {batches * cfg.global_batch_size:,} samples ({steps * cfg.global_batch_size / max(n_examples, 1):,.1f} '
@@ -268,7 +270,7 @@ def state_dict(st) -> dict:
                 model=st.model.state_dict(), optimizers=[o.state_dict() for o in st.optimizers],
                 schedulers=[s.state_dict() for s in st.schedulers], ema=ema, step=st.step, time_s=st.time_s,
                 world_size=st.world, rng=rng_state(st.gen), loader=to_safe(st.loader.state_dict()), act=_gather_act(st),
-                n_sup=st.n_sup, data_fingerprint=st.data_fingerprint)
+                n_sup=st.n_sup, data_fingerprint=st.data_fingerprint, metrics=st.acc.state_dict())
 
 def save_state(st) -> None:
     "Write the run's checkpoint (rank 0), all ranks in step."
@@ -276,8 +278,8 @@ def save_state(st) -> None:
     if st.is_main: write_checkpoint(ck, st.ckpt_path)
     if st.world > 1: dist.barrier()
 
-def load_state(st, path) -> None:
-    "Resume `st` from the checkpoint at `path`."
+def load_state(st, path) -> dict:
+    "Resume `st` from the checkpoint at `path`; returns the checkpoint."
     ck, where, cfg = read_checkpoint(path, device='cpu'), str(path), st.cfg
     for k in ('method', 'preset'):
         if ck.get('config', {}).get(k) != getattr(cfg, k):
@@ -300,6 +302,7 @@ def load_state(st, path) -> None:
         a = {k: st.local(v) for k, v in a.items()}
         st.act = dict(carry=Carry(a.pop('y'), a.pop('z')), **a)
     if st.is_main: truncate_metrics(st.run_dir, st.step)
+    return ck
 
 # %% ../nbs/05a_checkpoint.ipynb #51141759
 def read_metrics(run_dir) -> list[dict]:

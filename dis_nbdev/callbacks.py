@@ -20,7 +20,7 @@ __all__ = ['FINISHED_REASONS', 'metrics_record', 'NonFiniteLossError', 'stop_sta
            'catch_signals_early', 'Signals', 'NanGuard', 'Metrics', 'JsonlLog', 'WandbLog', 'ProgressBar',
            'Checkpoints', 'Evaluation', 'default_callbacks']
 
-# %% ../nbs/05c_callbacks.ipynb #22d66fa9
+# %% ../nbs/05c_callbacks.ipynb #d2fad373
 def metrics_record(st, r: dict, dt: float) -> dict:
     "The logged record of the sums `r` of training state `st`, gathered over `dt` seconds (the run's method decides)."
     return st.method.record(st, r, dt)

@@ -278,9 +278,9 @@ def save_state(st) -> None:
     if st.is_main: write_checkpoint(ck, st.ckpt_path)
     if st.world > 1: dist.barrier()
 
-def load_state(st, path) -> dict:
-    "Resume `st` from the checkpoint at `path`; returns the checkpoint."
-    ck, where, cfg = read_checkpoint(path, device='cpu'), str(path), st.cfg
+def load_state(st, path, ck: dict | None = None) -> dict:
+    "Resume `st` from the checkpoint at `path` (`ck`: that checkpoint, already read); returns the checkpoint."
+    ck, where, cfg = ck if ck is not None else read_checkpoint(path, device='cpu'), str(path), st.cfg
     for k in ('method', 'preset'):
         if ck.get('config', {}).get(k) != getattr(cfg, k):
             raise CheckpointError(f'{where}: written by a run with {k}={ck["config"].get(k)!r}, this config has {getattr(cfg, k)!r}')

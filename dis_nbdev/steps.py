@@ -45,7 +45,7 @@ def supervision_step(model, carry, inputs: torch.Tensor, x: torch.Tensor, step, 
     out = model(carry, inputs, puzzle_identifiers, step=step, clamp_x=clamp_x, drop_puzzle=drop_puzzle)
     return out, out.carry, next_inputs(x, out.logits, injection)
 
-# %% ../nbs/03b_steps.ipynb #b2ec3700
+# %% ../nbs/03b_steps.ipynb #9ef2ca30
 class Step(NamedTuple):
     "One supervision step: index `s` (1-based), what it saw, the carry it started from, its output, what comes next."
     s: int

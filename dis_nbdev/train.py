@@ -33,7 +33,7 @@ from .callbacks import Callback, NonFiniteLossError  # noqa: F401
 from .methods import act_step, new_act_state, optimizer_step  # noqa: F401
 
 # %% auto #0
-__all__ = ['RESUME_APPLIED', 'RESUME_FIXED', 'build_model', 'TrainState', 'make_state', 'changed_settings',
+__all__ = ['RESUME_APPLIED', 'RESUME_FIXED', 'build_model', 'TrainState', 'make_state', 'changed_settings', 'check_resumable',
            'apply_changed_settings', 'resume_state', 'stop_reason', 'fit', 'Trainer', 'train', 'apply_overrides',
            'train_cli']
 
@@ -150,7 +150,7 @@ def make_state(cfg: TrainConfig, resume: bool = False) -> TrainState:
     elif info.is_main: truncate_metrics(st.run_dir, 0)   # records of an attempt killed before its first checkpoint
     return st
 
-# %% ../nbs/05_train.ipynb #ee175723
+# %% ../nbs/05_train.ipynb #b9b8e3fa
 RESUME_APPLIED = ('lr', 'weight_decay', 'beta1', 'beta2', 'puzzle_emb_lr', 'puzzle_emb_weight_decay', 'lr_warmup_steps',
                   'lr_min_ratio', 'lr_schedule', 'max_steps', 'epochs')
 RESUME_FIXED = ('seed', 'global_batch_size', 'optimizer_kind')
@@ -159,13 +159,18 @@ def changed_settings(old: TrainConfig, new: TrainConfig) -> dict:
     "{field: (old, new)} of the resume-sensitive settings that differ between two configs."
     return {k: (getattr(old, k), getattr(new, k)) for k in RESUME_APPLIED + RESUME_FIXED if getattr(old, k) != getattr(new, k)}
 
-def apply_changed_settings(st: TrainState, old: TrainConfig, where: str = 'checkpoint') -> dict:
-    "Apply `st.cfg`'s changed optimizer and schedule settings to the restored optimizers; refuse what cannot change."
-    ch = changed_settings(old, st.cfg)
+def check_resumable(old: TrainConfig, new: TrainConfig, where: str = 'checkpoint') -> None:
+    "ConfigError naming the settings a resume cannot honour (`RESUME_FIXED`) that differ."
+    ch = changed_settings(old, new)
     fixed = [k for k in RESUME_FIXED if k in ch]
     if fixed:
         raise ConfigError(f'{where}: cannot resume with changed ' + ', '.join(f'{k} ({ch[k][0]!r} -> {ch[k][1]!r})' for k in fixed)
                           + '; restore the old value or start a new run (another out_dir)')
+
+def apply_changed_settings(st: TrainState, old: TrainConfig, where: str = 'checkpoint') -> dict:
+    "Apply `st.cfg`'s changed optimizer and schedule settings to the restored optimizers; refuse what cannot change."
+    check_resumable(old, st.cfg, where)
+    ch = changed_settings(old, st.cfg)
     if not ch: return ch
     cfg, dense = st.cfg, st.optimizers[0]
     for g in dense.param_groups:
@@ -182,8 +187,10 @@ def apply_changed_settings(st: TrainState, old: TrainConfig, where: str = 'check
 
 def resume_state(st: TrainState, path) -> None:
     "Resume `st` from the checkpoint at `path`: its state, its unlogged metric sums, changed settings applied."
-    ck = load_state(st, path)
+    ck = read_checkpoint(path, device='cpu')
     old = from_dict(TrainConfig, ck['config'], f'{path}: config')
+    if (old.method, old.preset) == (st.cfg.method, st.cfg.preset): check_resumable(old, st.cfg, str(path))
+    load_state(st, path, ck)     # refuses another method, preset or dataset
     ch = apply_changed_settings(st, old, str(path))
     if ch and st.is_main:
         print(f'{st.cfg.name}: resumed with changed settings (applied): ' +

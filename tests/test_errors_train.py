@@ -1,7 +1,5 @@
 """User mistakes around training, resuming, test-time training and the viewer: each row is an input and the one
 clear error (a `DisError` naming the field) it must give, never a traceback (issue 21, training side)."""
-import json
-from pathlib import Path
 
 import pytest
 import torch

@@ -16,7 +16,8 @@ from .methods import get_method
 
 # %% auto #0
 __all__ = ['AdamATan2', 'SparseSignSGD', 'adam_atan2_backend_available', 'make_optimizer', 'optimizer_backend', 'lr_lambda',
-           'puzzle_params', 'make_ema', 'make_optimizers', 'averaged_model']
+           'needs_state_on_param_device', 'place_optimizer_state', 'puzzle_params', 'make_ema', 'make_optimizers',
+           'averaged_model']
 
 # %% ../nbs/05b_optim.ipynb #146f2f7b
 class AdamATan2(torch.optim.Optimizer):
@@ -128,6 +129,23 @@ def lr_lambda(step: int, warmup_steps: int, total_steps: int, schedule: str = 'c
     if schedule != 'cosine': raise ConfigError(f"lr_schedule: unknown {schedule!r}; choose 'cosine' or 'constant'")
     prog = min(1.0, (s - warmup_steps) / max(1, total_steps - warmup_steps))
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * prog))
+
+# %% ../nbs/05b_optim.ipynb #24c19955
+def needs_state_on_param_device(opt) -> bool:
+    "Whether `opt`'s kernel reads every state tensor on its parameter's device (the CUDA adam-atan2 does)."
+    flag = getattr(opt, 'state_on_param_device', None)
+    return bool(flag) if flag is not None else type(opt).__module__.startswith('adam_atan2')
+
+def place_optimizer_state(opt) -> int:
+    "Move the state tensors of `opt` to their parameters' devices when its kernel needs that; returns how many moved."
+    if not needs_state_on_param_device(opt): return 0
+    moved = 0
+    for group in opt.param_groups:
+        for p in group['params']:
+            st = opt.state.get(p, {})
+            for k, v in st.items():
+                if torch.is_tensor(v) and v.device != p.device: st[k] = v.to(p.device); moved += 1
+    return moved
 
 # %% ../nbs/05b_optim.ipynb #e2bb9e7b
 def puzzle_params(model: nn.Module) -> list[nn.Parameter]:

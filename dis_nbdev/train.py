@@ -22,7 +22,7 @@ from .model import RecursiveModel, count_parameters, model_config
 from .methods import get_method
 from .checkpoint import (TrainConfig, as_train_config, planned_steps, describe_plan, reference_examples,
                                   step_flops, load_state, read_metrics, setup_distributed, truncate_metrics)
-from .optim import lr_lambda, make_ema, make_optimizers, optimizer_backend
+from .optim import lr_lambda, make_ema, make_optimizers, optimizer_backend, place_optimizer_state
 from .callbacks import catch_signals_early, default_callbacks, stop_state
 # re-exported, so that the documented `dis_nbdev.train.<name>` keeps working
 from .steps import LOSSES, log_stablemax, stablemax_cross_entropy, softmax_cross_entropy  # noqa: F401
@@ -191,6 +191,7 @@ def resume_state(st: TrainState, path) -> None:
     old = from_dict(TrainConfig, ck['config'], f'{path}: config')
     if (old.method, old.preset) == (st.cfg.method, st.cfg.preset): check_resumable(old, st.cfg, str(path))
     load_state(st, path, ck)     # refuses another method, preset or dataset
+    for o in st.optimizers: place_optimizer_state(o)     # the CUDA adam-atan2 reads its `step` on the parameter's device
     ch = apply_changed_settings(st, old, str(path))
     if ch and st.is_main:
         print(f'{st.cfg.name}: resumed with changed settings (applied): ' +

@@ -354,6 +354,7 @@ def test_resume_applies_a_changed_optimizer_setting_and_records_it(arc_aug, tmp_
     T.train(cfg(arc_aug, tmp_path / 'run', lr=1e-2, weight_decay=0.05, beta1=0.8, **kw), resume=True)
     err = capsys.readouterr().err
     assert 'resumed with changed settings (applied): lr 0.001 -> 0.01, weight_decay 0.1 -> 0.05, beta1 0.9 -> 0.8' in err
+    assert 'run: optimizer torch.optim.adamw.AdamW' in err          # the run log names the optimizer implementation
     ck = torch.load(tmp_path / 'run' / 'checkpoint.pt', weights_only=True)
     g = ck['optimizers'][0]['param_groups'][0]
     assert g['lr'] == 1e-2 and g['weight_decay'] == 0.05 and tuple(g['betas']) == (0.8, 0.95)
@@ -365,3 +366,18 @@ def test_resume_applies_a_changed_optimizer_setting_and_records_it(arc_aug, tmp_
     from dis_nbdev.train import make_state
     st = make_state(T.as_train_config(cfg(arc_aug, tmp_path / 'run', lr=1e-2, weight_decay=0.05, beta1=0.8, **kw)), resume=True)
     assert st.optimizers[0].param_groups[0]['lr'] == 1e-2 and st.step == 12
+
+
+def test_optimizer_state_is_placed_on_the_parameter_device_after_a_load():
+    """torch's load_state_dict keeps `step` on the CPU; the CUDA adam-atan2 kernel reads it on the parameter's device.
+    A stand-in optimizer flagged like that kernel, loaded onto parameters on another device ('meta' here, CUDA there)."""
+    from dis_nbdev.optim import AdamATan2, needs_state_on_param_device, optimizer_backend, place_optimizer_state
+    class StandIn(AdamATan2): state_on_param_device = True
+    w = torch.nn.Parameter(torch.ones(3)); o = StandIn([w], lr=0.1); w.grad = torch.ones(3); o.step()
+    q = torch.nn.Parameter(torch.zeros(3, device='meta')); o2 = StandIn([q], lr=0.1)
+    o2.load_state_dict(o.state_dict())
+    assert o2.state[q]['exp_avg'].device.type == 'meta' and o2.state[q]['step'].device.type == 'cpu'   # torch's rule
+    assert place_optimizer_state(o2) == 1 and all(v.device.type == 'meta' for v in o2.state[q].values())
+    a = torch.optim.AdamW([q]); a.load_state_dict(torch.optim.AdamW([torch.nn.Parameter(torch.ones(3))]).state_dict())
+    assert not needs_state_on_param_device(a) and place_optimizer_state(a) == 0
+    assert optimizer_backend(o) == 'AdamATan2 (torch port)' and optimizer_backend(a) == 'torch.optim.adamw.AdamW'

@@ -130,7 +130,7 @@ def lr_lambda(step: int, warmup_steps: int, total_steps: int, schedule: str = 'c
     prog = min(1.0, (s - warmup_steps) / max(1, total_steps - warmup_steps))
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * prog))
 
-# %% ../nbs/05b_optim.ipynb #24c19955
+# %% ../nbs/05b_optim.ipynb #ef2ec714
 def needs_state_on_param_device(opt) -> bool:
     "Whether `opt`'s kernel reads every state tensor on its parameter's device (the CUDA adam-atan2 does)."
     flag = getattr(opt, 'state_on_param_device', None)

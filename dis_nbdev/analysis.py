@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from .core import ConfigError, get_device
 from .arc import IGNORE_LABEL, Task, pairs_to_tokens
 from .dataset import TestLoader, open_split
-from .steps import step_rule, supervision_step
+from .steps import iter_steps
+from .methods import step_rule
 from .checkpoint import load_trained
 
 # %% auto #0
@@ -41,14 +42,11 @@ def counterfactual_rollout(model, batch: dict, n_steps: int | None = None, injec
     x = batch['inputs'].to(device).long()
     pid = batch['puzzle_identifiers'].to(device).long()
     n_steps = int(n_steps or model.config.n_sup)
-    carry = model.initial_carry(x.shape[0], device)
-    calls, out, inp = model.net_calls, [], x
+    calls, out = model.net_calls, []
     try:
-        for s in range(1, n_steps + 1):
-            act, nxt_carry, nxt = supervision_step(model, carry, inp, x, s, injection, pid)
-            cf = model(carry, inp, pid, step=s, clamp_x=True)   # same carry; cf.carry is discarded
-            out.append(StepLogits(s, act.logits.float(), cf.logits.float()))
-            carry, inp = nxt_carry, nxt
+        for st in iter_steps(model, x, pid, n_steps, injection):
+            cf = model(st.carry, st.inputs, pid, step=st.s, clamp_x=True)   # same carry; cf.carry is discarded
+            out.append(StepLogits(st.s, st.out.logits.float(), cf.logits.float()))
     finally:
         model.net_calls = calls + (model.net_calls - calls) // 2   # count only the actual steps
         model.train(was_training)

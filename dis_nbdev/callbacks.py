@@ -11,8 +11,6 @@ import torch
 import torch.distributed as dist
 
 from .core import CheckpointError, DisError, atomic_write_text
-from .arc import IGNORE_LABEL
-from .steps import step_rule
 from .checkpoint import TrainConfig, read_checkpoint, save_state
 from .optim import averaged_model
 from .evaluate import evaluate
@@ -22,75 +20,10 @@ __all__ = ['FINISHED_REASONS', 'metrics_record', 'NonFiniteLossError', 'stop_sta
            'catch_signals_early', 'Signals', 'NanGuard', 'Metrics', 'JsonlLog', 'WandbLog', 'ProgressBar',
            'Checkpoints', 'Evaluation', 'default_callbacks']
 
-# %% ../nbs/05c_callbacks.ipynb #101b6dcc
-def _metric_shapes(S: int) -> dict:
-    shapes = {k: S for k in ('seq', 'loss', 'tok', 'exact', 'ttok', 'texact')}
-    shapes.update({k: 1 for k in ('loss_total', 'opt_steps', 'samples', 'sample_calls', 'halted', 'h_tok', 'h_exact',
-                                  'h_steps', 'q_loss', 'q_acc', 'lm_loss')})
-    return shapes
-
-def _acc_stats(logits_argmax: torch.Tensor, labels: torch.Tensor):
-    "Per-sequence token accuracy (mean over valid tokens), exact match, and the has-valid-tokens mask."
-    valid = labels != IGNORE_LABEL
-    n = valid.sum(-1)
-    ok = (logits_argmax == labels) & valid
-    return ok.sum(-1) / n.clamp_min(1), (ok.sum(-1) == n) & (n > 0), n > 0
-
-class _Acc:
-    "Metric sums kept on the device (fixed keys and shapes so ranks can all_reduce them)."
-    def __init__(self, shapes: dict, device):
-        self.dtype = torch.float32 if device.type == 'mps' else torch.float64
-        self.shapes, self.device = shapes, device; self.reset()
-    def reset(self): self.t = {k: torch.zeros(n, dtype=self.dtype, device=self.device) for k, n in self.shapes.items()}
-    def add(self, k, v, idx=None):
-        v = torch.as_tensor(v, device=self.device).to(self.dtype).reshape(-1)
-        if idx is None: self.t[k] += v
-        else: self.t[k].index_add_(0, idx, v)
-    def add_step(self, i: int, pred, labels, tgt, seq):
-        "DIS: sums of supervision step `i` (0-based) against the label and the step's target frame."
-        idx = torch.tensor([i], device=self.device)
-        tok, ex, has = _acc_stats(pred, labels); ttok, tex, _ = _acc_stats(pred, tgt)
-        for k, v in dict(seq=has.sum(), loss=seq.detach().sum(), tok=tok.sum(), exact=ex.sum(), ttok=ttok.sum(),
-                         texact=tex.sum()).items(): self.add(k, v, idx)
-    def add_act(self, steps, halted, tok, ex, has, seq, q, bce, lm, loss, M: int):
-        "TRM-ACT: per-step sums at each slot's step, and the sums over the slots that halted."
-        idx = (steps - 1).clamp(max=M - 1)
-        for k, v in dict(seq=has.double(), loss=seq.detach(), tok=tok, exact=ex.double(), ttok=tok, texact=ex.double()).items():
-            self.add(k, v, idx)
-        hv = halted & has
-        self.add('halted', hv.sum()); self.add('h_tok', tok[hv].sum()); self.add('h_exact', ex[hv].sum())
-        self.add('h_steps', steps[hv].sum()); self.add('q_acc', ((q >= 0) == ex)[hv].sum())
-        self.add('q_loss', bce.detach().sum()); self.add('lm_loss', lm.detach())
-        self.add('loss_total', loss.detach()); self.add('opt_steps', 1)
-    def reduce(self) -> dict:
-        keys = sorted(self.t); flat = torch.cat([self.t[k] for k in keys])
-        if dist.is_available() and dist.is_initialized(): dist.all_reduce(flat)
-        out, i = {}, 0
-        for k in keys: n = self.shapes[k]; out[k] = flat[i:i + n].cpu().double().numpy(); i += n
-        return out
-
+# %% ../nbs/05c_callbacks.ipynb #d2fad373
 def metrics_record(st, r: dict, dt: float) -> dict:
-    "The logged record of the sums `r` of training state `st`, gathered over `dt` seconds."
-    n_opt = max(r['opt_steps'][0], 1)
-    rec = dict(step=st.step, epoch=int(getattr(st.loader, 'epoch', 0)), loss=float(r['loss_total'][0] / n_opt),
-               lr=st.optimizers[0].param_groups[0]['lr'], time_s=round(st.time_s, 3))
-    for k in range(len(r['seq'])):
-        n, s = r['seq'][k], k + 1
-        if n == 0: continue
-        rec[f'loss_s{s}'] = float(r['loss'][k] / n)
-        rec[f'token_acc_s{s}'] = float(r['tok'][k] / n); rec[f'exact_acc_s{s}'] = float(r['exact'][k] / n)
-        rec[f'target_token_acc_s{s}'] = float(r['ttok'][k] / n); rec[f'target_exact_acc_s{s}'] = float(r['texact'][k] / n)
-    if r['samples'][0] > 0: rec['net_calls_per_sample'] = float(r['sample_calls'][0] / r['samples'][0])
-    rec['samples_per_s'] = float(r['samples'][0] / max(dt, 1e-9))
-    if st.cfg.method == 'trm':
-        nh, ns = r['halted'][0], max(r['seq'].sum(), 1)
-        rec['lm_loss'] = float(r['lm_loss'][0] / ns); rec['q_halt_loss'] = float(r['q_loss'][0] / ns)
-        if nh > 0:
-            rec.update(token_acc=float(r['h_tok'][0] / nh), exact_acc=float(r['h_exact'][0] / nh),
-                       avg_steps=float(r['h_steps'][0] / nh), q_halt_acc=float(r['q_acc'][0] / nh))
-    elif f'exact_acc_s{st.n_sup}' in rec:
-        rec['token_acc'], rec['exact_acc'] = rec[f'token_acc_s{st.n_sup}'], rec[f'exact_acc_s{st.n_sup}']
-    return rec
+    "The logged record of the sums `r` of training state `st`, gathered over `dt` seconds (the run's method decides)."
+    return st.method.record(st, r, dt)
 
 # %% ../nbs/05c_callbacks.ipynb #79ee43db
 class NonFiniteLossError(DisError):
@@ -172,13 +105,14 @@ class Metrics(Callback):
     def __init__(self, clock: Clock): self.clock = clock
     def after_step(self, st):
         if st.step % max(1, st.cfg.log_every) == 0: self.log(st)
-    def log(self, st):
-        r = st.acc.reduce(); st.acc.reset()
+    def log(self, st, reset: bool = True):
+        r = st.acc.reduce()
+        if reset: st.acc.reset()
         rec = metrics_record(st, r, self.clock.tick(st))
         st.last_record = rec
         if st.is_main: st.fire('on_record', rec)
     def after_fit(self, st):
-        if st.acc.t['opt_steps'].item() > 0: self.log(st)
+        if st.acc.t['opt_steps'].item() > 0: self.log(st, reset=False)   # the sums stay for the final checkpoint
         else: self.clock.tick(st)
 
 class JsonlLog(Callback):
@@ -224,10 +158,9 @@ class Evaluation(Callback):
         cfg = st.cfg
         if st.step - self.last < cfg.eval_every: return
         self.last = st.step
-        rule = step_rule(cfg)
         res = evaluate(averaged_model(st.model, st.ema), cfg.data_dir, batch_size=cfg.eval_batch_size, device=st.device,
-                       out_dir=st.run_dir / f'eval_step{st.step}', n_steps=rule.n_steps or st.n_sup,
-                       injection=rule.injection, bf16=st.bf16)
+                       out_dir=st.run_dir / f'eval_step{st.step}', n_steps=st.method.eval_steps(cfg, st.mcfg),
+                       injection=st.method.step_rule(cfg).injection, bf16=st.bf16)
         if st.is_main and res:
             rec = dict(step=st.step, **{f'eval/pass@{k}': v for k, v in res.get('pass@k', {}).items()})
             for cb in st.callbacks:

@@ -21,6 +21,7 @@ from .config import (TrainConfig, as_train_config, describe_plan, planned_steps,
 from .dataset import dataset_fingerprint
 from .model import Carry, ModelConfig, RecursiveModel, model_config
 from .steps import LOSSES, INJECTIONS
+import dis_nbdev.methods  # noqa: F401  (registers DIS, TRM-ACT and the other methods into config)
 
 # %% auto #0
 __all__ = ['MODEL_RANGES', 'CHECKPOINT_FORMAT', 'RESUME_FIXED', 'to_safe', 'from_safe', 'rng_state', 'set_rng_state',
@@ -171,7 +172,7 @@ def state_dict(st) -> dict:
                 model=st.model.state_dict(), optimizers=[o.state_dict() for o in st.optimizers],
                 schedulers=[s.state_dict() for s in st.schedulers], ema=ema, step=st.step, time_s=st.time_s,
                 world_size=st.world, rng=rng_state(st.gen), loader=to_safe(st.loader.state_dict()), act=_gather_act(st),
-                n_sup=st.n_sup, data_fingerprint=st.data_fingerprint)
+                n_sup=st.n_sup, data_fingerprint=st.data_fingerprint, metrics=st.acc.state_dict())
 
 def save_state(st) -> None:
     "Write the run's checkpoint (rank 0), all ranks in step."
@@ -179,9 +180,9 @@ def save_state(st) -> None:
     if st.is_main: write_checkpoint(ck, st.ckpt_path)
     if st.world > 1: dist.barrier()
 
-def load_state(st, path) -> None:
-    "Resume `st` from the checkpoint at `path`."
-    ck, where, cfg = read_checkpoint(path, device='cpu'), str(path), st.cfg
+def load_state(st, path, ck: dict | None = None) -> dict:
+    "Resume `st` from the checkpoint at `path` (`ck`: that checkpoint, already read); returns the checkpoint."
+    ck, where, cfg = ck if ck is not None else read_checkpoint(path, device='cpu'), str(path), st.cfg
     for k in ('method', 'preset'):
         if ck.get('config', {}).get(k) != getattr(cfg, k):
             raise CheckpointError(f'{where}: written by a run with {k}={ck["config"].get(k)!r}, this config has {getattr(cfg, k)!r}')
@@ -208,6 +209,7 @@ def load_state(st, path) -> None:
         a = {k: st.local(v) for k, v in a.items()}
         st.act = dict(carry=Carry(a.pop('y'), a.pop('z')), **a)
     if st.is_main: truncate_metrics(st.run_dir, st.step)
+    return ck
 
 # %% ../nbs/05a_checkpoint.ipynb #51141759
 def read_metrics(run_dir) -> list[dict]:

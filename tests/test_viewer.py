@@ -130,3 +130,20 @@ def test_trained_puzzle_run_with_solver_targets(tmp_path):
     assert tr.kind == 'nqueens' and tr.palette.glyph(2) == 'Q' and tr.side == 6 and tr.targets is not None
     assert tr.targets[-1].tolist() == tr.labels.tolist()
     assert Image.open(io.BytesIO(gif_bytes(tr, dpi=30))).n_frames == tr.n_steps == 6
+
+
+def test_a_trm_run_is_traced_over_the_steps_it_is_scored_on(tiny_run, tmp_path):
+    "TRM is evaluated over halt_max_steps (not the model's n_sup): the trace shows those steps, against the label."
+    from dis_nbdev.evaluate import run_defaults
+    from dis_nbdev.checkpoint import load_trained
+    from dis_nbdev.train import train
+    _, data = tiny_run
+    run = tmp_path / 'trm'
+    train(dict(method='trm', preset='trm_compact', data_dir=str(data), out_dir=str(run), global_batch_size=8, max_steps=2,
+               halt_max_steps=3, model=dict(hidden_size=32, num_heads=2, puzzle_emb_ndim=32, puzzle_emb_len=1, n_sup=6, T=1, n=1),
+               wandb_mode='disabled', progress=False, ema=None, bf16=False, compile=False))
+    model, cfg = load_trained(run)
+    assert model.config.n_sup == 6 and run_defaults(cfg)['n_steps'] == 3
+    tr = run_trace(run, example=0)
+    assert tr.n_steps == 3 and tr.preds.shape[0] == 3
+    assert all(t.tolist() == tr.labels.tolist() for t in tr.targets)       # TRM: the label at every step

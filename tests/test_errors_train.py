@@ -80,7 +80,7 @@ ROWS = [
     ('dis with TRM exploration', lambda c, cap: _train(c, halt_exploration_prob=0.5), 'TrainConfig.halt_exploration_prob'),
     ('the same through dis-train', lambda c, cap: _cli(c, cap, method='trm', preset='trm_compact', injection='prev_argmax',
                                                        cfg_drop_prob=0.5), 'TrainConfig.cfg_drop_prob'),
-    ('an unknown method', lambda c, cap: _train(c, method='ppo'), "TrainConfig.method: 'ppo' is not one of ['dis', 'trm'"),
+    ('an unknown method', lambda c, cap: _train(c, method='ppo'), "method: 'ppo' is not one of ['dis', 'trm'"),
     # a resume that cannot honour a changed setting
     ('resume with another seed', lambda c, cap: _resume(c, seed=7), 'cannot resume with changed seed (0 -> 7)'),
     ('resume with another batch', lambda c, cap: _resume(c, global_batch_size=4), 'changed global_batch_size (8 -> 4)'),

@@ -18,8 +18,9 @@ from .arc import (IDENTITY_CMAP, IGNORE_LABEL, Task, augment_grid, grid_to_token
 from .steps import check_injection, rollout, supervision_step
 from .targets import get_target_generator
 from .checkpoint import load_trained
-from .evaluate import (CONFIDENCES, Candidate, VoteTable, _Inverse, _confidences, _vote_batch, make_submission,
-                                run_defaults, step_predictions)
+from .evaluate import make_submission, run_defaults
+from .vote import (CONFIDENCES, Candidate, VoteTable, Inverse as _Inverse, vote_confidences as _confidences,
+                            vote_batch as _vote_batch, step_answers as step_predictions)
 
 # %% auto #0
 __all__ = ['SolveResult', 'fit_puzzle_rows', 'solve', 'plot_solve']

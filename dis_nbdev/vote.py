@@ -5,19 +5,20 @@
 # %% ../nbs/06b_vote.ipynb #f65e96bd
 from __future__ import annotations
 import dataclasses
+from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 import torch
 
-from .core import ArcDataError
+from .core import ArcDataError, atomic_write
 from .arc import invert_grid, parse_variant_name
 
 # %% auto #0
 __all__ = ['DEFAULT_KS', 'CONFIDENCES', 'crop_prediction', 'grid_key', 'key_to_grid', 'to_original_frame',
            'prediction_to_original', 'crop_sizes', 'Inverse', 'Candidate', 'rank_candidates', 'vote', 'VoteTable',
            'candidate_grid', 'solved_at', 'score_candidates', 'StepPredictions', 'step_answers', 'vote_confidences',
-           'vote_batch', 'input_index', 'vote_rows']
+           'vote_batch', 'input_index', 'vote_rows', 'VoteRecords', 'save_vote_records', 'load_vote_records']
 
 # %% ../nbs/06b_vote.ipynb #14f90bb0
 def crop_prediction(tokens, side: int = 30) -> np.ndarray:
@@ -204,18 +205,20 @@ def vote_confidences(sp: StepPredictions, confidence: str) -> np.ndarray:
     return np.stack([q, p] if confidence == 'q_halt' else [p, q], -1)
 
 
-# %% ../nbs/06b_vote.ipynb #51b7adfa
-def vote_batch(tables: list[VoteTable], rows: list, tokens: torch.Tensor, conf: np.ndarray, side: int) -> None:
+# %% ../nbs/06b_vote.ipynb #c94b5ccc
+def vote_batch(tables: list[VoteTable], rows: list, tokens: torch.Tensor, conf: np.ndarray, side: int,
+               records: 'VoteRecords | None' = None, pids=None) -> None:
     """Add a batch's answers of every step to the per-step `tables`. `rows[b]` = `(inverse, task_id, test slots)`
     or None (skip); `tokens` Long[S,B,L]. Crops are found for the whole batch at once, and a step whose answer
-    equals the previous step's reuses its inverse."""
+    equals the previous step's reuses its inverse. `records` (with the batch's puzzle identifiers `pids`) keeps
+    every answer so that the vote can be redone later (`VoteRecords`)."""
     S, B = tokens.shape[:2]
     hw = crop_sizes(tokens, side).cpu().numpy()
     toks = tokens.to(torch.uint8).cpu().numpy().reshape(S, B, side, side)
     for b, row in enumerate(rows):
         if row is None: continue
         inv, task, slots = row
-        prev = None
+        prev, keys = None, []
         for s in range(S):
             h, w = hw[s, b]
             region = toks[s, b, :h, :w]
@@ -225,6 +228,8 @@ def vote_batch(tables: list[VoteTable], rows: list, tokens: torch.Tensor, conf: 
                 prev = ((h, w), region, key)
             c = tuple(conf[s, b].tolist())
             for i in slots: tables[s].add_key(task, i, key, c)
+            keys.append(key)
+        if records is not None: records.add(int(pids[b]), task, slots, keys, conf[:, b])
 
 def input_index(puzzles) -> dict[str, dict[bytes, list[int]]]:
     idx = {}
@@ -243,3 +248,88 @@ def vote_rows(inverses: dict, inputs, pids, names, side: int, in_index: dict) ->
         rows.append((inv, inv.task_id, slots) if slots else None)
     return rows
 
+# %% ../nbs/06b_vote.ipynb #72fe5421
+class VoteRecords:
+    """Every augmented copy's answer (a grid in the task's frame and its confidences, per kept step) in the order
+    they were voted: enough to redo the vote over any subset of the augmentations without running the network.
+    Each distinct grid is stored once; `save`/`load` write one `.npz` (no pickles)."""
+    def __init__(self):
+        self.keys: list[bytes] = []; self._ix: dict[bytes, int] = {}
+        self.pid, self.task, self.slot, self.first, self.key, self.conf = [], [], [], [], [], []
+        self.solutions: dict[str, list[np.ndarray]] = {}
+    def _key(self, k: bytes) -> int:
+        i = self._ix.get(k)
+        if i is None: i = self._ix[k] = len(self.keys); self.keys.append(k)
+        return i
+    def add(self, pid: int, task: str, slots, keys: list[bytes], conf) -> None:
+        "One augmented copy (puzzle identifier `pid`) answering test inputs `slots` of `task`: a key and confidences per step."
+        ix = [self._key(k) for k in keys]
+        for j, i in enumerate(slots):
+            self.pid.append(pid); self.task.append(task); self.slot.append(int(i)); self.first.append(j == 0)
+            self.key.append(ix); self.conf.append(np.asarray(conf, np.float64))
+    def merge(self, o: 'VoteRecords') -> 'VoteRecords':
+        "Append `o`'s records (another rank's) after this one's."
+        for p, t, s, f, ks, c in zip(o.pid, o.task, o.slot, o.first, o.key, o.conf):
+            self.pid.append(p); self.task.append(t); self.slot.append(s); self.first.append(f)
+            self.key.append([self._key(o.keys[i]) for i in ks]); self.conf.append(c)
+        return self
+    def __len__(self): return len(self.pid)
+    @property
+    def n_steps(self) -> int: return len(self.key[0]) if self.key else 0
+    def augmentations(self) -> dict[str, list[int]]:
+        "`{task: [puzzle identifiers of its augmented copies]}` (in the order first seen)."
+        out: dict[str, list[int]] = {}
+        for p, t in zip(self.pid, self.task):
+            lst = out.setdefault(t, [])
+            if p not in lst: lst.append(p)
+        return out
+    def table(self, step: int = -1, pids=None) -> VoteTable:
+        "The vote of step `step` (index among the kept steps) over the copies whose puzzle identifier is in `pids` (all)."
+        tab, keep = VoteTable(), None if pids is None else set(int(p) for p in pids)
+        for p, t, s, ks, c in zip(self.pid, self.task, self.slot, self.key, self.conf):
+            if keep is None or p in keep: tab.add_key(t, s, self.keys[ks[step]], tuple(c[step].tolist()))
+        return tab
+    def score(self, ks: Sequence[int] = (1, 2), step: int = -1, pids=None) -> dict:
+        "`score_candidates` of `table(step, pids)` against the stored solutions."
+        n = {t: len(v) for t, v in self.solutions.items()}
+        return score_candidates(self.table(step, pids).predictions(n), self.solutions, ks)
+    def n_predictions(self, pids=None) -> int:
+        "Augmented test inputs behind the records (of the copies in `pids`): what the network ran."
+        keep = None if pids is None else set(int(p) for p in pids)
+        return sum(f and (keep is None or p in keep) for p, f in zip(self.pid, self.first))
+
+# %% ../nbs/06b_vote.ipynb #30177e9b
+def save_vote_records(records: VoteRecords, path) -> Path:
+    "Write `records` (and their solutions) to one `.npz` at `path`, atomically."
+    tasks = sorted(set(records.task) | set(records.solutions))
+    tix = {t: i for i, t in enumerate(tasks)}
+    sol = [(tix[t], i, records._key(grid_key(g))) for t, gs in records.solutions.items() for i, g in enumerate(gs)]
+    blob = np.frombuffer(b''.join(records.keys), np.uint8)
+    arrays = dict(tasks=np.array(tasks, dtype=str), keys=blob,
+                  key_offsets=np.cumsum([0] + [len(k) for k in records.keys]).astype(np.int64),
+                  pid=np.array(records.pid, np.int64), task=np.array([tix[t] for t in records.task], np.int32),
+                  slot=np.array(records.slot, np.int32), first=np.array(records.first, bool),
+                  key=np.array(records.key, np.int32).reshape(len(records), -1),
+                  conf=np.array(records.conf, np.float64).reshape(len(records), -1, 2),
+                  solutions=np.array(sol, np.int64).reshape(-1, 3))
+    def write(tmp: Path):
+        with open(tmp, 'wb') as f: np.savez_compressed(f, **arrays)
+    return atomic_write(path, write)
+
+def load_vote_records(path) -> VoteRecords:
+    "Read what `save_vote_records` wrote (`votes.npz` in an evaluation folder)."
+    path = Path(path)
+    if path.is_dir(): path = path/'votes.npz'
+    if not path.is_file(): raise ArcDataError(f'{path}: no vote records (evaluate with out_dir writes votes.npz)')
+    try:
+        z = np.load(path, allow_pickle=False)
+        tasks, blob, off = [str(t) for t in z['tasks']], z['keys'].tobytes(), z['key_offsets']
+        r = VoteRecords()
+        r.keys = [blob[off[i]:off[i + 1]] for i in range(len(off) - 1)]; r._ix = {k: i for i, k in enumerate(r.keys)}
+        r.pid, r.slot, r.first = z['pid'].tolist(), z['slot'].tolist(), z['first'].tolist()
+        r.task = [tasks[i] for i in z['task'].tolist()]
+        r.key, r.conf = z['key'].tolist(), list(z['conf'])
+        for t, i, k in z['solutions'].tolist(): r.solutions.setdefault(tasks[t], []).append((i, key_to_grid(r.keys[k])))
+    except (OSError, ValueError, KeyError, IndexError) as e: raise ArcDataError(f'{path}: not readable vote records ({e})') from None
+    r.solutions = {t: [g for _, g in sorted(v, key=lambda x: x[0])] for t, v in r.solutions.items()}
+    return r

@@ -453,12 +453,13 @@ def eval_cli(argv: Sequence[str] | None = None) -> dict | None:
         ckpt = Path(a.checkpoint)
         out = Path(a.out) if a.out is not None else (ckpt if ckpt.is_dir() else ckpt.parent)/'eval'
         check_eval_options(a.batch_size, ks, a.n_steps, a.cfg_weight, out, a.early_exit, a.ablation)
-        eval_device(a.device)
-        _, _, created = setup_distributed(a.device, 'dis-eval --device')
+        device = a.device.strip().lower()                     # 'CPU' is cpu
+        eval_device(device)
+        _, _, created = setup_distributed(device, 'dis-eval --device')
         model, cfg = load_trained(a.checkpoint, use_ema=not a.no_ema, device='cpu')
         dflt = run_defaults(cfg)
         injection = a.injection or dflt.get('injection') or 'prev_argmax'
-        res = evaluate(model, a.data, batch_size=a.batch_size, device=a.device, cfg_weight=a.cfg_weight, ks=ks,
+        res = evaluate(model, a.data, batch_size=a.batch_size, device=device, cfg_weight=a.cfg_weight, ks=ks,
                        out_dir=out, n_steps=a.n_steps if a.n_steps is not None else dflt.get('n_steps'), injection=injection,
                        confidence=a.confidence or 'q_halt', bf16=a.bf16, progress=True, per_step=not a.last_step_only,
                        check_data=not a.skip_data_check, ablation=a.ablation, early_exit=a.early_exit, keep_votes=not a.no_votes)

@@ -168,6 +168,11 @@ def test_trajectory_evaluates_each_kept_checkpoint_once_and_resumes(tiny_data, t
     assert json.loads((run / 'trajectory.json').read_text()) == json.loads(json.dumps(third))
     ax = S.plot_trajectory(run)
     assert [round(v) for v in ax.lines[0].get_xdata()] == [4, 6, 8]
+    # dis-figures draws it from the run folder
+    import dis_nbdev.figures as F
+    drawn = {}
+    F.trajectory_figures(F.load_runs(tmp_path), lambda fig, name: drawn.setdefault(name, F.save_figure(fig, tmp_path / 'fig', name)))
+    assert list(drawn) == ['trajectory_tiny'] and all(p.stat().st_size > 0 for p in drawn['trajectory_tiny'])
     with pytest.raises(ConfigError, match='no kept checkpoints'):
         S.evaluate_trajectory(tmp_path / 'nothing_here')
 

@@ -25,8 +25,8 @@ from .vote import (CONFIDENCES, DEFAULT_KS, Candidate, VoteTable, VoteRecords, S
 # %% auto #0
 __all__ = ['ABLATIONS', 'make_submission', 'validate_submission', 'write_submission', 'score_submission', 'predict_steps',
            'parse_ks', 'eval_device', 'check_eval_options', 'load_test_puzzles', 'solutions_of', 'EvalState',
-           'gather_state', 'step_rows', 'score_steps', 'shuffled_identifiers', 'ablation_rollout', 'evaluate',
-           'format_eval_table', 'plot_improvement', 'run_defaults', 'eval_cli']
+           'gather_state', 'step_rows', 'score_steps', 'shuffled_identifiers', 'ablation_rollout', 'format_eval_table',
+           'plot_improvement', 'evaluate', 'run_defaults', 'eval_cli']
 
 # %% ../nbs/06_evaluate.ipynb #0e339c87
 def _grid_list(g) -> list[list[int]]:
@@ -276,7 +276,34 @@ def ablation_rollout(model, inputs: torch.Tensor, puzzle_identifiers: torch.Tens
                 if ucarry is not None: ucarry = ucarry.index(go)
     return outs, ran
 
-# %% ../nbs/06_evaluate.ipynb #70809c76
+# %% ../nbs/06_evaluate.ipynb #b783a949
+def format_eval_table(result: dict, ks: Sequence[int] | None = None) -> str:
+    "The per-step results of `evaluate` as a plain-text table (the last row is the reported score)."
+    ks = list(ks or result['per_step'][0]['pass@k'].keys())
+    head = ['step'] + [f'pass@{k}' for k in ks] + ['token_acc', 'exact_acc']
+    rows = [[str(r['step'])] + [f"{100 * r['pass@k'][k]:.2f}" for k in ks] +
+            [f"{100 * r['token_acc']:.2f}", f"{100 * r['exact_acc']:.2f}"] for r in result['per_step']]
+    w = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
+    line = lambda cells: '  '.join(c.rjust(w[i]) for i, c in enumerate(cells))
+    return '\n'.join([line(head), line(['-' * x for x in w])] + [line(r) for r in rows] +
+                     [f"{result['n_tasks']} tasks, {result['n_examples']} augmented test inputs, "
+                      f"{result['n_steps']} steps, {result['predictions_per_s']:.1f} predictions/s (all steps; table in %)"])
+
+# %% ../nbs/06_evaluate.ipynb #ef94e7fe
+def plot_improvement(result: dict, ks: Sequence[int] = (1, 2), ax=None, title: str | None = None):
+    "pass@k and exact accuracy per supervision step from an `evaluate` result (or its eval.json)."
+    import matplotlib.pyplot as plt
+    if ax is None: _, ax = plt.subplots(figsize=(4, 2.6), dpi=70)
+    rows = result['per_step']
+    steps = [r['step'] for r in rows]
+    for k in ks:
+        ax.plot(steps, [100 * (r['pass@k'].get(k, r['pass@k'].get(str(k), 0.0))) for r in rows], 'o-', label=f'pass@{k}')
+    ax.plot(steps, [100 * r['exact_acc'] for r in rows], 's--', label='exact acc (per copy)')
+    ax.set_xlabel('supervision step'); ax.set_ylabel('%'); ax.set_xticks(steps); ax.legend(fontsize=7)
+    ax.set_title(title or f"{result.get('n_tasks', '?')} tasks", fontsize=9)
+    return ax
+
+# %% ../nbs/06_evaluate.ipynb #812827b2
 def _run_batch(state, model, batch, device, bf16, o: dict, kept: int, inverses: dict, ctx: dict) -> None:
     "One test batch through the roll-out into `state` (accuracies, votes, records)."
     keep = batch['mask'].bool()
@@ -304,6 +331,34 @@ def _run_batch(state, model, batch, device, bf16, o: dict, kept: int, inverses: 
     rows = vote_rows(inverses, inputs, pids, ctx['names'], ctx['side'], ctx['in_index'])
     state.unmatched += sum(r is None for r in rows)
     vote_batch(state.tables, rows, sp.tokens, vote_confidences(sp, o['confidence']), ctx['side'], state.records, pids)
+
+def _finish(state, puzzles, ks, n_steps: int, kept: int, o: dict, info: dict, out_dir) -> dict:
+    "Score the gathered `state`, write the evaluation folder, return the result."
+    solutions = solutions_of(puzzles)
+    n_tests = {t: len(v) for t, v in solutions.items()}
+    steps, final_preds = score_steps(state, solutions, n_tests, ks)
+    final = steps[-1]
+    submission = make_submission(final_preds)
+    n_pred = state.examples          # one prediction = one augmented test input through all steps
+    result = {'pass@k': final['pass@k'], 'per_step': step_rows(steps, ks, first=n_steps - kept + 1), 'per_task': final['per_task'],
+              'n_tasks': final['n_tasks'], 'n_examples': state.examples, 'n_predictions': n_pred,
+              'unmatched_examples': state.unmatched, 'n_steps': n_steps, 'injection': o['injection'],
+              'cfg_weight': info['cfg_weight'], 'confidence': info['confidence'], 'bf16': info['bf16'],
+              'world_size': info['world_size'], 'time_s': info['time_s'],
+              'predictions_per_s': n_pred / max(info['time_s'], 1e-9)}
+    if o['ablation'] is not None: result['ablation'] = o['ablation']
+    if o['early_exit'] is not None:
+        result['early_exit'] = o['early_exit']
+        result['calls_saved'] = 1 - state.steps_run / max(state.steps_full, 1)    # supervision steps not run
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        write_submission(out_dir/'submission.json', submission, expected=n_tests)
+        if state.records is not None:
+            state.records.solutions = solutions
+            save_vote_records(state.records, out_dir/'votes.npz')
+        atomic_write_json(out_dir/'eval.json', result)
+    result['submission'] = submission
+    return result
 
 # %% ../nbs/06_evaluate.ipynb #a6ec01e1
 def evaluate(model, data_dir, batch_size: int = 64, device='auto', cfg_weight: float | None = None,
@@ -352,62 +407,6 @@ def evaluate(model, data_dir, batch_size: int = 64, device='auto', cfg_weight: f
     if state is None: return None
     return _finish(state, puzzles, ks, n_steps, kept, o, dict(cfg_weight=cfg_weight, confidence=confidence, bf16=bf16,
                                                                  world_size=di.world_size, time_s=elapsed), out_dir)
-
-# %% ../nbs/06_evaluate.ipynb #75168f33
-def _finish(state, puzzles, ks, n_steps: int, kept: int, o: dict, info: dict, out_dir) -> dict:
-    "Score the gathered `state`, write the evaluation folder, return the result."
-    solutions = solutions_of(puzzles)
-    n_tests = {t: len(v) for t, v in solutions.items()}
-    steps, final_preds = score_steps(state, solutions, n_tests, ks)
-    final = steps[-1]
-    submission = make_submission(final_preds)
-    n_pred = state.examples          # one prediction = one augmented test input through all steps
-    result = {'pass@k': final['pass@k'], 'per_step': step_rows(steps, ks, first=n_steps - kept + 1), 'per_task': final['per_task'],
-              'n_tasks': final['n_tasks'], 'n_examples': state.examples, 'n_predictions': n_pred,
-              'unmatched_examples': state.unmatched, 'n_steps': n_steps, 'injection': o['injection'],
-              'cfg_weight': info['cfg_weight'], 'confidence': info['confidence'], 'bf16': info['bf16'],
-              'world_size': info['world_size'], 'time_s': info['time_s'],
-              'predictions_per_s': n_pred / max(info['time_s'], 1e-9)}
-    if o['ablation'] is not None: result['ablation'] = o['ablation']
-    if o['early_exit'] is not None:
-        result['early_exit'] = o['early_exit']
-        result['calls_saved'] = 1 - state.steps_run / max(state.steps_full, 1)    # supervision steps not run
-    if out_dir is not None:
-        out_dir = Path(out_dir)
-        write_submission(out_dir/'submission.json', submission, expected=n_tests)
-        if state.records is not None:
-            state.records.solutions = solutions
-            save_vote_records(state.records, out_dir/'votes.npz')
-        atomic_write_json(out_dir/'eval.json', result)
-    result['submission'] = submission
-    return result
-
-# %% ../nbs/06_evaluate.ipynb #b783a949
-def format_eval_table(result: dict, ks: Sequence[int] | None = None) -> str:
-    "The per-step results of `evaluate` as a plain-text table (the last row is the reported score)."
-    ks = list(ks or result['per_step'][0]['pass@k'].keys())
-    head = ['step'] + [f'pass@{k}' for k in ks] + ['token_acc', 'exact_acc']
-    rows = [[str(r['step'])] + [f"{100 * r['pass@k'][k]:.2f}" for k in ks] +
-            [f"{100 * r['token_acc']:.2f}", f"{100 * r['exact_acc']:.2f}"] for r in result['per_step']]
-    w = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
-    line = lambda cells: '  '.join(c.rjust(w[i]) for i, c in enumerate(cells))
-    return '\n'.join([line(head), line(['-' * x for x in w])] + [line(r) for r in rows] +
-                     [f"{result['n_tasks']} tasks, {result['n_examples']} augmented test inputs, "
-                      f"{result['n_steps']} steps, {result['predictions_per_s']:.1f} predictions/s (all steps; table in %)"])
-
-# %% ../nbs/06_evaluate.ipynb #ef94e7fe
-def plot_improvement(result: dict, ks: Sequence[int] = (1, 2), ax=None, title: str | None = None):
-    "pass@k and exact accuracy per supervision step from an `evaluate` result (or its eval.json)."
-    import matplotlib.pyplot as plt
-    if ax is None: _, ax = plt.subplots(figsize=(4, 2.6), dpi=70)
-    rows = result['per_step']
-    steps = [r['step'] for r in rows]
-    for k in ks:
-        ax.plot(steps, [100 * (r['pass@k'].get(k, r['pass@k'].get(str(k), 0.0))) for r in rows], 'o-', label=f'pass@{k}')
-    ax.plot(steps, [100 * r['exact_acc'] for r in rows], 's--', label='exact acc (per copy)')
-    ax.set_xlabel('supervision step'); ax.set_ylabel('%'); ax.set_xticks(steps); ax.legend(fontsize=7)
-    ax.set_title(title or f"{result.get('n_tasks', '?')} tasks", fontsize=9)
-    return ax
 
 # %% ../nbs/06_evaluate.ipynb #e4f9089c
 def run_defaults(cfg) -> dict:

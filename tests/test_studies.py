@@ -115,6 +115,13 @@ def test_the_real_model_drops_its_puzzle_embedding_under_ablation(tiny_data):
     zeroed = rollout(model, x, pid, injection='prev_argmax')
     assert all(torch.allclose(d.logits, z.logits, atol=1e-5) for d, z in zip(dropped, zeroed))
     assert not torch.allclose(dropped[-1].logits, trained[-1].logits, atol=1e-3)
+    # 'x_clamped' is analysis's counterfactual: each step's x=0 answer from the actual roll-out's carry
+    from dis_nbdev.analysis import counterfactual_rollout
+    with torch.no_grad(): model.puzzle_emb.weight.normal_()
+    clamped, _ = ablation_rollout(model, x, pid, injection='prev_argmax', ablation='x_clamped')
+    cf = counterfactual_rollout(model, b, injection='prev_argmax')
+    assert all(torch.equal(c.logits, s.clamped) for c, s in zip(clamped, cf)) and len(cf) == 2
+    assert not torch.equal(clamped[-1].logits, cf[-1].actual)
 
 
 def test_vote_budget_at_the_full_count_is_the_evaluators_score(tiny_data, tmp_path):

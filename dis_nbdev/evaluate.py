@@ -174,13 +174,13 @@ def solutions_of(puzzles: dict[str, dict]) -> dict[str, list[np.ndarray]]:
 
 class EvalState:
     "What one rank accumulates: a vote table per step, accuracy sums per step, the steps run (no globals)."
-    def __init__(self, n_steps: int, records: bool = False):
+    def __init__(self, n_steps: int, records: bool | str = False):
         self.tables = [VoteTable() for _ in range(n_steps)]
         self.token_correct = np.zeros(n_steps); self.token_total = 0.0
         self.exact = np.zeros(n_steps); self.examples = 0
         self.unmatched = 0
         self.steps_run = self.steps_full = 0
-        self.records = VoteRecords() if records else None
+        self.records = VoteRecords(last_only=records != 'all') if records else None
     def merge(self, o: 'EvalState') -> 'EvalState':
         for a, b in zip(self.tables, o.tables): a.merge(b)
         self.token_correct += o.token_correct; self.token_total += o.token_total
@@ -365,16 +365,18 @@ def evaluate(model, data_dir, batch_size: int = 64, device='auto', cfg_weight: f
              ks: Sequence[int] = DEFAULT_KS, out_dir=None, n_steps: int | None = None,
              injection: str = 'prev_argmax', confidence: str = 'q_halt', bf16: bool | str = False,
              progress: bool = False, per_step: bool = True, check_data: bool = True,
-             ablation: str | None = None, early_exit: int | None = None, keep_votes: bool = True) -> dict | None:
+             ablation: str | None = None, early_exit: int | None = None, keep_votes: bool | str = 'last') -> dict | None:
     """Score `model` on the test split of the built dataset `data_dir` (augmentation vote, pass@k per step).
     Returns the results on rank 0 (None elsewhere); writes `out_dir/eval.json`, `out_dir/submission.json` and
-    (`keep_votes`) `out_dir/votes.npz`, every copy's answer of every kept step (`vote.load_vote_records`).
+    `out_dir/votes.npz`: every copy's answer of the last step (`keep_votes='last'`), of every kept step ('all'), or
+    nothing (False), to redo the vote without the network (`vote.load_vote_records`).
     `bf16`: False (exact fp32, the default), True, or 'auto' (`core.resolve_bf16`). `per_step=False` reads out,
     votes and scores only the last step (same score and submission; `per_step` then holds that step alone).
     `ablation` (one of `ABLATIONS`) and `early_exit` (stop a copy once its answer has not changed for that many
     steps) are studies, off by default (see `ablation_rollout`); the result then says which, and the calls saved.
     A model from `load_trained` must come with the dataset it was trained on (`check_data=False` skips that check)."""
     ks = check_eval_options(batch_size, ks, n_steps, cfg_weight, out_dir, early_exit, ablation)
+    if keep_votes not in (True, False, 'last', 'all'): raise ConfigError(f"keep_votes: {keep_votes!r} is not 'last', 'all' or False")
     if check_data: check_data_fingerprint(getattr(model, 'data_fingerprint', None), data_dir, 'evaluate(model)')
     check_injection(injection)
     if confidence not in CONFIDENCES: raise ConfigError(f'confidence: {confidence!r} is not one of {CONFIDENCES}')
@@ -392,7 +394,7 @@ def evaluate(model, data_dir, batch_size: int = 64, device='auto', cfg_weight: f
     o = dict(n_steps=n_steps, injection=injection, w=w, confidence=confidence, ablation=ablation, early_exit=early_exit)
     was_training = model.training
     model.to(device).eval()
-    state, inverses = EvalState(kept, records=keep_votes and out_dir is not None), {}
+    state, inverses = EvalState(kept, records=keep_votes if out_dir is not None else False), {}
     loader = TestLoader(split, batch_size, rank=di.rank, world_size=di.world_size)
     if progress and di.is_main:
         from tqdm.auto import tqdm

@@ -146,7 +146,7 @@ def _is_arc(data_dir) -> bool: return (Path(data_dir)/'test_puzzles.json').exist
 def _arc_condition(model, data_dir, cond, folder, ks, n_steps, injection, batch_size, device, draws, seed) -> list[dict]:
     "Per-step rows of one condition on an ARC dataset: the vote's pass@k (bootstrap over tasks) and exact accuracy."
     res = evaluate(model, data_dir, batch_size=batch_size, device=device, ks=ks, out_dir=folder, n_steps=n_steps,
-                   injection=injection, ablation=None if cond == 'trained' else cond)
+                   injection=injection, ablation=None if cond == 'trained' else cond, keep_votes='all')
     rec, rows = load_vote_records(folder), []
     for s, ps in enumerate(res['per_step']):
         sc = rec.score(ks, step=s)                     # the same vote, replayed: per task, for the interval

@@ -252,8 +252,10 @@ def vote_rows(inverses: dict, inputs, pids, names, side: int, in_index: dict) ->
 class VoteRecords:
     """Every augmented copy's answer (a grid in the task's frame and its confidences, per kept step) in the order
     they were voted: enough to redo the vote over any subset of the augmentations without running the network.
-    Each distinct grid is stored once; `save`/`load` write one `.npz` (no pickles)."""
-    def __init__(self):
+    Each distinct grid is stored once; `save`/`load` write one `.npz` (no pickles). `last_only`: keep the last kept
+    step alone (what the vote budget needs; an evaluation of 1000 augmentations stays a few MB)."""
+    def __init__(self, last_only: bool = False):
+        self.last_only = last_only
         self.keys: list[bytes] = []; self._ix: dict[bytes, int] = {}
         self.pid, self.task, self.slot, self.first, self.key, self.conf = [], [], [], [], [], []
         self.solutions: dict[str, list[np.ndarray]] = {}
@@ -263,6 +265,7 @@ class VoteRecords:
         return i
     def add(self, pid: int, task: str, slots, keys: list[bytes], conf) -> None:
         "One augmented copy (puzzle identifier `pid`) answering test inputs `slots` of `task`: a key and confidences per step."
+        if self.last_only: keys, conf = keys[-1:], np.asarray(conf)[-1:]
         ix = [self._key(k) for k in keys]
         for j, i in enumerate(slots):
             self.pid.append(pid); self.task.append(task); self.slot.append(int(i)); self.first.append(j == 0)

@@ -90,6 +90,7 @@ API_ROWS = [
     (dict(ablation='no_grid'), ['ablation', 'no_grid', 'puzzle_dropped']),
     (dict(confidence='loud'), ['confidence', 'loud']),
     (dict(injection='sideways'), ['injection', 'sideways']),
+    (dict(keep_votes='some', out_dir='{tmp}/kv'), ['keep_votes', 'some']),
 ]
 
 

@@ -142,10 +142,15 @@ def test_vote_budget_at_the_full_count_is_the_evaluators_score(tiny_data, tmp_pa
     # a random network: the replayed vote of every step equals the evaluator's, candidate for candidate
     from test_evaluate import _tiny
     r2 = evaluate(_tiny(0, split.metadata.num_puzzle_identifiers), tiny_data, batch_size=8, device='cpu',
-                  out_dir=tmp_path / 'tiny', ks=(1, 2, 5))
+                  out_dir=tmp_path / 'tiny', ks=(1, 2, 5), keep_votes='all')
     rec = load_vote_records(tmp_path / 'tiny')
+    assert rec.n_steps == 3
     for s, row in enumerate(r2['per_step']):
         assert rec.score((1, 2, 5), step=s)['pass@k'] == row['pass@k']
+    # by default only the last step is kept (what the budget needs), and it replays to the same score
+    evaluate(_tiny(0, split.metadata.num_puzzle_identifiers), tiny_data, batch_size=8, device='cpu', out_dir=tmp_path / 'last')
+    last = load_vote_records(tmp_path / 'last')
+    assert last.n_steps == 1 and last.score((1, 2, 5))['pass@k'] == r2['pass@k'] and len(last) == len(rec)
     from dis_nbdev.evaluate import make_submission
     assert make_submission(rec.table().predictions({t: 1 for t in rec.solutions})) == r2['submission']
 

@@ -234,3 +234,28 @@ def test_early_exit_study_and_rollout_accuracy_on_a_board_dataset(tmp_path):
     assert 'puzzle_shuffled' in study['skipped'] and study['kind'] == 'examples'
     with pytest.raises(ConfigError, match='condition'):
         rollout_accuracy(model, data, 'no_grid')
+
+
+def test_dis_study_runs_a_study_and_refuses_bad_input_in_one_line(tiny_data, tmp_path, capsys):
+    from dis_nbdev.dataset import open_split
+    from dis_nbdev.evaluate import evaluate
+    from dis_nbdev.studies import study_cli, train_keeping
+    from test_evaluate import Oracle, _wrong_copies
+    split = open_split(tiny_data, 'test')
+    res = evaluate(Oracle(split, wrong=_wrong_copies(split, 2)), tiny_data, batch_size=8, device='cpu', out_dir=tmp_path / 'ev')
+    rows = study_cli(['budget', str(tmp_path / 'ev'), '--draws', '3'])
+    assert rows[-1]['pass@2'] == res['pass@k'][2] and '| n_aug |' in capsys.readouterr().out
+    run = tmp_path / 'run'
+    train_keeping(dict(name='tiny', data_dir=str(tiny_data), out_dir=str(run), preset='dis_compact',
+                       model=dict(hidden_size=16, num_heads=2, puzzle_emb_ndim=16, n_sup=2), global_batch_size=8,
+                       max_steps=2, lr_warmup_steps=1, ema=None, device='cpu', wandb_mode='disabled', progress=False,
+                       log_every=1, checkpoint_every=1000, compile=False, bf16=False), every=2)
+    rows = study_cli(['early-exit', str(run), '--patience', '1,3', '--batch-size', '8'])
+    assert [r['early_exit'] for r in rows] == [None, 1, 3] and rows[2]['calls_saved'] == 0.0
+    capsys.readouterr()
+    for argv, words in ((['budget', str(tmp_path / 'nowhere')], 'no vote records'),
+                        (['early-exit', str(run), '--patience', 'x'], '--patience'),
+                        (['trajectory', str(tmp_path / 'ev')], 'no kept checkpoints')):
+        with pytest.raises(SystemExit) as e: study_cli(argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.startswith('dis-study: error:') and words in err and 'Traceback' not in err

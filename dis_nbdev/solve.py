@@ -18,8 +18,8 @@ from .steps import LOSSES, check_injection, iter_steps, rollout, sequence_loss, 
 from .targets import get_target_generator
 from .methods import get_method
 from .checkpoint import load_trained
-from .evaluate import (CONFIDENCES, Candidate, VoteTable, _Inverse, _confidences, _vote_batch, make_submission,
-                                run_defaults, step_predictions)
+from .evaluate import make_submission, run_defaults
+from .vote import CONFIDENCES, Candidate, Inverse, VoteTable, step_answers, vote_batch, vote_confidences
 
 # %% auto #0
 __all__ = ['SolveResult', 'fit_puzzle_rows', 'solve', 'plot_solve']
@@ -96,16 +96,16 @@ def fit_puzzle_rows(model, table, demos, targets: str, n_steps: int, injection: 
 def _vote_tests(model, task, variants, names, side, n_steps, injection, cfg_weight, confidence, batch_size, device,
                 with_pids: bool) -> list[VoteTable]:
     "Every variant's test inputs through all supervision steps, voted per step."
-    tables, inverses = [VoteTable() for _ in range(n_steps)], [_Inverse(n) for n in names]
+    tables, inverses = [VoteTable() for _ in range(n_steps)], [Inverse(n) for n in names]
     rows = [(v, i, grid_to_tokens(augment_grid(p.input, t, cm), side))
             for v, (t, cm) in enumerate(variants) for i, p in enumerate(task.test)]
     for b0 in range(0, len(rows), batch_size):
         chunk = rows[b0:b0 + batch_size]
         x = torch.tensor(np.stack([r[2] for r in chunk]), dtype=torch.long, device=device)
         pid = torch.tensor([r[0] + 1 for r in chunk], dtype=torch.long, device=device)
-        sp = step_predictions(rollout(model, x, pid if with_pids else None, n_steps=n_steps, injection=injection,
+        sp = step_answers(rollout(model, x, pid if with_pids else None, n_steps=n_steps, injection=injection,
                                       cfg_weight=cfg_weight))
-        _vote_batch(tables, [(inverses[v], task.id, [i]) for v, i, _ in chunk], sp.tokens, _confidences(sp, confidence), side)
+        vote_batch(tables, [(inverses[v], task.id, [i]) for v, i, _ in chunk], sp.tokens, vote_confidences(sp, confidence), side)
     return tables
 
 # %% ../nbs/06a_solve.ipynb #4570cf69

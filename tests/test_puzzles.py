@@ -1,4 +1,4 @@
-"""N-Queens and Sudoku: generators, the on-disk layout, solver-order targets, rule-based scoring, and a
+"""Board families (dis_nbdev.boards): generators, the on-disk layout, solver-order targets, rule-based scoring, and a
 short CPU training run on 4x4 Sudoku whose validity rate must rise."""
 import shutil
 import subprocess
@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from dis_nbdev import puzzles as P
+from dis_nbdev import boards as P
+from dis_nbdev.boards.sudoku import _SudokuState
 
 
 # ---------------------------------------------------------------- generators
@@ -94,7 +95,7 @@ def test_nqueens_dihedral_augmentation(tmp_path):
 
 def test_cli_builds_and_refuses_overwrite(tmp_path):
     exe = shutil.which('dis-build-puzzles')
-    cmd = [exe] if exe else [sys.executable, '-c', 'import sys; from dis_nbdev.puzzles import build_puzzles_cli as f; f(sys.argv[1:])']
+    cmd = [exe] if exe else [sys.executable, '-c', 'import sys; from dis_nbdev.boards import build_puzzles_cli as f; f(sys.argv[1:])']
     args = ['--kind', 'nqueens', '--n', '6', '--givens', '2', '--train', '20', '--test', '4', '--out', str(tmp_path/'q')]
     r = subprocess.run(cmd + args, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
@@ -143,7 +144,7 @@ def test_sudoku_order_follows_propagation():
         order, r = P.sudoku_solver_order(puz, sol, return_rules=True)
         assert sorted(order) == sorted(np.flatnonzero(puz.reshape(-1) == 0).tolist())
         # replaying the order: every naked-single move had exactly one candidate when it was made
-        st = P._SudokuState(puz)
+        st = _SudokuState(puz)
         for i, rule in zip(order, r):
             if rule == 'naked': assert st.cand(i).bit_count() == 1
             st.place(i, int(sol.reshape(-1)[i]))
@@ -183,7 +184,7 @@ def test_evaluator_accepts_alternative_rejects_rule_break():
     assert alts
     x, y, alt = map(P.queens_to_tokens, (given, sol, alts[0]))
     assert P.is_valid_prediction('nqueens', alt, x) and not (alt == y).all()
-    s = P.score_predictions('nqueens', np.stack([y, alt]), np.stack([x, x]), np.stack([y, y]))
+    s = P.score_board_predictions('nqueens', np.stack([y, alt]), np.stack([x, x]), np.stack([y, y]))
     assert s['valid'] == 1.0 and s['exact'] == 0.5
     wrong_given = [t for t in sols if not (t[0] == sol[0]).all()][0]
     assert not P.is_valid_prediction('nqueens', P.queens_to_tokens(wrong_given), x), 'a given queen was dropped'

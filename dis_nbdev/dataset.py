@@ -260,6 +260,7 @@ _ERRNO_HINTS = {errno.ENOSPC: 'the disk is full', errno.EDQUOT: 'the disk quota 
 def _write_error(out_dir, e: OSError) -> ArcDataError:
     "One clear error for an OSError met while writing a dataset (nothing is left behind)."
     why = _ERRNO_HINTS.get(e.errno, e.strerror or str(e))
+    if e.errno is None and 'written' in str(e): why = f'a file was only written in part ({e}): the disk is full or a file-size limit was hit'
     return ArcDataError(f'{out_dir}: cannot write the dataset: {why} ({e.filename or out_dir}); nothing was left behind. '
                         'Free space, fix the permissions or choose another output folder')
 
@@ -519,7 +520,8 @@ def load_npy(path, mmap: bool = False) -> np.ndarray:
     "`np.load` of one dataset array, with one clear error for a truncated or damaged file (no pickles, ever)."
     try: return np.load(path, mmap_mode='r' if mmap else None, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
-        raise ArcDataError(f'{path}: truncated or not a valid .npy file ({e}); rebuild the dataset (--overwrite) '
+        why = e.strerror if isinstance(e, OSError) and e.strerror else f'{Path(path).stat().st_size} bytes, shorter than its header says'
+        raise ArcDataError(f'{path}: truncated or not a valid .npy file ({why}); rebuild the dataset (--overwrite) '
                            'or restore the file') from None
 
 

@@ -82,7 +82,7 @@ def build_puzzle_dataset(out_dir, spec: BoardSpec | dict | None = None, overwrit
             _write_split(tmp/'test', Xte, Yte, list(range(len(Xte) + 1)), spec)
             atomic_write_json(tmp/'identifiers.json', ['<blank>'])
             info = {**asdict(spec), 'side': spec.side, 'seq_len': spec.seq_len, 'vocab_size': spec.vocab_size,
-                    'train_examples': len(xs), 'test_examples': len(Xte), 'build_s': round(time.time() - t0, 2)}
+                    'train_examples': len(xs), 'test_examples': len(Xte)}     # deterministic: part of the fingerprint
             atomic_write_json(tmp/'puzzles.json', info)
             return {'format': BOARD_FORMAT, 'complete': True, 'builder': 'dis_nbdev.boards.build_puzzle_dataset',
                     'args': asdict(spec), 'counts': {'train': {'examples': len(xs), 'puzzles': len(xs), 'groups': len(groups) - 1},
@@ -119,7 +119,7 @@ def ensure_puzzle_dataset(data_dir, spec: BoardSpec | dict | None = None, **kw) 
     "Build the puzzle dataset at `data_dir` unless it is there already with the same spec."
     spec = board_spec(spec, where=f'{data_dir}: puzzle spec', **kw)
     d = Path(data_dir)
-    if not d.exists(): recover_dataset(d)
+    recover_dataset(d)                     # a build killed mid-swap: the old dataset back, dead builders' leftovers gone
     if (d/'puzzles.json').exists():
         bad = _spec_matches(json.loads((d/'puzzles.json').read_text()), spec)
         if bad: raise PuzzleError(f'{d}: built with a different {bad}; delete it or choose another data_dir')
@@ -153,10 +153,10 @@ def build_puzzles_cli(argv: Sequence[str] | None = None) -> None:
     own = {f.name for f in fields(get_family(a.kind).spec)}
     try:
         spec = board_spec(dict(kind=a.kind, train=a.train, test=a.test, num_aug=a.num_aug, seed=a.seed,
-                               **{k: v for k, v in given.items() if k in own}), where='dis-build-puzzles')
+                               **{k: v for k, v in given.items() if k in own}), where='arguments')
         out = build_puzzle_dataset(a.out, spec, overwrite=a.overwrite)
     except DisError as e:
         print(f'dis-build-puzzles: error: {e}', file=sys.stderr); raise SystemExit(2)
-    info = json.loads((out/'puzzles.json').read_text())
+    info = json.loads((out/'puzzles.json').read_text()); secs = json.loads((out/'manifest.json').read_text())['build_seconds']
     print(f"{out}: {info['train_examples']} train / {info['test_examples']} test {a.kind} examples, "
-          f"seq_len {info['seq_len']}, vocab {info['vocab_size']} ({info['build_s']} s)")
+          f"seq_len {info['seq_len']}, vocab {info['vocab_size']} ({secs} s)")

@@ -14,3 +14,5 @@ from .data import *                # noqa: F401,F403
 from .targets import *             # noqa: F401,F403
 from .evaluate import *            # noqa: F401,F403
 from ..arc import IGNORE_LABEL             # noqa: F401
+from . import family as _f, nqueens as _q, sudoku as _s, maze as _m, data as _d, targets as _t, evaluate as _e
+__all__ = [n for _mod in (_f, _q, _s, _m, _d, _t, _e) for n in _mod.__all__] + ['IGNORE_LABEL']   # `from dis_nbdev.boards import *`

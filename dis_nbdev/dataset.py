@@ -20,7 +20,7 @@ from .arc import (Task, COLOUR_OFFSET, EOS, PAD, VOCAB_SIZE, MAX_SIDE, IGNORE_LA
 
 # %% auto #0
 __all__ = ['AUG_RETRIES_FACTOR', 'SPLITS', 'FIELDS', 'ARC_FORMAT', 'VERIFIED', 'DatasetMetadata', 'plan_augmentations',
-           'check_dataset_output', 'dataset_lock', 'write_dataset', 'recover_dataset', 'verify_dataset',
+           'check_dataset_output', 'dataset_lock', 'verify_dataset', 'write_dataset', 'recover_dataset',
            'build_arc_dataset', 'load_npy', 'ArcSplit', 'open_split', 'TrainLoader', 'TestLoader', 'build_arc_cli',
            'dataset_fingerprint']
 
@@ -296,6 +296,47 @@ def dataset_lock(out_dir):
         try: path.unlink(missing_ok=True)         # removed while still held, so no one can lock a stale file
         finally: lock.release()
 
+# %% ../nbs/02_dataset.ipynb #h2ds0012
+VERIFIED = '.verified.json'
+
+def _stat_key(p: Path) -> list:
+    """What the verification cache keys a file's hash on: size, mtime, ctime and inode. ctime cannot be set back by a
+    user (writing a byte and restoring the mtime still moves it), so an edited file is always hashed again."""
+    st = p.stat(); return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+def _write_verified(d: Path, manifest: dict) -> None:
+    cache = {r: _stat_key(d/r) + [f['sha256']] for r, f in manifest['files'].items() if f.get('sha256')}
+    try: atomic_write_json(d/VERIFIED, cache, indent=None)
+    except OSError: pass                       # a read-only dataset: verification just hashes again next time
+
+def verify_dataset(data_dir, hashes: bool = True) -> dict:
+    "Check `data_dir` against its manifest (files present, sizes, sha256); one `ArcDataError` naming a changed file."
+    d = Path(data_dir); mp_ = d/'manifest.json'
+    if not mp_.is_file(): return {}             # TRM's builder writes no manifest: nothing to check against
+    try: manifest = json.loads(mp_.read_text())
+    except (OSError, ValueError) as e: raise ArcDataError(f'{mp_}: unreadable manifest ({e}); rebuild the dataset') from None
+    try: cache = json.loads((d/VERIFIED).read_text()) if (d/VERIFIED).is_file() else {}
+    except (OSError, ValueError): cache = {}
+    changed = False
+    for rel, f in manifest.get('files', {}).items():
+        p = d/rel
+        if not p.is_file():
+            raise ArcDataError(f'{p}: missing from dataset {d} (its manifest lists it); rebuild the dataset (--overwrite)')
+        if p.stat().st_size != f['bytes']:
+            raise ArcDataError(f'{p}: {p.stat().st_size} bytes, the manifest of {d} says {f["bytes"]}: the file changed '
+                               'after the build; rebuild the dataset (--overwrite) or restore the file')
+        if not hashes or not f.get('sha256'): continue
+        if cache.get(rel) == _stat_key(p) + [f['sha256']]: continue
+        h = _sha256(p)
+        if h != f['sha256']:
+            raise ArcDataError(f'{p}: its sha256 {h[:16]}... differs from the manifest of {d} ({f["sha256"][:16]}...): the '
+                               'file changed after the build; rebuild the dataset (--overwrite) or restore the file')
+        cache[rel] = _stat_key(p) + [h]; changed = True
+    if changed:
+        try: atomic_write_json(d/VERIFIED, cache, indent=None)
+        except OSError: pass
+    return manifest
+
 # %% ../nbs/02_dataset.ipynb #h2ds0008
 def write_dataset(out_dir, fill: Callable[[Path], dict], hashes: bool = True, workers: int = 1, overwrite: bool = False,
                   t0: float | None = None) -> Path:
@@ -363,47 +404,6 @@ def _drop_stale_lock(out_dir: Path) -> None:
     except (DisError, OSError): return               # held: a build is running
     try: path.unlink(missing_ok=True)
     finally: lock.release()
-
-# %% ../nbs/02_dataset.ipynb #h2ds0012
-VERIFIED = '.verified.json'
-
-def _stat_key(p: Path) -> list:
-    """What the verification cache keys a file's hash on: size, mtime, ctime and inode. ctime cannot be set back by a
-    user (writing a byte and restoring the mtime still moves it), so an edited file is always hashed again."""
-    st = p.stat(); return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
-
-def _write_verified(d: Path, manifest: dict) -> None:
-    cache = {r: _stat_key(d/r) + [f['sha256']] for r, f in manifest['files'].items() if f.get('sha256')}
-    try: atomic_write_json(d/VERIFIED, cache, indent=None)
-    except OSError: pass                       # a read-only dataset: verification just hashes again next time
-
-def verify_dataset(data_dir, hashes: bool = True) -> dict:
-    "Check `data_dir` against its manifest (files present, sizes, sha256); one `ArcDataError` naming a changed file."
-    d = Path(data_dir); mp_ = d/'manifest.json'
-    if not mp_.is_file(): return {}             # TRM's builder writes no manifest: nothing to check against
-    try: manifest = json.loads(mp_.read_text())
-    except (OSError, ValueError) as e: raise ArcDataError(f'{mp_}: unreadable manifest ({e}); rebuild the dataset') from None
-    try: cache = json.loads((d/VERIFIED).read_text()) if (d/VERIFIED).is_file() else {}
-    except (OSError, ValueError): cache = {}
-    changed = False
-    for rel, f in manifest.get('files', {}).items():
-        p = d/rel
-        if not p.is_file():
-            raise ArcDataError(f'{p}: missing from dataset {d} (its manifest lists it); rebuild the dataset (--overwrite)')
-        if p.stat().st_size != f['bytes']:
-            raise ArcDataError(f'{p}: {p.stat().st_size} bytes, the manifest of {d} says {f["bytes"]}: the file changed '
-                               'after the build; rebuild the dataset (--overwrite) or restore the file')
-        if not hashes or not f.get('sha256'): continue
-        if cache.get(rel) == _stat_key(p) + [f['sha256']]: continue
-        h = _sha256(p)
-        if h != f['sha256']:
-            raise ArcDataError(f'{p}: its sha256 {h[:16]}... differs from the manifest of {d} ({f["sha256"][:16]}...): the '
-                               'file changed after the build; rebuild the dataset (--overwrite) or restore the file')
-        cache[rel] = _stat_key(p) + [h]; changed = True
-    if changed:
-        try: atomic_write_json(d/VERIFIED, cache, indent=None)
-        except OSError: pass
-    return manifest
 
 # %% ../nbs/02_dataset.ipynb #h2ds0015
 def _check_int(name: str, v, lo: int, hi: int | None = None) -> int:
@@ -524,6 +524,19 @@ def load_npy(path, mmap: bool = False) -> np.ndarray:
         raise ArcDataError(f'{path}: truncated or not a valid .npy file ({why}); rebuild the dataset (--overwrite) '
                            'or restore the file') from None
 
+def _read_metadata(path) -> DatasetMetadata:
+    try: meta = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e: raise ArcDataError(f'{path}: unreadable ({e}); rebuild the dataset') from None
+    return DatasetMetadata(**{k: v for k, v in meta.items() if k in {f.name for f in dataclasses.fields(DatasetMetadata)}})
+
+def _check_identifiers(s) -> None:
+    "Refuse a `num_puzzle_identifiers` that the identifiers do not back (it sizes the puzzle-embedding table)."
+    n, top = s.metadata.num_puzzle_identifiers, int(s.puzzle_identifiers.max(initial=0)) + 1
+    if not isinstance(n, int) or n < top or n > 2**31 - 1 or (n > top and n > len(s.identifiers)):
+        raise ArcDataError(f'{s.data_dir}/{s.split}/dataset.json: num_puzzle_identifiers={n!r} does not match the data '
+                           f'(identifiers up to {top - 1}, identifiers.json names {len(s.identifiers)}); the model would '
+                           'allocate an embedding row per identifier. Rebuild the dataset')
+
 
 # %% ../nbs/02_dataset.ipynb #8ec66db5
 class ArcSplit:
@@ -539,9 +552,7 @@ class ArcSplit:
             raise ArcDataError(f'{self.data_dir}: split {split!r} not found (no {split}/dataset.json; not a built dataset?)')
         for f in ['identifiers.json'] + [f'{split}/all__{k}.npy' for k in FIELDS]:
             if not (self.data_dir/f).is_file(): raise ArcDataError(f'{self.data_dir}: {f} missing (incomplete dataset)')
-        try: meta = json.loads((d/'dataset.json').read_text())
-        except (OSError, ValueError) as e: raise ArcDataError(f'{d/"dataset.json"}: unreadable ({e}); rebuild the dataset') from None
-        self.metadata = DatasetMetadata(**{k: v for k, v in meta.items() if k in {f.name for f in dataclasses.fields(DatasetMetadata)}})
+        self.metadata = _read_metadata(d/'dataset.json')
         self.inputs = load_npy(d/'all__inputs.npy', mmap=True)
         self.labels = load_npy(d/'all__labels.npy', mmap=True)
         self.puzzle_identifiers = load_npy(d/'all__puzzle_identifiers.npy')
@@ -549,15 +560,7 @@ class ArcSplit:
         self.group_indices = load_npy(d/'all__group_indices.npy')
         self.side = int(round(math.sqrt(self.metadata.seq_len)))
         self._identifiers = None
-        self._check_identifiers()
-
-    def _check_identifiers(self):
-        "Refuse a `num_puzzle_identifiers` that the identifiers do not back (it sizes the puzzle-embedding table)."
-        n, top = self.metadata.num_puzzle_identifiers, int(self.puzzle_identifiers.max(initial=0)) + 1
-        if not isinstance(n, int) or n < top or n > 2**31 - 1 or (n > top and n > len(self.identifiers)):
-            raise ArcDataError(f'{self.data_dir}/{self.split}/dataset.json: num_puzzle_identifiers={n!r} does not match the '
-                               f'data (identifiers up to {top - 1}, identifiers.json names {len(self.identifiers)}); '
-                               'the model would allocate an embedding row per identifier. Rebuild the dataset')
+        _check_identifiers(self)
 
     @property
     def identifiers(self) -> list[str]:

@@ -70,7 +70,7 @@ def _common_problems(s: BoardSpec) -> list[str]:
     if not _is_int(s.seed) or s.seed < 0: bad.append(f'seed={s.seed!r}: must be an integer >= 0')
     return bad
 
-# %% ../../nbs/10_boards.ipynb #d005a62a
+# %% ../../nbs/10_boards.ipynb #995f1065
 class BoardFamily:
     "One board family: subclass, fill in the methods, `register_family(MyFamily())`."
     name: ClassVar[str] = ''
@@ -99,13 +99,13 @@ class BoardFamily:
         return '\n'.join(self.sep.join(ch.get(int(v), '?') for v in t[r * n:(r + 1) * n]) for r in range(n))
     def __repr__(self): return f'{type(self).__name__}()'
 
-# %% ../../nbs/10_boards.ipynb #55da447e
+# %% ../../nbs/10_boards.ipynb #6b915eee
 _FAMILIES: dict[str, BoardFamily] = {}
 
 def register_family(family: BoardFamily, overwrite: bool = False) -> BoardFamily:
     "Add `family` to the registry under `family.name`."
     if not family.name: raise PuzzleError(f'{family!r}: a family needs a name')
-    if family.name in _FAMILIES and not overwrite and type(_FAMILIES[family.name]) is not type(family):
+    if family.name in _FAMILIES and not overwrite and type(_FAMILIES[family.name]).__name__ != type(family).__name__:
         raise PuzzleError(f'board family {family.name!r} is already registered (pass overwrite=True)')
     _FAMILIES[family.name] = family
     return family
@@ -124,7 +124,7 @@ def get_family(kind: str) -> BoardFamily:
         raise PuzzleError(f'unknown puzzle kind {kind!r}; known: {family_names()}{_nearest(kind, _FAMILIES)}')
     return _FAMILIES[kind]
 
-# %% ../../nbs/10_boards.ipynb #6b915eee
+# %% ../../nbs/10_boards.ipynb #a973cdd0
 def board_spec(spec=None, where: str = 'puzzle', **kw) -> BoardSpec:
     "A checked spec of the right family from a mapping, a spec or keyword arguments (keywords win)."
     d = {**(asdict(spec) if isinstance(spec, BoardSpec) else dict(spec or {})), **kw}
@@ -144,7 +144,7 @@ def board_spec(spec=None, where: str = 'puzzle', **kw) -> BoardSpec:
     if errors: raise PuzzleError(f'{where}: {len(errors)} bad field(s):\n  ' + '\n  '.join(errors))
     return s
 
-# %% ../../nbs/10_boards.ipynb #dc07bdc7
+# %% ../../nbs/10_boards.ipynb #9a20dfbc
 def vocab_size(kind: str, n: int) -> int:
     "Vocabulary of a puzzle family on an n x n board (PAD included)."
     return get_family(kind).vocab_size(n)

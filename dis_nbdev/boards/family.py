@@ -78,6 +78,7 @@ class BoardFamily:
     chars: ClassVar[dict] = {}                 # token -> character, for `text`
     sep: ClassVar[str] = ' '                   # between cells in `text`
     palette: ClassVar[list | None] = None      # token -> colour (None: the viewer's default for the family)
+    glyphs: ClassVar[list | None] = None       # token -> text drawn on the cell (with `palette`)
     detect_order: ClassVar[int] = 50           # `detect_kind` asks families in this order
     def side(self, spec) -> int: return int(spec.n)
     def vocab_size(self, side: int) -> int: raise NotImplementedError

@@ -152,6 +152,8 @@ class MazeSpec(BoardSpec):
 class Maze(BoardFamily):
     name, spec, detect_order = 'maze', MazeSpec, 20
     chars, sep = {i + 1: c for i, c in enumerate(MAZE_CHARS)}, ''
+    palette = ['#FFFFFF', '#2C3E50', '#FFFFFF', '#2ECC40', '#FF4136', '#0074D9']   # PAD, wall, open, S, G, path
+    glyphs = ['', '', '', 'S', 'G', '']
     def vocab_size(self, side): return 6
     def problems(self, s):
         bad = []

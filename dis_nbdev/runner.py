@@ -17,7 +17,8 @@ from .dataset import build_arc_dataset, recover_dataset, verify_dataset
 from .checkpoint import TrainConfig, load_trained, read_metrics, setup_distributed
 from .evaluate import evaluate, run_defaults
 from .train import train
-from .boards import board_spec, ensure_puzzle_dataset, evaluate_puzzle_run   # importing boards registers its target generators
+from .boards import (board_spec, ensure_puzzle_dataset, evaluate_puzzle_run,  # importing boards registers its
+                              run_target_report)                                       # target generators
 
 
 # %% auto #0
@@ -562,13 +563,14 @@ def split_puzzle_config(config, overrides: dict | None = None, out: str = 'runs'
 
 # %% ../nbs/09_runner.ipynb #h2rn0004
 def run_puzzle_config(config, out: str = 'runs', overrides: dict | None = None, device: str = 'cpu') -> dict:
-    "Build the data, train and score one puzzle run; returns {'summary', 'eval'} (also in the run folder)."
+    "Build the data, train and score one puzzle run (with its targets report); returns {'summary', 'eval'} (also in the run folder)."
     cfg, spec, ev = split_puzzle_config(config, overrides, out)
     ensure_puzzle_dataset(cfg['data_dir'], spec)
     resume = (Path(cfg['out_dir'])/'checkpoint.pt').exists()
     summary = train(cfg, resume=resume)
     res = evaluate_puzzle_run(cfg['out_dir'], cfg['data_dir'], device=device,
                               n_steps=ev.get('eval_n_steps'), limit=ev.get('eval_limit'))
+    res['targets_report'] = run_target_report(cfg['out_dir'], cfg['data_dir'])   # how often its step targets were the label
     atomic_write_json(Path(cfg['out_dir'])/'puzzle_eval.json', res)
     return {'summary': summary, 'eval': res}
 

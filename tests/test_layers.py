@@ -70,6 +70,12 @@ def _importlib_targets(call: ast.Call, tree: ast.AST, here: str, is_pkg: bool, m
     return out
 
 
+def _type_checking_only(node) -> bool:
+    "An `if TYPE_CHECKING:` block: its imports serve annotations only and never run."
+    t = getattr(node, 'test', None) if isinstance(node, ast.If) else None
+    return isinstance(t, ast.Name) and t.id == 'TYPE_CHECKING' or isinstance(t, ast.Attribute) and t.attr == 'TYPE_CHECKING'
+
+
 def imports(path: Path, here: str, mods) -> tuple[set[str], list[str]]:
     """(package modules `path` imports, anywhere in it: `from .x import`, `from dis_nbdev.x import`,
     `import dis_nbdev.x`, `importlib.import_module(...)`; the function-level ones as `'line N: what'`)."""
@@ -97,6 +103,7 @@ def imports(path: Path, here: str, mods) -> tuple[set[str], list[str]]:
         edges.update(found)
         if found and in_function: inner.append(f'line {node.lineno}: {what}')
         for child in ast.iter_child_nodes(node):
+            if _type_checking_only(node) and child in node.body: continue     # never runs: not an import edge
             visit(child, in_function or isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)))
     visit(tree, False)
     return edges, inner

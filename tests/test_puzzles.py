@@ -1,5 +1,6 @@
-"""N-Queens and Sudoku: generators, the on-disk layout, solver-order targets, rule-based scoring, and a
+"""Board families (dis_nbdev.boards): generators, the on-disk layout, solver-order targets, rule-based scoring, and a
 short CPU training run on 4x4 Sudoku whose validity rate must rise."""
+import json
 import shutil
 import subprocess
 import sys
@@ -8,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from dis_nbdev import puzzles as P
+from dis_nbdev import boards as P
+from dis_nbdev.boards.sudoku import _SudokuState
 
 
 # ---------------------------------------------------------------- generators
@@ -94,7 +96,7 @@ def test_nqueens_dihedral_augmentation(tmp_path):
 
 def test_cli_builds_and_refuses_overwrite(tmp_path):
     exe = shutil.which('dis-build-puzzles')
-    cmd = [exe] if exe else [sys.executable, '-c', 'import sys; from dis_nbdev.puzzles import build_puzzles_cli as f; f(sys.argv[1:])']
+    cmd = [exe] if exe else [sys.executable, '-c', 'import sys; from dis_nbdev.boards import build_puzzles_cli as f; f(sys.argv[1:])']
     args = ['--kind', 'nqueens', '--n', '6', '--givens', '2', '--train', '20', '--test', '4', '--out', str(tmp_path/'q')]
     r = subprocess.run(cmd + args, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
@@ -143,7 +145,7 @@ def test_sudoku_order_follows_propagation():
         order, r = P.sudoku_solver_order(puz, sol, return_rules=True)
         assert sorted(order) == sorted(np.flatnonzero(puz.reshape(-1) == 0).tolist())
         # replaying the order: every naked-single move had exactly one candidate when it was made
-        st = P._SudokuState(puz)
+        st = _SudokuState(puz)
         for i, rule in zip(order, r):
             if rule == 'naked': assert st.cand(i).bit_count() == 1
             st.place(i, int(sol.reshape(-1)[i]))
@@ -183,7 +185,7 @@ def test_evaluator_accepts_alternative_rejects_rule_break():
     assert alts
     x, y, alt = map(P.queens_to_tokens, (given, sol, alts[0]))
     assert P.is_valid_prediction('nqueens', alt, x) and not (alt == y).all()
-    s = P.score_predictions('nqueens', np.stack([y, alt]), np.stack([x, x]), np.stack([y, y]))
+    s = P.score_board_predictions('nqueens', np.stack([y, alt]), np.stack([x, x]), np.stack([y, y]))
     assert s['valid'] == 1.0 and s['exact'] == 0.5
     wrong_given = [t for t in sols if not (t[0] == sol[0]).all()][0]
     assert not P.is_valid_prediction('nqueens', P.queens_to_tokens(wrong_given), x), 'a given queen was dropped'
@@ -277,3 +279,59 @@ def test_code_targets_feed_a_short_mlp_t_run(tmp_path):
     finally: torch.set_num_threads(threads)
     print('exact per step', [r['exact'] for r in res['per_step']])
     assert res['exact'] >= 0.3 and res['per_step'][-1]['exact'] >= res['per_step'][0]['exact']
+
+
+# ---------------------------------------------------------------- issue 18: do the frames carry information?
+
+def test_auto_solver_knows_mazes_and_refuses_unknown_rows():
+    "puzzle_solver('auto') builds maze frames (the path from S) on maze tokens, not Sudoku frames; ARC rows are refused."
+    from dis_nbdev.targets import get_target_generator
+    X, Y = P.make_examples('maze', 12, np.random.default_rng(2), n=9, path_len=(12, 30))
+    assert all(P.detect_kind(x, y) == 'maze' for x, y in zip(X, Y))
+    args = (torch.from_numpy(X).long(), torch.from_numpy(Y).long(), 6)
+    Fa, Fm = get_target_generator('puzzle_solver')(*args).numpy(), get_target_generator('maze_bfs')(*args).numpy()
+    assert (Fa == Fm).all() and (Fa[-1] == Y).all()
+    for f in Fa.reshape(-1, X.shape[1]): assert set(np.unique(f)) <= {P.WALL, P.OPEN, P.START, P.GOAL, P.PATH}
+    Xs, Ys = P.make_examples('sudoku', 4, np.random.default_rng(0), box=2, remove=8)
+    assert [P.detect_kind(x, y) for x, y in zip(Xs, Ys)] == ['sudoku'] * 4
+    arc = np.zeros(900, np.int64); arc[:4] = [2, 3, 1, 5]
+    with pytest.raises(P.PuzzleError, match='cannot tell the board family'): P.detect_kind(arc, arc)
+
+
+def test_wave_targets_are_the_label_on_easy_6x6_and_informative_on_hard():
+    """6x6 Sudoku with 4-8 blanks: almost every puzzle is one propagation wave, so every frame is the label (flagged);
+    with 18-24 blanks most puzzles need 2+ waves and the early frames differ from the label."""
+    X, Y = P.make_examples('sudoku', 200, np.random.default_rng(0), box=[2, 3], remove=(4, 8))
+    easy = P.frame_label_stats('sudoku_waves', X, Y, 6)
+    assert easy['flagged'] and easy['all_frames_label'] >= 0.95 and easy['groups']['hist'].get(1, 0) >= 190
+    X, Y = P.make_examples('sudoku', 200, np.random.default_rng(0), box=[2, 3], remove=(18, 24))
+    hard = P.frame_label_stats('sudoku_waves', X, Y, 6)
+    two_plus = sum(c for w, c in hard['groups']['hist'].items() if w >= 2) / 200
+    assert not hard['flagged'] and two_plus >= 0.9 and hard['equal_label'][0] <= 0.05 and hard['equal_label'][-1] == 1.0
+    # the hand count: frame s equals the label exactly when ceil(s*R/6) == R waves are shown
+    R = np.array([len(P.get_family('sudoku').waves(x, y)) for x, y in zip(X, Y)])
+    assert hard['equal_label'] == [round(float((-(-s * R // 6) == R).mean()), 4) for s in range(1, 7)]
+
+
+def test_dataset_and_run_target_reports(tmp_path):
+    d = P.build_puzzle_dataset(tmp_path/'s6', kind='sudoku', box=[2, 3], remove=(18, 24), train=30, test=4, seed=0)
+    rep = P.dataset_target_report(d)
+    assert rep['kind'] == 'sudoku' and set(rep['targets']) == {'sudoku_solver', 'sudoku_waves'}
+    assert not rep['targets']['sudoku_waves']['flagged'] and rep['targets']['sudoku_waves']['n'] == 30
+    run = tmp_path/'run'; run.mkdir()
+    (run/'config.json').write_text(json.dumps({'method': 'trm', 'targets': 'sudoku_waves', 'data_dir': str(d)}))
+    r = P.run_target_report(run)
+    assert r['targets'] == 'label' and r['flagged'] and r['all_frames_label'] == 1.0   # TRM trains on the label
+
+
+def test_issue18_board_specs():
+    "6x6 Sudoku with 18-24 blanks, and perfect mazes (one path) of 12-30 moves on 9x9 to 11x11 boards."
+    s = P.board_spec(kind='sudoku', box=[2, 3], remove=(18, 24))
+    X, Y = s.family.generate(10, np.random.default_rng(1), **s.params())
+    assert all(18 <= (x == P.BLANK).sum() <= 24 and P.sudoku_count_solutions(P.tokens_to_sudoku(x)) == 1 for x in X)
+    for n in (9, 10, 11):
+        m = P.board_spec(kind='maze', n=n, path_len=(12, 30), loops=0.0)
+        X, Y = m.family.generate(10, np.random.default_rng(n), **m.params())
+        for x, y in zip(X, Y):
+            s_, g_ = int(np.flatnonzero(x == P.START)[0]), int(np.flatnonzero(x == P.GOAL)[0])
+            assert P.maze_count_shortest(x, s_, g_, limit=5) == 1 and 12 <= (y == P.PATH).sum() + 1 <= 30

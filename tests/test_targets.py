@@ -274,8 +274,15 @@ def test_figure_draws_real_tasks(arc1):
     plt.close(fig)
 
 
-def test_plugin_generators_load_on_demand(arc1):
-    "Names registered by dis_nbdev.puzzles (solver traces) resolve without importing that module first."
-    pytest.importorskip('dis_nbdev.puzzles')
-    gen = get_target_generator('puzzle_solver')
-    assert hasattr(gen, 'extra_vocab') and callable(gen)
+def test_board_generators_register_explicitly():
+    "The registry never imports upward: board names resolve once dis_nbdev.boards is imported, and not before."
+    import subprocess, sys
+    code = ("import sys, dis_nbdev.targets as T\n"
+            "assert 'dis_nbdev.boards' not in sys.modules\n"
+            "try: T.get_target_generator('puzzle_solver'); raise SystemExit('resolved without boards')\n"
+            "except T.ConfigError as e: assert 'import dis_nbdev.boards' in str(e), e\n"
+            "import dis_nbdev.boards\n"
+            "g = T.get_target_generator('puzzle_solver'); assert hasattr(g, 'extra_vocab') and callable(g)\n"
+            "assert {'sudoku_waves', 'maze_bfs', 'maze_both_ends', 'maze_solver'} <= set(T.target_generator_names())\n")
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr

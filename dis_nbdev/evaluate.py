@@ -12,22 +12,54 @@ import numpy as np
 import torch
 
 from .core import (ArcDataError, ConfigError, DisError, atomic_write_json,
-                            autocast_context, dist_info, resolve_bf16)
+                            autocast_context, dist_info, get_device, resolve_bf16)
 from .arc import IGNORE_LABEL, parse_variant_name
 from .dataset import TestLoader, open_split
 from .steps import INJECTIONS, check_injection, guided_logits, next_inputs, rollout, supervision_step
 from .model import StepOutput
 from .methods import get_method
-from .checkpoint import check_data_fingerprint, load_trained, setup_distributed, train_device
+from .checkpoint import check_data_fingerprint, load_trained, setup_distributed
 from .vote import (CONFIDENCES, DEFAULT_KS, Candidate, VoteTable, VoteRecords, StepPredictions,  # noqa: F401
                             candidate_grid, crop_prediction, grid_key, input_index, save_vote_records,
                             score_candidates, step_answers, vote, vote_batch, vote_confidences, vote_rows)
 
 # %% auto #0
-__all__ = ['ABLATIONS', 'make_submission', 'validate_submission', 'write_submission', 'score_submission', 'predict_steps',
-           'parse_ks', 'eval_device', 'check_eval_options', 'load_test_puzzles', 'solutions_of', 'EvalState',
-           'gather_state', 'step_rows', 'score_steps', 'shuffled_identifiers', 'ablation_rollout', 'format_eval_table',
+__all__ = ['ABLATIONS', 'validate_submission', 'make_submission', 'write_submission', 'score_submission', 'predict_steps',
+           'parse_ks', 'check_eval_options', 'load_test_puzzles', 'solutions_of', 'EvalState', 'gather_state',
+           'step_rows', 'score_steps', 'shuffled_identifiers', 'ablation_rollout', 'format_eval_table',
            'plot_improvement', 'evaluate', 'run_defaults', 'eval_cli']
+
+# %% ../nbs/06_evaluate.ipynb #56fdc60f
+def _check_grid(g, where: str):
+    if not isinstance(g, list) or not g or not all(isinstance(r, list) for r in g):
+        raise ArcDataError(f'{where}: a grid must be a non-empty list of rows')
+    if not (1 <= len(g) <= 30) or not (1 <= len(g[0]) <= 30):
+        raise ArcDataError(f'{where}: grid of {len(g)}x{len(g[0])} is outside 1..30 x 1..30')
+    if any(len(r) != len(g[0]) for r in g): raise ArcDataError(f'{where}: rows of different lengths')
+    if any(type(v) is not int or not 0 <= v <= 9 for r in g for v in r):
+        raise ArcDataError(f'{where}: cells must be integers 0..9')
+
+def validate_submission(sub, expected: dict[str, int] | None = None, attempts: int = 2) -> dict:
+    "Check a submission's structure (and, given `{task: n_test_inputs}`, its coverage); raise `ArcDataError`."
+    if not isinstance(sub, dict) or not sub: raise ArcDataError('submission: expected a non-empty {task_id: [...]} mapping')
+    for task, entries in sub.items():
+        if not isinstance(task, str): raise ArcDataError(f'submission: task id {task!r} is not a string')
+        if not isinstance(entries, list) or not entries:
+            raise ArcDataError(f'submission[{task!r}]: expected a non-empty list, one entry per test input')
+        for i, e in enumerate(entries):
+            names = [f'attempt_{j + 1}' for j in range(attempts)]
+            if not isinstance(e, dict) or sorted(e) != sorted(names):
+                raise ArcDataError(f'submission[{task!r}][{i}]: expected exactly the keys {names}, '
+                                   f'got {sorted(e) if isinstance(e, dict) else type(e).__name__}')
+            for n in names: _check_grid(e[n], f'submission[{task!r}][{i}][{n!r}]')
+    if expected is not None:
+        missing, extra = sorted(set(expected) - set(sub)), sorted(set(sub) - set(expected))
+        if missing: raise ArcDataError(f'submission: {len(missing)} task(s) missing, e.g. {missing[:3]}')
+        if extra: raise ArcDataError(f'submission: {len(extra)} unknown task(s), e.g. {extra[:3]}')
+        for t, n in expected.items():
+            if len(sub[t]) != n:
+                raise ArcDataError(f'submission[{t!r}]: {len(sub[t])} entries for {n} test input(s)')
+    return sub
 
 # %% ../nbs/06_evaluate.ipynb #0e339c87
 def _grid_list(g) -> list[list[int]]:
@@ -60,37 +92,7 @@ def make_submission(predictions: dict[str, Sequence[Sequence]], attempts: int = 
         sub[task] = entries
     return sub
 
-def _check_grid(g, where: str):
-    if not isinstance(g, list) or not g or not all(isinstance(r, list) for r in g):
-        raise ArcDataError(f'{where}: a grid must be a non-empty list of rows')
-    if not (1 <= len(g) <= 30) or not (1 <= len(g[0]) <= 30):
-        raise ArcDataError(f'{where}: grid of {len(g)}x{len(g[0])} is outside 1..30 x 1..30')
-    if any(len(r) != len(g[0]) for r in g): raise ArcDataError(f'{where}: rows of different lengths')
-    if any(type(v) is not int or not 0 <= v <= 9 for r in g for v in r):
-        raise ArcDataError(f'{where}: cells must be integers 0..9')
-
-def validate_submission(sub, expected: dict[str, int] | None = None, attempts: int = 2) -> dict:
-    "Check a submission's structure (and, given `{task: n_test_inputs}`, its coverage); raise `ArcDataError`."
-    if not isinstance(sub, dict) or not sub: raise ArcDataError('submission: expected a non-empty {task_id: [...]} mapping')
-    for task, entries in sub.items():
-        if not isinstance(task, str): raise ArcDataError(f'submission: task id {task!r} is not a string')
-        if not isinstance(entries, list) or not entries:
-            raise ArcDataError(f'submission[{task!r}]: expected a non-empty list, one entry per test input')
-        for i, e in enumerate(entries):
-            names = [f'attempt_{j + 1}' for j in range(attempts)]
-            if not isinstance(e, dict) or sorted(e) != sorted(names):
-                raise ArcDataError(f'submission[{task!r}][{i}]: expected exactly the keys {names}, '
-                                   f'got {sorted(e) if isinstance(e, dict) else type(e).__name__}')
-            for n in names: _check_grid(e[n], f'submission[{task!r}][{i}][{n!r}]')
-    if expected is not None:
-        missing, extra = sorted(set(expected) - set(sub)), sorted(set(sub) - set(expected))
-        if missing: raise ArcDataError(f'submission: {len(missing)} task(s) missing, e.g. {missing[:3]}')
-        if extra: raise ArcDataError(f'submission: {len(extra)} unknown task(s), e.g. {extra[:3]}')
-        for t, n in expected.items():
-            if len(sub[t]) != n:
-                raise ArcDataError(f'submission[{t!r}]: {len(sub[t])} entries for {n} test input(s)')
-    return sub
-
+# %% ../nbs/06_evaluate.ipynb #eec9af02
 def write_submission(path, submission: dict, expected: dict[str, int] | None = None) -> Path:
     "Validate `submission` then write it atomically to `path` (nothing is written if it is invalid)."
     validate_submission(submission, expected)
@@ -131,13 +133,6 @@ def parse_ks(ks) -> tuple[int, ...]:
     ks = [_positive_int(k, 'ks') for k in ks]
     if not ks: raise ConfigError('ks: empty; give at least one k of pass@k (e.g. 1,2)')
     return tuple(sorted(set(ks)))
-
-def eval_device(device) -> torch.device:
-    "`device` ('auto', 'cpu', 'cuda', 'cuda:N', 'mps') as a torch device, or a ConfigError."
-    if isinstance(device, str): device = device.strip().lower()
-    try: return train_device(device, 'device')
-    except (RuntimeError, ValueError, TypeError):
-        raise ConfigError(f"device: {device!r} is not a device (auto, cpu, cuda, cuda:N or mps)") from None
 
 def check_eval_options(batch_size, ks, n_steps, cfg_weight, out_dir, early_exit=None, ablation=None) -> tuple[int, ...]:
     "One clear ConfigError for a bad evaluation option; returns the checked `ks`."
@@ -333,6 +328,7 @@ def _run_batch(state, model, batch, device, bf16, o: dict, kept: int, inverses: 
     state.unmatched += sum(r is None for r in rows)
     vote_batch(state.tables, rows, sp.tokens, vote_confidences(sp, o['confidence']), ctx['side'], state.records, pids)
 
+# %% ../nbs/06_evaluate.ipynb #46e8d2c3
 def _finish(state, puzzles, ks, n_steps: int, kept: int, o: dict, info: dict, out_dir) -> dict:
     "Score the gathered `state`, write the evaluation folder, return the result."
     solutions = solutions_of(puzzles)
@@ -381,7 +377,7 @@ def evaluate(model, data_dir, batch_size: int = 64, device='auto', cfg_weight: f
     if check_data: check_data_fingerprint(getattr(model, 'data_fingerprint', None), data_dir, 'evaluate(model)')
     check_injection(injection)
     if confidence not in CONFIDENCES: raise ConfigError(f'confidence: {confidence!r} is not one of {CONFIDENCES}')
-    data_dir, device = Path(data_dir), eval_device(device)
+    data_dir, device = Path(data_dir), get_device(device, 'device')
     di = dist_info()
     if device.type == 'cuda' and device.index is None and di.world_size > 1: device = torch.device('cuda', di.local_rank)
     split = open_split(data_dir, 'test')
@@ -456,7 +452,7 @@ def eval_cli(argv: Sequence[str] | None = None) -> dict | None:
         out = Path(a.out) if a.out is not None else (ckpt if ckpt.is_dir() else ckpt.parent)/'eval'
         check_eval_options(a.batch_size, ks, a.n_steps, a.cfg_weight, out, a.early_exit, a.ablation)
         device = a.device.strip().lower()                     # 'CPU' is cpu
-        eval_device(device)
+        get_device(device, '--device')
         _, _, created = setup_distributed(device, 'dis-eval --device')
         model, cfg = load_trained(a.checkpoint, use_ema=not a.no_ema, device='cpu')
         dflt = run_defaults(cfg)

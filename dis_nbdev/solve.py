@@ -23,24 +23,9 @@ from .vote import CONFIDENCES, Candidate, Inverse, VoteTable, step_answers, vote
 import dis_nbdev.boards  # noqa: F401  (registers the board target generators: sudoku_waves, maze_bfs, ...)
 
 # %% auto #0
-__all__ = ['SolveResult', 'fit_puzzle_rows', 'solve', 'plot_solve']
+__all__ = ['fit_puzzle_rows', 'SolveResult', 'solve', 'plot_solve']
 
-# %% ../nbs/06a_solve.ipynb #4da2a586
-@dataclasses.dataclass
-class SolveResult:
-    "What `solve` returns; `attempts[i]` are the two answers to test input i (original frame)."
-    task: Any                                   # dis_nbdev.arc.Task
-    attempts: list[list[np.ndarray]]            # per test input: [attempt_1, attempt_2]
-    candidates: list[list[Candidate]]           # per test input: every answer of the last step, ranked
-    step_answers: list[list[np.ndarray]]        # per test input: the top-voted answer after each step
-    losses: list[float]                         # test-time-training loss per Adam step
-    variants: list[str]                         # the augmented variants voted over
-    correct: list[bool] | None = None           # per test input, when the task carries test outputs
-    def plot(self, **kw): return plot_solve(self, **kw)
-    def submission(self) -> dict:
-        "This task's entry of a Kaggle submission."
-        return make_submission({self.task.id: [[g for g in a] for a in self.attempts]})
-
+# %% ../nbs/06a_solve.ipynb #3df5617f
 def _as_task(task):
     if isinstance(task, Task): return task
     if isinstance(task, dict): return task_from_dict(task, task_id=str(task.get('id', 'task')), where='solve(task)')
@@ -94,6 +79,7 @@ def fit_puzzle_rows(model, table, demos, targets: str, n_steps: int, injection: 
         opt.step(); losses.append(total / n_steps)
     return losses
 
+# %% ../nbs/06a_solve.ipynb #d6f42c1c
 def _vote_tests(model, task, variants, names, side, n_steps, injection, cfg_weight, confidence, batch_size, device,
                 with_pids: bool) -> list[VoteTable]:
     "Every variant's test inputs through all supervision steps, voted per step."
@@ -109,7 +95,22 @@ def _vote_tests(model, task, variants, names, side, n_steps, injection, cfg_weig
         vote_batch(tables, [(inverses[v], task.id, [i]) for v, i, _ in chunk], sp.tokens, vote_confidences(sp, confidence), side)
     return tables
 
-# %% ../nbs/06a_solve.ipynb #4570cf69
+# %% ../nbs/06a_solve.ipynb #4da2a586
+@dataclasses.dataclass
+class SolveResult:
+    "What `solve` returns; `attempts[i]` are the two answers to test input i (original frame)."
+    task: Any                                   # dis_nbdev.arc.Task
+    attempts: list[list[np.ndarray]]            # per test input: [attempt_1, attempt_2]
+    candidates: list[list[Candidate]]           # per test input: every answer of the last step, ranked
+    step_answers: list[list[np.ndarray]]        # per test input: the top-voted answer after each step
+    losses: list[float]                         # test-time-training loss per Adam step
+    variants: list[str]                         # the augmented variants voted over
+    correct: list[bool] | None = None           # per test input, when the task carries test outputs
+    def plot(self, **kw): return plot_solve(self, **kw)
+    def submission(self) -> dict:
+        "This task's entry of a Kaggle submission."
+        return make_submission({self.task.id: [[g for g in a] for a in self.attempts]})
+
 def _answers(task, tables, n_steps: int):
     "(attempts, ranked candidates, top answer per step, correct) of every test input."
     n_test = len(task.test)
@@ -126,6 +127,7 @@ def _answers(task, tables, n_steps: int):
                    for att, p in zip(attempts, task.test)]
     return attempts, candidates, step_answers, correct
 
+# %% ../nbs/06a_solve.ipynb #e37771dd
 def solve(task, model, n_aug: int = 8, ttt_steps: int = 300, lr: float = 1e-2, n_steps: int | None = None,
           injection: str | None = None, targets: str | None = None, cfg_weight: float | None = None,
           confidence: str = 'prob', device='auto', seed: int = 0, batch_size: int = 64,
@@ -181,6 +183,7 @@ def solve(task, model, n_aug: int = 8, ttt_steps: int = 300, lr: float = 1e-2, n
     attempts, candidates, step_answers, correct = _answers(task, tables, n_steps)
     return SolveResult(task, attempts, candidates, step_answers, losses, names, correct)
 
+# %% ../nbs/06a_solve.ipynb #a8d3c303
 def plot_solve(result: SolveResult, size: float = 1.4, dpi: int = 70):
     "One row per test input: the input, the top answer after each supervision step, the two attempts, the truth."
     import matplotlib.pyplot as plt                    # optional dependency

@@ -119,6 +119,7 @@ def vote(answers: Iterable, confidences: Iterable | None = None) -> list[Candida
     for a, c in zip(answers, confidences): _add(stats, grid_key(a), c)
     return rank_candidates(stats)
 
+# %% ../nbs/06b_vote.ipynb #a8cd561f
 class VoteTable:
     "Votes for the test inputs of many tasks: `(task_id, test_index) -> {grid_key: [count, [confidence sums]]}`."
     def __init__(self): self.stats: dict[tuple[str, int], dict[bytes, list]] = {}

@@ -147,7 +147,7 @@ def make_state(cfg: TrainConfig, resume: bool = False) -> TrainState:
     elif info.is_main: truncate_metrics(st.run_dir, 0)   # records of an attempt killed before its first checkpoint
     return st
 
-# %% ../nbs/05_train.ipynb #9f256992
+# %% ../nbs/05_train.ipynb #734c06ce
 RESUME_APPLIED = ('lr', 'weight_decay', 'beta1', 'beta2', 'puzzle_emb_lr', 'puzzle_emb_weight_decay', 'lr_warmup_steps',
                   'lr_min_ratio', 'lr_schedule', 'max_steps', 'epochs')
 RESUME_FIXED = ('seed', 'global_batch_size', 'optimizer_kind')
@@ -230,7 +230,7 @@ def fit(st: TrainState) -> dict:
     finally:
         st.fire('cleanup')
 
-# %% ../nbs/05_train.ipynb #226e2c1e
+# %% ../nbs/05_train.ipynb #210db52c
 class Trainer:
     "One training run: `Trainer(cfg, resume).run()` (or `train(config)`); `state` holds everything it changes."
     def __init__(self, cfg: TrainConfig, resume: bool = False, callbacks: list | None = None):
@@ -278,7 +278,7 @@ def train(config: TrainConfig | dict, resume: bool = False, callbacks: list | No
     trainer.state.callbacks += extra
     return trainer.run()
 
-# %% ../nbs/05_train.ipynb #9055e93f
+# %% ../nbs/05_train.ipynb #7ab6dd2e
 # `key=value` overrides: the one syntax of every command (`dis-run` too), re-exported as `train.apply_overrides`
 from .config import apply_overrides, check_start
 

@@ -25,7 +25,7 @@ __all__ = ['examples_batch', 'StepLogits', 'counterfactual_rollout', 'rankdata',
            'StepStats', 'PolicyAnalysis', 'analyse_policy', 'resolve_data_dir', 'run_injection', 'run_batches',
            'analyse_run', 'binned_means', 'plot_delta_vs_advantage', 'plot_pi_vs_pu', 'plot_improvement_curves']
 
-# %% ../nbs/07_analysis.ipynb #6f9fde8f
+# %% ../nbs/07_analysis.ipynb #7647959e
 def examples_batch(tasks: Sequence[Task], side: int = 30, pairs: str = 'test', max_examples: int | None = None) -> dict:
     "A Batch dict ('inputs', 'labels' with PAD -> -100, 'puzzle_identifiers' = 0, 'mask') from real ARC tasks."
     if pairs not in ('test', 'train', 'all'): raise ConfigError(f"pairs: expected 'test', 'train' or 'all', got {pairs!r}")
@@ -152,7 +152,7 @@ class PolicyAnalysis:
             rows.append('| ' + ' | '.join(f'{x:.4g}' if isinstance(x, float) else str(x) for x in v) + ' |')
         return '\n'.join(rows)
 
-# %% ../nbs/07_analysis.ipynb #5930a241
+# %% ../nbs/07_analysis.ipynb #51145c54
 def _batches(batches) -> list[dict]:
     return [batches] if isinstance(batches, dict) else list(batches)
 
@@ -180,7 +180,7 @@ def _collect_steps(model, batches, n_steps, injection, device) -> tuple[dict, in
             d['wrong'].append(((a.argmax(-1) != labels) & m).sum(1)); d['wrong_u'].append(((c.argmax(-1) != labels) & m).sum(1))
     return acc, n_examples
 
-# %% ../nbs/07_analysis.ipynb #a5c20ed2
+# %% ../nbs/07_analysis.ipynb #3647f424
 def analyse_policy(model, batches, n_steps: int | None = None, injection: str = 'x', device=None,
                    max_points: int = 4000, max_pairs: int = 400_000, seed: int = 0, label: str = '') -> PolicyAnalysis:
     "Policy-improvement analysis of `model` on `batches` (a Batch dict or an iterable of them)."
@@ -231,7 +231,7 @@ def analyse_policy(model, batches, n_steps: int | None = None, injection: str = 
         mean_dl_incorrect=sum(s.mean_dl_incorrect * s.n_positions for s in steps) / sum(s.n_positions for s in steps),
         n_examples=n_examples, n_positions=steps[0].n_positions, injection=injection, label=label, samples=samples)
 
-# %% ../nbs/07_analysis.ipynb #c4a879b6
+# %% ../nbs/07_analysis.ipynb #07fe8cd5
 def resolve_data_dir(data_dir, run_dir) -> Path:
     "A run's `data_dir` as given, or, when that is a relative path that does not exist from here, relative to an ancestor of the run folder."
     p = Path(data_dir)

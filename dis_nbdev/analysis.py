@@ -21,9 +21,26 @@ from .methods import step_rule
 from .checkpoint import load_trained
 
 # %% auto #0
-__all__ = ['StepLogits', 'counterfactual_rollout', 'rankdata', 'spearman', 'identity_rhs', 'advantage', 'StepStats',
-           'PolicyAnalysis', 'analyse_policy', 'examples_batch', 'resolve_data_dir', 'run_injection', 'run_batches',
+__all__ = ['examples_batch', 'StepLogits', 'counterfactual_rollout', 'rankdata', 'spearman', 'identity_rhs', 'advantage',
+           'StepStats', 'PolicyAnalysis', 'analyse_policy', 'resolve_data_dir', 'run_injection', 'run_batches',
            'analyse_run', 'binned_means', 'plot_delta_vs_advantage', 'plot_pi_vs_pu', 'plot_improvement_curves']
+
+# %% ../nbs/07_analysis.ipynb #7647959e
+def examples_batch(tasks: Sequence[Task], side: int = 30, pairs: str = 'test', max_examples: int | None = None) -> dict:
+    "A Batch dict ('inputs', 'labels' with PAD -> -100, 'puzzle_identifiers' = 0, 'mask') from real ARC tasks."
+    if pairs not in ('test', 'train', 'all'): raise ConfigError(f"pairs: expected 'test', 'train' or 'all', got {pairs!r}")
+    chosen = []
+    for t in tasks:
+        for p in (t.test if pairs == 'test' else t.train if pairs == 'train' else t.train + t.test):
+            if p.output is None or max(p.input.shape) > side or max(p.output.shape) > side: continue
+            chosen.append(p)
+            if max_examples is not None and len(chosen) >= max_examples: break
+        if max_examples is not None and len(chosen) >= max_examples: break
+    if not chosen: raise ConfigError(f'examples_batch: no {pairs} pair of the {len(tasks)} task(s) fits a {side}x{side} canvas')
+    inputs, labels = map(torch.from_numpy, pairs_to_tokens(chosen, side))
+    B = inputs.shape[0]
+    return {'inputs': inputs, 'labels': labels, 'puzzle_identifiers': torch.zeros(B, dtype=torch.long),
+            'mask': torch.ones(B, dtype=torch.bool)}
 
 # %% ../nbs/07_analysis.ipynb #8716e95e
 @dataclass
@@ -135,13 +152,12 @@ class PolicyAnalysis:
             rows.append('| ' + ' | '.join(f'{x:.4g}' if isinstance(x, float) else str(x) for x in v) + ' |')
         return '\n'.join(rows)
 
-# %% ../nbs/07_analysis.ipynb #4a30a0c0
+# %% ../nbs/07_analysis.ipynb #51145c54
 def _batches(batches) -> list[dict]:
     return [batches] if isinstance(batches, dict) else list(batches)
 
-def analyse_policy(model, batches, n_steps: int | None = None, injection: str = 'x', device=None,
-                   max_points: int = 4000, max_pairs: int = 400_000, seed: int = 0, label: str = '') -> PolicyAnalysis:
-    "Policy-improvement analysis of `model` on `batches` (a Batch dict or an iterable of them)."
+def _collect_steps(model, batches, n_steps, injection, device) -> tuple[dict, int]:
+    "Per step, the per-position quantities of every batch's kept rows ({step: {name: [tensors]}}), and the rows."
     acc: dict[int, dict[str, list]] = {}
     n_examples = 0
     for batch in _batches(batches):
@@ -162,6 +178,13 @@ def analyse_policy(model, batches, n_steps: int | None = None, injection: str = 
             d['dl'].append(av - cv); d['y'].append(y)
             d['pi_star'].append(pi.gather(-1, y[:, None])[:, 0]); d['pu_star'].append(pu.gather(-1, y[:, None])[:, 0])
             d['wrong'].append(((a.argmax(-1) != labels) & m).sum(1)); d['wrong_u'].append(((c.argmax(-1) != labels) & m).sum(1))
+    return acc, n_examples
+
+# %% ../nbs/07_analysis.ipynb #3647f424
+def analyse_policy(model, batches, n_steps: int | None = None, injection: str = 'x', device=None,
+                   max_points: int = 4000, max_pairs: int = 400_000, seed: int = 0, label: str = '') -> PolicyAnalysis:
+    "Policy-improvement analysis of `model` on `batches` (a Batch dict or an iterable of them)."
+    acc, n_examples = _collect_steps(model, batches, n_steps, injection, device)
     if not acc: raise ValueError('analyse_policy: no examples (every batch row was padding)')
     g = torch.Generator().manual_seed(seed)
     steps, samples, pooled = [], {}, {'dl': [], 'adv': [], 'dlc': [], 'improved': []}
@@ -208,23 +231,7 @@ def analyse_policy(model, batches, n_steps: int | None = None, injection: str = 
         mean_dl_incorrect=sum(s.mean_dl_incorrect * s.n_positions for s in steps) / sum(s.n_positions for s in steps),
         n_examples=n_examples, n_positions=steps[0].n_positions, injection=injection, label=label, samples=samples)
 
-# %% ../nbs/07_analysis.ipynb #2d484dda
-def examples_batch(tasks: Sequence[Task], side: int = 30, pairs: str = 'test', max_examples: int | None = None) -> dict:
-    "A Batch dict ('inputs', 'labels' with PAD -> -100, 'puzzle_identifiers' = 0, 'mask') from real ARC tasks."
-    if pairs not in ('test', 'train', 'all'): raise ConfigError(f"pairs: expected 'test', 'train' or 'all', got {pairs!r}")
-    chosen = []
-    for t in tasks:
-        for p in (t.test if pairs == 'test' else t.train if pairs == 'train' else t.train + t.test):
-            if p.output is None or max(p.input.shape) > side or max(p.output.shape) > side: continue
-            chosen.append(p)
-            if max_examples is not None and len(chosen) >= max_examples: break
-        if max_examples is not None and len(chosen) >= max_examples: break
-    if not chosen: raise ConfigError(f'examples_batch: no {pairs} pair of the {len(tasks)} task(s) fits a {side}x{side} canvas')
-    inputs, labels = map(torch.from_numpy, pairs_to_tokens(chosen, side))
-    B = inputs.shape[0]
-    return {'inputs': inputs, 'labels': labels, 'puzzle_identifiers': torch.zeros(B, dtype=torch.long),
-            'mask': torch.ones(B, dtype=torch.bool)}
-
+# %% ../nbs/07_analysis.ipynb #07fe8cd5
 def resolve_data_dir(data_dir, run_dir) -> Path:
     "A run's `data_dir` as given, or, when that is a relative path that does not exist from here, relative to an ancestor of the run folder."
     p = Path(data_dir)

@@ -148,7 +148,7 @@ def make_state(cfg: TrainConfig, resume: bool = False) -> TrainState:
     elif info.is_main: truncate_metrics(st.run_dir, 0)   # records of an attempt killed before its first checkpoint
     return st
 
-# %% ../nbs/05_train.ipynb #b9b8e3fa
+# %% ../nbs/05_train.ipynb #734c06ce
 RESUME_APPLIED = ('lr', 'weight_decay', 'beta1', 'beta2', 'puzzle_emb_lr', 'puzzle_emb_weight_decay', 'lr_warmup_steps',
                   'lr_min_ratio', 'lr_schedule', 'max_steps', 'epochs')
 RESUME_FIXED = ('seed', 'global_batch_size', 'optimizer_kind')
@@ -188,7 +188,10 @@ def resume_state(st: TrainState, path) -> None:
     ck = read_checkpoint(path, device='cpu')
     old = from_dict(TrainConfig, ck['config'], f'{path}: config')
     if (old.method, old.preset) == (st.cfg.method, st.cfg.preset): check_resumable(old, st.cfg, str(path))
-    load_state(st, path, ck)     # refuses another method, preset or dataset
+    # load_state refuses another method, preset or dataset, and a changed optimizer setting: those this resume
+    # applies (RESUME_APPLIED) it is shown as they will run, after the checks above
+    applied = {k: getattr(st.cfg, k) for k in RESUME_APPLIED if k in ck.get('config', {})}
+    load_state(st, path, {**ck, 'config': {**ck.get('config', {}), **applied}})
     for o in st.optimizers: place_optimizer_state(o)     # the CUDA adam-atan2 reads its `step` on the parameter's device
     ch = apply_changed_settings(st, old, str(path))
     if ch and st.is_main:
@@ -228,7 +231,7 @@ def fit(st: TrainState) -> dict:
     finally:
         st.fire('cleanup')
 
-# %% ../nbs/05_train.ipynb #6f9f454d
+# %% ../nbs/05_train.ipynb #210db52c
 class Trainer:
     "One training run: `Trainer(cfg, resume).run()` (or `train(config)`); `state` holds everything it changes."
     def __init__(self, cfg: TrainConfig, resume: bool = False, callbacks: list | None = None):
@@ -263,17 +266,20 @@ class Trainer:
         "Release the run folder (done by `run`; call it for a Trainer that is never run)."
         if self.lock is not None: self.lock.release()
 
-def train(config: TrainConfig | dict, resume: bool = False) -> dict:
-    "Train per `config` (DIS or TRM-ACT); writes out_dir/{config.json, checkpoint.pt, metrics.jsonl, summary.json}."
+def train(config: TrainConfig | dict, resume: bool = False, callbacks: list | None = None) -> dict:
+    """Train per `config` (DIS or TRM-ACT), `callbacks` (a `Callback` or a list) added after the default ones;
+    writes out_dir/{config.json, checkpoint.pt, metrics.jsonl, summary.json}."""
     cfg = as_train_config(config)
+    extra = [callbacks] if isinstance(callbacks, Callback) else list(callbacks or [])
     had_pg = dist.is_available() and dist.is_initialized()
     try: trainer = Trainer(cfg, resume=resume)
     except BaseException:
         if not had_pg and dist.is_available() and dist.is_initialized(): dist.destroy_process_group()
         raise
+    trainer.state.callbacks += extra
     return trainer.run()
 
-# %% ../nbs/05_train.ipynb #8d5f14e1
+# %% ../nbs/05_train.ipynb #7ab6dd2e
 # `key=value` overrides: the one syntax of every command (`dis-run` too), re-exported as `train.apply_overrides`
 from .config import apply_overrides, check_start
 
@@ -294,5 +300,4 @@ def train_cli(argv: list[str] | None = None):
     if summary['state'] == 'interrupted': raise SystemExit(EXIT_INTERRUPTED)
     return summary
 
-# %% ../nbs/05_train.ipynb #33d5add3
 if __name__ == '__main__' and '__file__' in globals(): train_cli()   # python -m dis_nbdev.train (not in a notebook)

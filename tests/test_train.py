@@ -78,6 +78,23 @@ def test_dis_learns_on_real_arc(arc_small, tmp_path):
     assert (tmp_path / 'run' / 'summary.json').exists() and (tmp_path / 'run' / 'config.json').exists()
 
 
+# ------------------------------------------------------------------------------------------- callbacks
+def test_train_adds_callbacks_after_the_defaults(arc_small, tmp_path):
+    "train(callbacks=) runs a user's callback beside the default ones: it sees every optimizer step and every record."
+    class Count(T.Callback):
+        def __init__(self): self.steps, self.records = 0, []
+        def after_step(self, st): self.steps += 1
+        def on_record(self, st, rec): self.records.append(rec['step'])
+    one, two = Count(), Count()
+    s = T.train(cfg(arc_small, tmp_path / 'run', max_steps=12, log_every=6), callbacks=[one, two])
+    assert s['step'] == 12 and one.steps == two.steps == 12 and one.records == [6, 12]
+    assert [r['step'] for r in records(tmp_path / 'run')] == [6, 12]       # the defaults still log and checkpoint
+    assert T.read_checkpoint(tmp_path / 'run')['step'] == 12
+    single = Count()                                                         # one callback needs no list
+    T.train(cfg(arc_small, tmp_path / 'one', max_steps=6), callbacks=single)
+    assert single.steps == 6
+
+
 # ------------------------------------------------------------------------------------------- resume
 @pytest.mark.parametrize('method', ['dis', 'trm'])
 def test_crash_and_resume_is_identical(arc_aug, tmp_path, method):

@@ -132,7 +132,7 @@ def _read_json_or(path: Path, default=None):
     try: return json.loads(Path(path).read_text(encoding='utf-8'))
     except (OSError, ValueError): return default
 
-# %% ../nbs/08_figures.ipynb #51471a58
+# %% ../nbs/08_figures.ipynb #59785dc7
 RUN_FILES = ('metrics.jsonl', 'summary.json', 'checkpoint.pt')
 
 def read_run_config(path) -> dict:
@@ -456,7 +456,7 @@ def make_all_figures(runs_dir='runs', out_dir='figures', train_if_empty: bool = 
             out['analysis'] = [atomic_write_json(out_dir / 'analysis.json', {k: a.to_dict() for k, a in analyses.items()})]
     return out
 
-# %% ../nbs/08_figures.ipynb #d13cbfd7
+# %% ../nbs/08_figures.ipynb #d1d7c7ab
 def figures_cli(argv=None) -> None:
     "dis-figures --runs runs/ --out figures/ : every figure and table from saved run folders."
     ap = argparse.ArgumentParser(prog='dis-figures', description=figures_cli.__doc__)

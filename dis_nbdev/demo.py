@@ -4,25 +4,25 @@
 
 # %% ../nbs/11_demo.ipynb #de810ddf
 from __future__ import annotations
-import argparse, json, time
+import argparse, json, sys, time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .core import ConfigError, atomic_write_json, load_yaml, project_root
+from .core import EXIT_INTERRUPTED, ConfigError, DisError, atomic_write_json, load_yaml, project_root
 from .arc import IGNORE_LABEL, fits, grid_to_tokens, load_subsets, plot_grid, tokens_to_grid
 from .dataset import open_split
 from .evaluate import load_test_puzzles
 from .runner import (RunSpec, load_run_spec, prepare_data, launch_training, run_evaluation,
-                              read_metrics, select_tasks, _run_as_script)
+                              read_metrics, select_tasks, RunInterrupted, _run_as_script)
 from .experiments import load_grid, run_grid
 
 # %% auto #0
 __all__ = ['QUICK_RUNS', 'NET_CALLS', 'DEFAULT_STEPS', 'SMOKE_STEPS', 'SMOKE', 'SUDOKU_SMOKE', 'STEP_CPU_S',
            'PART1_CPU_S_PER_SEED', 'PART2_OTHER_S', 'configs_dir', 'quick_steps', 'quick_spec', 'data_summary',
            'baselines', 'sudoku_grid', 'run_sudoku', 'run_quick', 'run_facts', 'plot_quick', 'sudoku_answer',
-           'expected_minutes', 'arc_answer', 'print_table', 'demo_parser', 'main']
+           'expected_minutes', 'arc_answer', 'print_table', 'demo_parser', 'main', 'cli']
 
 # %% ../nbs/11_demo.ipynb #871c6ee1
 QUICK_RUNS = {'cpu_quick_dis': 'DIS-compact (T1 n2, 6 steps)',
@@ -348,5 +348,12 @@ def main(argv=None) -> dict:
     print('\n'.join(['', 'What these numbers say:', *answer]))
     return summary
 
+def cli(argv=None) -> int:
+    "`main` for the shell: an interrupted run (a signal) exits 75 with the line that says how to resume; a bad input exits 2."
+    try: main(argv)
+    except RunInterrupted as e: print(f'demo: {e}', file=sys.stderr); return EXIT_INTERRUPTED
+    except DisError as e: print(f'demo: error: {e}', file=sys.stderr); return 2
+    return 0
+
 if __name__ == '__main__' and _run_as_script('demo'):
-    main()
+    sys.exit(cli())

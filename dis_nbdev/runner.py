@@ -470,7 +470,8 @@ def execute_run(config, out='runs', gpus: int = 1, overrides=None, notebook=None
                 pm.execute_notebook(str(notebook or default_notebook()), str(run_dir/'train.ipynb'),
                                     parameters=dict(config_path=cfg_param, run_dir=str(run_dir.resolve()), gpus=int(gpus)),
                                     kernel_name=kernel, cwd=str(Path.cwd()), progress_bar=False,
-                                    stdout_file=sys.stdout if stream else None, stderr_file=sys.stderr if stream else None)
+                                    stdout_file=sys.stdout if stream else None, stderr_file=sys.stderr if stream else None,
+                                    extra_arguments=['--IPKernelApp.log_level=ERROR'])   # no ipykernel "running over TCP without encryption" warning
             except KeyboardInterrupt:
                 interrupted('KeyboardInterrupt'); raise
             except Exception as e:

@@ -124,3 +124,20 @@ def test_output_checks_catch_missing_and_stale_outputs(tmp_path):
     nb.write_text(json.dumps(cells))
     r = _run_tool('--check', str(nb))
     assert r.returncode == 1 and 'saved output differs from a fresh run' in r.stderr and "'stdout: 42'" in r.stderr
+
+
+def test_search_works_from_disk(tmp_path, browser):
+    "The built site opened from file:// (as the README says to): search finds a documented function, offline."
+    root = tmp_path / 'proj'
+    (root / 'nbs').mkdir(parents=True); (root / 'dis_nbdev').mkdir()
+    shutil.copy(ROOT / 'mkdocs.yml', root / 'mkdocs.yml')
+    (root / 'README.md').write_text('# proj\n\nA tiny project.\n')
+    (root / 'dis_nbdev' / '__init__.py').write_text('')
+    (root / 'dis_nbdev' / 'a.py').write_text('__all__ = ["twice"]\n\ndef twice(x: int) -> int:\n    "Doubles `x` by recursion."\n    return 2 * x\n')
+    (root / 'nbs' / '00_a.ipynb').write_text(json.dumps(_nb([_md('# a\n\n> the recursion notebook'), _code('#| default_exp a')])))
+    site = build_docs.build(root, tmp_path / 'site')
+    n, errors = check_site.check_search_from_disk(site, 'recursion', chromium=browser)
+    assert errors == [] and n >= 2, errors            # the notebook page and the API page
+    (site / 'assets' / 'iframe-worker.js').unlink()    # without the shim the browser refuses the search worker on file://
+    n, errors = check_site.check_search_from_disk(site, 'recursion', chromium=browser, timeout_ms=4000)
+    assert n == 0 and any('no result' in e for e in errors), errors

@@ -106,5 +106,27 @@ def test_figures_cli_from_saved_runs(made, tmp_path):
     assert 'files in' in r.stdout
     assert (tmp_path / 'f' / 'table1.md').read_text().startswith('| model |')
     assert (tmp_path / 'f' / 'training_curves.pdf').exists() and not (tmp_path / 'f' / 'improvement_curves.png').exists()
-    with pytest.raises(ValueError, match='no run folders'):
+    (tmp_path / 'nothing').mkdir()
+    with pytest.raises(SystemExit) as e:
         figures_cli(['--runs', str(tmp_path / 'nothing'), '--out', str(tmp_path / 'g'), '--no-train'])
+    assert e.value.code == 2
+
+
+def test_two_runs_of_one_config_get_two_figures_and_dis_eval_results_count(made, tmp_path):
+    """Runs are named by their folder: two seeds of one config (same config name) give two per-run figures, and a run
+    scored by dis-eval (eval/eval.json) is shown with its score, not as 'not evaluated'."""
+    root, _ = made
+    dis = next(r for r in load_runs(root / 'runs') if r.method == 'dis')
+    runs = tmp_path / 'runs'
+    for seed in ('seed0', 'seed1'): shutil.copytree(dis.path, runs / seed)
+    (runs / 'seed1' / 'eval').mkdir()
+    (runs / 'seed1' / 'eval.json').rename(runs / 'seed1' / 'eval' / 'eval.json')      # where dis-eval writes it
+    loaded = load_runs(runs)
+    assert [r.name for r in loaded] == ['seed0', 'seed1'] and {r.config['name'] for r in loaded} == {dis.config['name']}
+    assert loaded[1].eval == dis.eval
+    row = next(r for r in table1(loaded)['rows'] if r['model'] == 'DIS-compact')
+    assert row['run pass@2'] != 'not evaluated' and float(row['run pass@2']) >= 0
+    out = make_all_figures(runs, tmp_path / 'f', max_examples=4, log=lambda *a: None)
+    per_run = sorted(k for k in out if k.startswith('policy_delta_vs_advantage_'))
+    assert per_run == ['policy_delta_vs_advantage_seed0', 'policy_delta_vs_advantage_seed1']
+    for k in per_run: _ok(out[k][:2])

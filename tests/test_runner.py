@@ -147,7 +147,7 @@ def test_every_config_is_valid(path):
         assert (cfg.global_batch_size, cfg.optimizer) == ((512, 'adamw') if cfg.method == 'dis' else (768, 'adam_atan2'))
     if path.stem.startswith('cpu_quick'):
         assert (spec.data['side'], spec.data['num_aug'], cfg.global_batch_size, cfg.lr) == (6, 8, 64, 1e-3)
-        assert cfg.time_budget_s == 600 and mc.hidden_size == 256 and mc.num_layers == 1
+        assert cfg.time_budget_s is None and cfg.max_steps * mc.T * (mc.n + 1) == 1080 and mc.hidden_size == 256 and mc.num_layers == 1
 
 
 def test_unfinished_run_resumes(tmp_path):

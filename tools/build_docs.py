@@ -168,7 +168,8 @@ def generate(root: Path = ROOT) -> list:
     SRC = root / '_site_src' / 'docs'
     if SRC.parent.exists(): shutil.rmtree(SRC.parent)
     (SRC / 'notebooks').mkdir(parents=True); (SRC / 'api').mkdir(); (SRC / 'assets').mkdir()
-    shutil.copy2(Path(__file__).parent / 'docs_assets' / 'notebook.css', SRC / 'assets' / 'notebook.css')
+    for f in (Path(__file__).parent / 'docs_assets').iterdir():      # notebook.css, iframe-worker.js (search from disk)
+        if f.is_file(): shutil.copy2(f, SRC / 'assets' / f.name)
     nbs = notebooks(root / 'nbs')
     stems = [p.stem for p in nbs]
     link_map = {s: (lambda stem: (lambda page_dir: f'notebooks/{stem}.md' if page_dir == SRC else f'{stem}.md'))(s)

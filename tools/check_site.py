@@ -6,7 +6,8 @@ internal link is loaded; a page fails when
   - it, or anything it loads (stylesheet, script, image), answers an HTTP error or cannot be fetched,
   - it asks for anything outside the site (the site must work offline),
   - an <img> has not loaded (naturalWidth 0),
-  - an internal link points to a file that does not exist (404).
+  - an internal link points to a file that does not exist (404),
+  - opened from disk (file://, as the README says to open it), its search finds nothing (`--search WORD`).
 Screenshots of chosen pages are written for review (`--shots-dir`, default `_site_shots/`).
 Exit status 1 lists every problem; 0 prints how many pages, images and links were checked.
 """
@@ -64,10 +65,48 @@ def _is_page(url: str) -> bool:
     return path.endswith('/') or path.endswith('.html')
 
 
+def check_search_from_disk(site_dir, query: str, chromium: str | None = None, timeout_ms: int = 15000) -> tuple[int, list[str]]:
+    """Open `site_dir/index.html` from disk (file://, as a reader does after `make docs`), type `query` into the search
+    box and wait for results. Returns (number of results, errors): no search box, no result (search never started,
+    e.g. a Worker the browser refuses on file://), a script error, or a request outside the site's folder."""
+    from playwright.sync_api import TimeoutError as PwTimeout, sync_playwright
+    site_dir = Path(site_dir).resolve()
+    root = site_dir.as_uri()
+    chromium = chromium or find_chromium()
+    if not chromium: raise FileNotFoundError('no chromium on PATH (Debian: apt-get install -y chromium)')
+    errors: list[str] = []
+    with tempfile.TemporaryDirectory(prefix='site-search-') as profile, sync_playwright() as pw:
+        ctx = pw.chromium.launch_persistent_context(profile, executable_path=chromium, headless=True, args=CHROMIUM_FLAGS,
+                                                    viewport={'width': 1280, 'height': 900})
+        local = lambda url: url.startswith((root, 'data:', 'blob:', 'about:'))
+        ctx.route(lambda url: not local(url), lambda route: route.abort())
+        page = ctx.new_page()
+        page.on('request', lambda req: None if local(req.url) else errors.append(f'file:// search: requests something '
+                                                                                   f'outside the site: {req.url}'))
+        page.on('pageerror', lambda e: errors.append(f'file:// search: script error: {e}'))
+        page.goto(site_dir.joinpath('index.html').as_uri(), wait_until='load')
+        box = page.locator('input.md-search__input, input[data-md-component="search-query"]').first
+        n = 0
+        if not box.count(): errors.append('file:// search: index.html has no search box')
+        else:
+            if not box.is_visible(): page.keyboard.press('s')           # the header's search toggle (narrow screens)
+            box.type(query, timeout=timeout_ms)
+            try:
+                page.wait_for_selector('.md-search-result__item', timeout=timeout_ms)
+                n = page.locator('.md-search-result__item').count()
+            except PwTimeout:
+                meta = page.locator('.md-search-result__meta')
+                state = ' '.join(meta.inner_text().split()) if meta.count() else 'no result list'
+                errors.append(f'file:// search: no result for {query!r} within {timeout_ms / 1000:g} s ({state})')
+        ctx.close()
+    return n, errors
+
+
 def check_site(site_dir, shots: dict[str, str] | None = None, shots_dir=None, chromium: str | None = None,
-               max_pages: int = 2000, log=print) -> dict:
-    """Crawl `site_dir` in headless Chromium. Returns {'pages', 'images', 'links', 'errors': [str], 'shots': [Path]}.
-    `shots` maps a screenshot name to a page path (relative to the site); missing pages there are errors too."""
+               max_pages: int = 2000, log=print, search: str | None = None) -> dict:
+    """Crawl `site_dir` in headless Chromium. Returns {'pages', 'images', 'links', 'errors': [str], 'shots': [Path],
+    'search_results'}. `shots` maps a screenshot name to a page path (relative to the site); missing pages there are
+    errors too. `search`: also open the site from disk (file://) and search it for this word (`check_search_from_disk`)."""
     from playwright.sync_api import sync_playwright
     site_dir = Path(site_dir)
     if not (site_dir / 'index.html').is_file(): raise FileNotFoundError(f'{site_dir}: no index.html (build the site first: make docs)')
@@ -133,7 +172,12 @@ def check_site(site_dir, shots: dict[str, str] | None = None, shots_dir=None, ch
                 page.screenshot(path=str(out)); shot_files.append(out)
         ctx.close()
     n_links = len(checked_links) + len(seen)
-    return {'pages': len(seen), 'images': n_img, 'links': n_links, 'errors': errors, 'shots': shot_files}
+    n_found = None
+    if search:
+        n_found, search_errors = check_search_from_disk(site_dir, search, chromium)
+        errors += search_errors
+    return {'pages': len(seen), 'images': n_img, 'links': n_links, 'errors': errors, 'shots': shot_files,
+            'search_results': n_found}
 
 
 def main(argv=None) -> int:
@@ -142,11 +186,14 @@ def main(argv=None) -> int:
     ap.add_argument('--shots-dir', default=str(ROOT / '_site_shots'))
     ap.add_argument('--shot', action='append', default=[], metavar='NAME=PAGE',
                     help='screenshot PAGE (site-relative) as NAME.png (default: index, model and figure pages)')
+    ap.add_argument('--search', default='recursive', metavar='WORD',
+                    help="open the site from disk (file://) and search for WORD (default: recursive; '' skips it)")
     a = ap.parse_args(argv)
     shots = dict(s.split('=', 1) for s in a.shot) if a.shot else DEFAULT_SHOTS
-    r = check_site(a.site_dir, shots, a.shots_dir)
+    r = check_site(a.site_dir, shots, a.shots_dir, search=a.search or None)
     for e in r['errors']: print('ERROR', e, file=sys.stderr)
-    print(f"browser check: {r['pages']} pages, {r['images']} images, {r['links']} distinct internal links; "
+    found = '' if r['search_results'] is None else f"search from file:// for {a.search!r}: {r['search_results']} result(s); "
+    print(f"browser check: {r['pages']} pages, {r['images']} images, {r['links']} distinct internal links; {found}"
           f"{len(r['errors'])} problem(s); screenshots: {', '.join(str(p) for p in r['shots'])}")
     return 1 if r['errors'] else 0
 

@@ -1,9 +1,9 @@
 """The 4x4 Sudoku bar of issue 11: TRM with `mlp_t` should solve >= 95% of held-out boards exactly after
 <= 2000 optimizer steps of batch 32 on one CPU thread (hidden 128, 2 layers).
 
-Generates 4x4 Sudoku with `dis_nbdev.puzzles.build_puzzle_dataset` (unique solutions, 6-10 cells removed;
+Generates 4x4 Sudoku with `dis_nbdev.boards.build_puzzle_dataset` (unique solutions, 6-10 cells removed;
 `--train` puzzles to learn from, `--test` held out), trains each arm with `dis_nbdev.train.train` and scores
-the final weights (EMA when on) with `dis_nbdev.puzzles.evaluate_puzzle_run` on the held-out split: exact
+the final weights (EMA when on) with `dis_nbdev.boards.evaluate_puzzle_run` on the held-out split: exact
 boards and valid boards at the last supervision step, plus the best step. CPU-seconds are the process
 CPU time of the training call (one torch thread), so they do not depend on how busy the machine is.
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from dis_nbdev.puzzles import ensure_puzzle_dataset, evaluate_puzzle_run
+from dis_nbdev.boards import ensure_puzzle_dataset, evaluate_puzzle_run
 from dis_nbdev.train import apply_overrides, train
 
 # The recipe (tuning notes in bench/RECIPES.md). Every arm: batch 32, 2000 optimizer steps, same data.

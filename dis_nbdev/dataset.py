@@ -107,6 +107,7 @@ def _dihedral_coords(t: int, i, j, h, w):
     if t == 6: return j, i
     return w - 1 - j, h - 1 - i
 
+# %% ../nbs/02_dataset.ipynb #2c7a572f
 class _TaskRenderer:
     "Renders the rows of one task's variants for one split, vectorised over variants and examples."
     def __init__(self, examples, side: int):
@@ -437,6 +438,7 @@ class ArcSplit:
     def __repr__(self):
         return f'ArcSplit({self.split}: {len(self)} rows, {self.num_puzzles} puzzles, {self.num_groups} groups, side {self.side})'
 
+# %% ../nbs/02_dataset.ipynb #123b261f
 def open_split(data_dir, split: str = 'train', verify: bool = True) -> ArcSplit:
     "Open split `split` of a dataset built by `build_arc_dataset` (or TRM's builder); checked against its manifest."
     return ArcSplit(data_dir, split, verify)

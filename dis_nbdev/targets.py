@@ -104,6 +104,7 @@ class TargetGenerator:
         args = ', '.join(f'{k}={v!r}' for k, v in vars(self).items())
         return f'{type(self).__name__}({args})'
 
+# %% ../nbs/04_targets.ipynb #dabf65bd
 class InputToLabel(TargetGenerator):
     "The DIS code's targets: a random path from the input to the label (see `input_to_label_path`)."
     name = 'input_to_label'

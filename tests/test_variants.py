@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from dis_nbdev.convert import load_reference_checkpoint, load_reference_model, to_reference_state_dict
 from dis_nbdev.core import ConfigError
 from dis_nbdev.model import RecursiveModel, model_config
-from dis_nbdev.puzzles import make_examples
+from dis_nbdev.boards import make_examples
 
 PREFIX = '_orig_mod.model.inner.'
 pytestmark = pytest.mark.usefixtures('one_torch_thread')

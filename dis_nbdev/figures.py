@@ -30,8 +30,8 @@ __all__ = ['DEFAULT_TASK_IDS', 'TARGETS', 'RUN_FILES', 'TINY_MODEL', 'PAPER_ROWS
            'pick_tasks', 'step_targets', 'figure_blueprint', 'figure_corruption', 'figure_corruption_all', 'RunInfo',
            'read_run_config', 'run_eval', 'load_run', 'is_run_dir', 'load_runs', 'tiny_task_ids', 'tiny_configs',
            'tiny_runs', 'run_params', 'run_data', 'run_pass2', 'table1', 'figure_table1', 'step_keys',
-           'figure_training_curves', 'run_cost', 'preset_net_calls', 'figure_cost', 'make_all_figures',
-           'trajectory_figures', 'figures_cli']
+           'figure_training_curves', 'run_cost', 'preset_net_calls', 'figure_cost', 'trajectory_figures',
+           'make_all_figures', 'figures_cli']
 
 # %% ../nbs/08_figures.ipynb #f785056b
 def save_figure(fig, out_dir, name: str, dpi: int = 80, close: bool = True) -> list[Path]:
@@ -237,7 +237,7 @@ def _tiny_runs(runs_dir, steps, side, num_aug, log) -> list[Path]:
         out.append(run_dir)
     return out
 
-# %% ../nbs/08_figures.ipynb #ccaa83b7
+# %% ../nbs/08_figures.ipynb #edf4548a
 PAPER_ROWS = [
     {'model': 'TRM', 'preset': 'trm', 'params': '7M', 'ARC-AGI-1': '40.0 (paper 44.6)', 'ARC-AGI-2': '3.0'},
     {'model': 'TRM-medium (T=1, n=2, 6 steps)', 'preset': 'trm_medium', 'params': '7M', 'ARC-AGI-1': '27.0', 'ARC-AGI-2': '0.0'},
@@ -253,6 +253,8 @@ def _fmt_params(n) -> str:
     if n is None: return '?'
     return f'{n / 1e6:.2f}M' if n >= 1e5 else f'{n / 1e3:.0f}k'
 
+
+# %% ../nbs/08_figures.ipynb #e4fd1833
 def run_params(run: RunInfo) -> int | None:
     "Trainable parameters of a run's model (from summary.json, else by building the model from its config)."
     for k in ('params', 'n_params', 'num_params', 'parameters'):
@@ -276,6 +278,8 @@ def run_pass2(run: RunInfo) -> float | None:
     v = pk.get('2', pk.get(2))
     return None if v is None else 100 * float(v)
 
+
+# %% ../nbs/08_figures.ipynb #884da600
 def table1(runs: Sequence[RunInfo] | str | os.PathLike = ()) -> dict:
     "Table 1 rows (paper beside measured) and its markdown: {'rows': [...], 'markdown': str}."
     if isinstance(runs, (str, os.PathLike)): runs = load_runs(runs)
@@ -306,6 +310,8 @@ def table1(runs: Sequence[RunInfo] | str | os.PathLike = ()) -> dict:
             '(pass@2 %, on the run\'s own test set; a tiny or overridden run is not the paper\'s model).')
     return {'rows': rows, 'markdown': '\n'.join(md) + note}
 
+
+# %% ../nbs/08_figures.ipynb #eecba74d
 def _wrap(text: str, width: int = 38) -> str:
     return '\n'.join(textwrap.wrap(text, width)) if len(text) > width else text
 
@@ -328,7 +334,7 @@ def figure_table1(table: dict, dpi: int = 80):
     fig.tight_layout()
     return fig
 
-# %% ../nbs/08_figures.ipynb #f03b5606
+# %% ../nbs/08_figures.ipynb #9680723f
 def _series(recs: list[dict], key: str):
     pts = [(r['step'], r[key]) for r in recs if key in r and 'step' in r and r[key] is not None]
     return ([p[0] for p in pts], [p[1] for p in pts])
@@ -369,6 +375,8 @@ def figure_training_curves(runs: Sequence[RunInfo], dpi: int = 80, tail: float =
     fig.tight_layout()
     return fig
 
+
+# %% ../nbs/08_figures.ipynb #469215b7
 def run_cost(run: RunInfo) -> dict:
     "Forward passes and seconds per sample: training (metrics.jsonl) and evaluation (eval.json), where recorded."
     recs = [m for m in run.metrics if 'loss' in m]
@@ -392,6 +400,8 @@ def run_cost(run: RunInfo) -> dict:
             'eval_net_calls_per_sample': None if ev_calls is None else float(ev_calls),
             'eval_s_per_sample': None if ev_t is None else float(ev_t)}
 
+
+# %% ../nbs/08_figures.ipynb #d3e91c32
 def preset_net_calls(preset: str) -> int:
     "Forward passes (net calls) per sample of a preset run for all its supervision steps: n_sup * T * (n + 1)."
     c = model_config(preset)
@@ -425,6 +435,15 @@ def figure_cost(runs: Sequence[RunInfo], dpi: int = 80, reference: Sequence[str]
     a2.set_xticks(x); a2.set_xticklabels([r.label for r in runs], fontsize=7, rotation=15)
     fig.suptitle('cost per sample, DIS vs TRM', fontsize=9); fig.tight_layout()
     return fig
+
+# %% ../nbs/08_figures.ipynb #953e7a9a
+from .studies import TRAJECTORY, plot_trajectory  # noqa: E402
+
+def trajectory_figures(runs: Sequence[RunInfo], save) -> None:
+    "pass@k against the training step (`trajectory_<run>`) for every run holding a `trajectory.json` (`studies.evaluate_trajectory`)."
+    for r in runs:
+        if (r.path / TRAJECTORY).is_file():
+            save(plot_trajectory(r.path, title=f'{r.label}: pass@k of its kept checkpoints').figure, f'trajectory_{r.name}')
 
 # %% ../nbs/08_figures.ipynb #0841b320
 def make_all_figures(runs_dir='runs', out_dir='figures', train_if_empty: bool = True, analyse: bool = True,
@@ -461,15 +480,6 @@ def make_all_figures(runs_dir='runs', out_dir='figures', train_if_empty: bool = 
             save(plot_improvement_curves(analyses), 'improvement_curves')
             out['analysis'] = [atomic_write_json(out_dir / 'analysis.json', {k: a.to_dict() for k, a in analyses.items()})]
     return out
-
-# %% ../nbs/08_figures.ipynb #953e7a9a
-from .studies import TRAJECTORY, plot_trajectory  # noqa: E402
-
-def trajectory_figures(runs: Sequence[RunInfo], save) -> None:
-    "pass@k against the training step (`trajectory_<run>`) for every run holding a `trajectory.json` (`studies.evaluate_trajectory`)."
-    for r in runs:
-        if (r.path / TRAJECTORY).is_file():
-            save(plot_trajectory(r.path, title=f'{r.label}: pass@k of its kept checkpoints').figure, f'trajectory_{r.name}')
 
 # %% ../nbs/08_figures.ipynb #d1d7c7ab
 def figures_cli(argv=None) -> None:

@@ -237,7 +237,7 @@ def _tiny_runs(runs_dir, steps, side, num_aug, log) -> list[Path]:
         out.append(run_dir)
     return out
 
-# %% ../nbs/08_figures.ipynb #edf4548a
+# %% ../nbs/08_figures.ipynb #49261b6f
 PAPER_ROWS = [
     {'model': 'TRM', 'preset': 'trm', 'params': '7M', 'ARC-AGI-1': '40.0 (paper 44.6)', 'ARC-AGI-2': '3.0'},
     {'model': 'TRM-medium (T=1, n=2, 6 steps)', 'preset': 'trm_medium', 'params': '7M', 'ARC-AGI-1': '27.0', 'ARC-AGI-2': '0.0'},
@@ -253,8 +253,6 @@ def _fmt_params(n) -> str:
     if n is None: return '?'
     return f'{n / 1e6:.2f}M' if n >= 1e5 else f'{n / 1e3:.0f}k'
 
-
-# %% ../nbs/08_figures.ipynb #e4fd1833
 def run_params(run: RunInfo) -> int | None:
     "Trainable parameters of a run's model (from summary.json, else by building the model from its config)."
     for k in ('params', 'n_params', 'num_params', 'parameters'):
@@ -279,7 +277,7 @@ def run_pass2(run: RunInfo) -> float | None:
     return None if v is None else 100 * float(v)
 
 
-# %% ../nbs/08_figures.ipynb #884da600
+# %% ../nbs/08_figures.ipynb #53bdf77b
 def table1(runs: Sequence[RunInfo] | str | os.PathLike = ()) -> dict:
     "Table 1 rows (paper beside measured) and its markdown: {'rows': [...], 'markdown': str}."
     if isinstance(runs, (str, os.PathLike)): runs = load_runs(runs)
@@ -310,8 +308,6 @@ def table1(runs: Sequence[RunInfo] | str | os.PathLike = ()) -> dict:
             '(pass@2 %, on the run\'s own test set; a tiny or overridden run is not the paper\'s model).')
     return {'rows': rows, 'markdown': '\n'.join(md) + note}
 
-
-# %% ../nbs/08_figures.ipynb #eecba74d
 def _wrap(text: str, width: int = 38) -> str:
     return '\n'.join(textwrap.wrap(text, width)) if len(text) > width else text
 
@@ -334,7 +330,7 @@ def figure_table1(table: dict, dpi: int = 80):
     fig.tight_layout()
     return fig
 
-# %% ../nbs/08_figures.ipynb #9680723f
+# %% ../nbs/08_figures.ipynb #f9471c92
 def _series(recs: list[dict], key: str):
     pts = [(r['step'], r[key]) for r in recs if key in r and 'step' in r and r[key] is not None]
     return ([p[0] for p in pts], [p[1] for p in pts])
@@ -376,7 +372,7 @@ def figure_training_curves(runs: Sequence[RunInfo], dpi: int = 80, tail: float =
     return fig
 
 
-# %% ../nbs/08_figures.ipynb #469215b7
+# %% ../nbs/08_figures.ipynb #73663e91
 def run_cost(run: RunInfo) -> dict:
     "Forward passes and seconds per sample: training (metrics.jsonl) and evaluation (eval.json), where recorded."
     recs = [m for m in run.metrics if 'loss' in m]
@@ -400,8 +396,6 @@ def run_cost(run: RunInfo) -> dict:
             'eval_net_calls_per_sample': None if ev_calls is None else float(ev_calls),
             'eval_s_per_sample': None if ev_t is None else float(ev_t)}
 
-
-# %% ../nbs/08_figures.ipynb #d3e91c32
 def preset_net_calls(preset: str) -> int:
     "Forward passes (net calls) per sample of a preset run for all its supervision steps: n_sup * T * (n + 1)."
     c = model_config(preset)

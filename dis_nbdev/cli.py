@@ -130,7 +130,7 @@ def grid_parser() -> argparse.ArgumentParser:
     ap.add_argument('--cell', help=argparse.SUPPRESS)   # a worker: run this one cell
     return ap
 
-# %% ../nbs/12_cli.ipynb #e5cb4629
+# %% ../nbs/12_cli.ipynb #5cde52f7
 def study_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog='dis-study', description='Studies of a trained run: task-id dependence, the vote '
                                  'budget of an evaluation, the trajectory of kept checkpoints, early exit.')

@@ -237,7 +237,7 @@ def _tiny_runs(runs_dir, steps, side, num_aug, log) -> list[Path]:
         out.append(run_dir)
     return out
 
-# %% ../nbs/08_figures.ipynb #49261b6f
+# %% ../nbs/08_figures.ipynb #0c5fff2c
 PAPER_ROWS = [
     {'model': 'TRM', 'preset': 'trm', 'params': '7M', 'ARC-AGI-1': '40.0 (paper 44.6)', 'ARC-AGI-2': '3.0'},
     {'model': 'TRM-medium (T=1, n=2, 6 steps)', 'preset': 'trm_medium', 'params': '7M', 'ARC-AGI-1': '27.0', 'ARC-AGI-2': '0.0'},
@@ -277,7 +277,7 @@ def run_pass2(run: RunInfo) -> float | None:
     return None if v is None else 100 * float(v)
 
 
-# %% ../nbs/08_figures.ipynb #53bdf77b
+# %% ../nbs/08_figures.ipynb #d07feddf
 def table1(runs: Sequence[RunInfo] | str | os.PathLike = ()) -> dict:
     "Table 1 rows (paper beside measured) and its markdown: {'rows': [...], 'markdown': str}."
     if isinstance(runs, (str, os.PathLike)): runs = load_runs(runs)
@@ -330,7 +330,7 @@ def figure_table1(table: dict, dpi: int = 80):
     fig.tight_layout()
     return fig
 
-# %% ../nbs/08_figures.ipynb #f9471c92
+# %% ../nbs/08_figures.ipynb #7f1d514f
 def _series(recs: list[dict], key: str):
     pts = [(r['step'], r[key]) for r in recs if key in r and 'step' in r and r[key] is not None]
     return ([p[0] for p in pts], [p[1] for p in pts])
@@ -372,7 +372,7 @@ def figure_training_curves(runs: Sequence[RunInfo], dpi: int = 80, tail: float =
     return fig
 
 
-# %% ../nbs/08_figures.ipynb #73663e91
+# %% ../nbs/08_figures.ipynb #f2353540
 def run_cost(run: RunInfo) -> dict:
     "Forward passes and seconds per sample: training (metrics.jsonl) and evaluation (eval.json), where recorded."
     recs = [m for m in run.metrics if 'loss' in m]

@@ -8,16 +8,19 @@ import argparse, importlib, os, sys
 from typing import Callable
 
 # %% auto #0
-__all__ = ['MAX_SIDE', 'EXIT_INTERRUPTED', 'INJECTIONS', 'CONFIDENCES', 'DEFAULT_KS', 'PUZZLE_KINDS', 'COMMANDS', 'build_arc',
-           'build_puzzles', 'train', 'evaluate', 'run', 'figures', 'grid', 'build_arc_parser', 'build_puzzles_parser',
-           'train_parser', 'eval_parser', 'run_parser', 'figures_parser', 'grid_parser', 'exit_status']
+__all__ = ['MAX_SIDE', 'EXIT_INTERRUPTED', 'INJECTIONS', 'CONFIDENCES', 'DEFAULT_KS', 'ABLATIONS', 'PUZZLE_KINDS', 'STUDIES',
+           'COMMANDS', 'build_arc', 'build_puzzles', 'train', 'evaluate', 'run', 'figures', 'grid', 'study',
+           'build_arc_parser', 'build_puzzles_parser', 'train_parser', 'eval_parser', 'run_parser', 'figures_parser',
+           'grid_parser', 'study_parser', 'exit_status']
 
 # %% ../nbs/12_cli.ipynb #90b8e097
 # Values the stage modules define; copied here so that building a parser imports no stage module (and no torch).
 # tests/test_cli.py checks each parser against the module's own, option for option.
 MAX_SIDE, EXIT_INTERRUPTED = 30, 75
 INJECTIONS, CONFIDENCES, DEFAULT_KS = ('prev_argmax', 'x'), ('q_halt', 'prob'), (1, 2, 5, 10, 100, 1000)
-PUZZLE_KINDS = ('nqueens', 'sudoku', 'maze')
+ABLATIONS = ('puzzle_dropped', 'puzzle_shuffled', 'x_clamped')
+PUZZLE_KINDS = ('nqueens', 'sudoku', 'maze')     # dis_nbdev.boards.family_names(), in registration order
+STUDIES = ('task-id', 'budget', 'trajectory', 'early-exit')
 
 def build_arc_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog='dis-build-arc', description='Build the TRM-layout ARC dataset.')
@@ -37,8 +40,8 @@ def build_arc_parser() -> argparse.ArgumentParser:
 
 def build_puzzles_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog='dis-build-puzzles',
-                                 description='dis-build-puzzles: generate an N-Queens or Sudoku dataset in the ARC/TRM on-disk layout.')
-    ap.add_argument('--kind', choices=PUZZLE_KINDS, required=True)
+                                 description='dis-build-puzzles: generate an N-Queens, Sudoku or maze dataset in the ARC/TRM on-disk layout.')
+    ap.add_argument('--kind', choices=list(PUZZLE_KINDS), required=True)
     ap.add_argument('--out', required=True, help='output folder (created; must not exist unless --overwrite)')
     ap.add_argument('--n', type=int, default=8, help='N-Queens / maze board side')
     ap.add_argument('--box', type=int, nargs='+', default=[2], help='Sudoku box (2: 4x4, 3: 9x9, 2 3: 6x6)')
@@ -66,7 +69,7 @@ def eval_parser() -> argparse.ArgumentParser:
                                  'pass@k per supervision step, Kaggle submission.json.')
     ap.add_argument('--checkpoint', required=True, help='run folder (holding checkpoint.pt) or checkpoint file')
     ap.add_argument('--data', required=True, help='dataset folder built by dis-build-arc')
-    ap.add_argument('--out', default=None, help='where eval.json and submission.json go (default: RUN/eval)')
+    ap.add_argument('--out', default=None, help='where eval.json, submission.json and votes.npz go (default: RUN/eval)')
     ap.add_argument('--batch-size', type=int, default=64)
     ap.add_argument('--cfg-weight', type=float, default=None, help='classifier-free guidance weight (default: off)')
     ap.add_argument('--n-steps', type=int, default=None, help='supervision steps (default: the model\'s)')
@@ -79,6 +82,11 @@ def eval_parser() -> argparse.ArgumentParser:
                     help='bf16 autocast: off (exact fp32, the default), on, or auto (on where the device computes bf16 natively)')
     ap.add_argument('--last-step-only', action='store_true', help='read out and vote only the last step (same score, less work)')
     ap.add_argument('--ks', default=','.join(map(str, DEFAULT_KS)), help='comma-separated k of pass@k')
+    ap.add_argument('--ablation', choices=ABLATIONS, default=None,
+                    help='a study: the puzzle embedding dropped or shuffled (another task\'s), or x clamped to 0 at each step')
+    ap.add_argument('--early-exit', type=int, default=None, metavar='K',
+                    help='a study: stop a copy once its answer has not changed for K steps (reports the calls saved)')
+    ap.add_argument('--no-votes', action='store_true', help='do not keep votes.npz (every copy\'s answer, to redo the vote)')
     return ap
 
 # %% ../nbs/12_cli.ipynb #37c3fef3
@@ -122,6 +130,20 @@ def grid_parser() -> argparse.ArgumentParser:
     ap.add_argument('--cell', help=argparse.SUPPRESS)   # a worker: run this one cell
     return ap
 
+# %% ../nbs/12_cli.ipynb #5cde52f7
+def study_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog='dis-study', description='Studies of a trained run: task-id dependence, the vote '
+                                 'budget of an evaluation, the trajectory of kept checkpoints, early exit.')
+    ap.add_argument('study', choices=STUDIES)
+    ap.add_argument('path', help='run folder (task-id, trajectory, early-exit) or evaluation folder holding votes.npz (budget)')
+    ap.add_argument('--data', default=None, help="dataset folder (default: the run's)")
+    ap.add_argument('--out', default=None, help='task-id: where the conditions and task_id.json go (default: RUN/task_id)')
+    ap.add_argument('--batch-size', type=int, default=64)
+    ap.add_argument('--device', default='cpu')
+    ap.add_argument('--patience', default='1,2', help='early-exit: comma-separated k')
+    ap.add_argument('--draws', type=int, default=20, help='budget: random subsets per budget')
+    return ap
+
 # %% ../nbs/12_cli.ipynb #2156ea1a
 def exit_status(result) -> int:
     "A console script's exit status for a CLI function's return value: ints pass through, anything else is success."
@@ -129,12 +151,13 @@ def exit_status(result) -> int:
 
 COMMANDS: dict[str, tuple[str, str, Callable[[], argparse.ArgumentParser]]] = {
     'dis-build-arc': ('dataset', 'build_arc_cli', build_arc_parser),
-    'dis-build-puzzles': ('puzzles', 'build_puzzles_cli', build_puzzles_parser),
+    'dis-build-puzzles': ('boards', 'build_puzzles_cli', build_puzzles_parser),
     'dis-train': ('train', 'train_cli', train_parser),
     'dis-eval': ('evaluate', 'eval_cli', eval_parser),
     'dis-run': ('runner', 'run_cli', run_parser),
     'dis-figures': ('figures', 'figures_cli', figures_parser),
-    'dis-grid': ('experiments', 'grid_cli', grid_parser)}
+    'dis-grid': ('experiments', 'grid_cli', grid_parser),
+    'dis-study': ('studies', 'study_cli', study_parser)}
 
 def _entry(command: str) -> Callable[[], int]:
     module, name, parser = COMMANDS[command]
@@ -153,3 +176,4 @@ evaluate = _entry('dis-eval')
 run = _entry('dis-run')
 figures = _entry('dis-figures')
 grid = _entry('dis-grid')
+study = _entry('dis-study')

@@ -30,8 +30,8 @@ __all__ = ['DEFAULT_TASK_IDS', 'TARGETS', 'RUN_FILES', 'TINY_MODEL', 'PAPER_ROWS
            'pick_tasks', 'step_targets', 'figure_blueprint', 'figure_corruption', 'figure_corruption_all', 'RunInfo',
            'read_run_config', 'run_eval', 'load_run', 'is_run_dir', 'load_runs', 'tiny_task_ids', 'tiny_configs',
            'tiny_runs', 'run_params', 'run_data', 'run_pass2', 'table1', 'figure_table1', 'step_keys',
-           'figure_training_curves', 'run_cost', 'preset_net_calls', 'figure_cost', 'make_all_figures',
-           'trajectory_figures', 'figures_cli']
+           'figure_training_curves', 'run_cost', 'preset_net_calls', 'figure_cost', 'trajectory_figures',
+           'make_all_figures', 'figures_cli']
 
 # %% ../nbs/08_figures.ipynb #f785056b
 def save_figure(fig, out_dir, name: str, dpi: int = 80, close: bool = True) -> list[Path]:
@@ -237,7 +237,7 @@ def _tiny_runs(runs_dir, steps, side, num_aug, log) -> list[Path]:
         out.append(run_dir)
     return out
 
-# %% ../nbs/08_figures.ipynb #ccaa83b7
+# %% ../nbs/08_figures.ipynb #0c5fff2c
 PAPER_ROWS = [
     {'model': 'TRM', 'preset': 'trm', 'params': '7M', 'ARC-AGI-1': '40.0 (paper 44.6)', 'ARC-AGI-2': '3.0'},
     {'model': 'TRM-medium (T=1, n=2, 6 steps)', 'preset': 'trm_medium', 'params': '7M', 'ARC-AGI-1': '27.0', 'ARC-AGI-2': '0.0'},
@@ -276,6 +276,8 @@ def run_pass2(run: RunInfo) -> float | None:
     v = pk.get('2', pk.get(2))
     return None if v is None else 100 * float(v)
 
+
+# %% ../nbs/08_figures.ipynb #d07feddf
 def table1(runs: Sequence[RunInfo] | str | os.PathLike = ()) -> dict:
     "Table 1 rows (paper beside measured) and its markdown: {'rows': [...], 'markdown': str}."
     if isinstance(runs, (str, os.PathLike)): runs = load_runs(runs)
@@ -328,7 +330,7 @@ def figure_table1(table: dict, dpi: int = 80):
     fig.tight_layout()
     return fig
 
-# %% ../nbs/08_figures.ipynb #f03b5606
+# %% ../nbs/08_figures.ipynb #7f1d514f
 def _series(recs: list[dict], key: str):
     pts = [(r['step'], r[key]) for r in recs if key in r and 'step' in r and r[key] is not None]
     return ([p[0] for p in pts], [p[1] for p in pts])
@@ -369,6 +371,8 @@ def figure_training_curves(runs: Sequence[RunInfo], dpi: int = 80, tail: float =
     fig.tight_layout()
     return fig
 
+
+# %% ../nbs/08_figures.ipynb #f2353540
 def run_cost(run: RunInfo) -> dict:
     "Forward passes and seconds per sample: training (metrics.jsonl) and evaluation (eval.json), where recorded."
     recs = [m for m in run.metrics if 'loss' in m]
@@ -426,6 +430,15 @@ def figure_cost(runs: Sequence[RunInfo], dpi: int = 80, reference: Sequence[str]
     fig.suptitle('cost per sample, DIS vs TRM', fontsize=9); fig.tight_layout()
     return fig
 
+# %% ../nbs/08_figures.ipynb #953e7a9a
+from .studies import TRAJECTORY, plot_trajectory  # noqa: E402
+
+def trajectory_figures(runs: Sequence[RunInfo], save) -> None:
+    "pass@k against the training step (`trajectory_<run>`) for every run holding a `trajectory.json` (`studies.evaluate_trajectory`)."
+    for r in runs:
+        if (r.path / TRAJECTORY).is_file():
+            save(plot_trajectory(r.path, title=f'{r.label}: pass@k of its kept checkpoints').figure, f'trajectory_{r.name}')
+
 # %% ../nbs/08_figures.ipynb #0841b320
 def make_all_figures(runs_dir='runs', out_dir='figures', train_if_empty: bool = True, analyse: bool = True,
                      max_examples: int = 16, device='cpu', max_runs_analysed: int = 4, log=print) -> dict:
@@ -461,15 +474,6 @@ def make_all_figures(runs_dir='runs', out_dir='figures', train_if_empty: bool = 
             save(plot_improvement_curves(analyses), 'improvement_curves')
             out['analysis'] = [atomic_write_json(out_dir / 'analysis.json', {k: a.to_dict() for k, a in analyses.items()})]
     return out
-
-# %% ../nbs/08_figures.ipynb #953e7a9a
-from .studies import TRAJECTORY, plot_trajectory  # noqa: E402
-
-def trajectory_figures(runs: Sequence[RunInfo], save) -> None:
-    "pass@k against the training step (`trajectory_<run>`) for every run holding a `trajectory.json` (`studies.evaluate_trajectory`)."
-    for r in runs:
-        if (r.path / TRAJECTORY).is_file():
-            save(plot_trajectory(r.path, title=f'{r.label}: pass@k of its kept checkpoints').figure, f'trajectory_{r.name}')
 
 # %% ../nbs/08_figures.ipynb #d1d7c7ab
 def figures_cli(argv=None) -> None:

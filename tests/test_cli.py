@@ -38,6 +38,21 @@ def test_each_cli_parser_matches_its_module():
         assert ours == theirs, f'{cmd}: dis_nbdev.cli\'s parser differs from the module\'s'
 
 
+def test_every_console_script_is_a_command_and_the_puzzle_kinds_are_the_board_families():
+    import configparser
+    from pathlib import Path
+    import dis_nbdev.boards
+    import dis_nbdev.cli as cli
+    cfg = configparser.ConfigParser(delimiters=['=']); cfg.read(Path(__file__).resolve().parents[1] / 'settings.ini')
+    scripts = dict(s.split('=') for s in cfg['DEFAULT']['console_scripts'].split())
+    assert set(scripts) == set(COMMANDS) and 'dis-study' in scripts
+    for cmd, target in scripts.items():          # each script's function is the entry point of that very command
+        mod, fn = target.split(':')
+        assert mod == 'dis_nbdev.cli' and f'`{cmd}`' in getattr(cli, fn).__doc__, (cmd, target)
+    assert COMMANDS['dis-build-puzzles'][0] == 'boards' and COMMANDS['dis-study'][:2] == ('studies', 'study_cli')
+    assert list(cli.PUZZLE_KINDS) == dis_nbdev.boards.family_names()
+
+
 HELP = r'''
 import sys, time, io, contextlib
 t = time.time()
@@ -55,7 +70,7 @@ print(repr(code), 'torch' in sys.modules, round(time.time() - t, 3), buf.getvalu
 @pytest.mark.parametrize('cmd', sorted(COMMANDS))
 def test_help_does_not_import_torch(cmd):
     attr = {'dis-build-arc': 'build_arc', 'dis-build-puzzles': 'build_puzzles', 'dis-train': 'train', 'dis-eval': 'evaluate',
-            'dis-run': 'run', 'dis-figures': 'figures', 'dis-grid': 'grid'}[cmd]
+            'dis-run': 'run', 'dis-figures': 'figures', 'dis-grid': 'grid', 'dis-study': 'study'}[cmd]
     t = time.time()
     r = subprocess.run([sys.executable, '-c', HELP, attr, cmd], capture_output=True, text=True, timeout=60)
     wall = time.time() - t

@@ -186,11 +186,26 @@ def test_train_and_evaluate_do_not_import_each_other():
     assert 'train' not in seen, f'evaluate reaches train through {sorted(seen)}'
 
 
+# The one documented exception: (module, how it imports) -> why. Nothing else in the module is exempt.
+FUNCTION_LEVEL_IMPORTS_ALLOWED = {
+    ('cli', 'import_module(...)'): 'the console-script dispatcher parses the arguments with its torch-free parser first, '
+                                   'then imports the stage module: `--help` and usage errors answer before torch is '
+                                   'imported (issue 23)',
+}
+
+
 def test_no_function_level_import_of_the_package():
     mods = module_names()
-    found = [f'{p.relative_to(PKG.parent)} {w}' for m, p in mods.items() for w in imports(p, m, mods)[1]]
+    found, allowed = [], set()
+    for m, p in mods.items():
+        for w in imports(p, m, mods)[1]:
+            key = next((k for k in FUNCTION_LEVEL_IMPORTS_ALLOWED if k[0] == m and w.split(': ', 1)[1].startswith(k[1])), None)
+            if key: allowed.add(key)
+            else: found.append(f'{p.relative_to(PKG.parent)} {w}')
     assert not found, ('imports of the package inside a function (import at the top of the module, or register '
                        'explicitly instead of importing on demand):\n' + '\n'.join(found))
+    assert allowed == set(FUNCTION_LEVEL_IMPORTS_ALLOWED), \
+        f'allow-list entries that no longer match anything (remove them): {set(FUNCTION_LEVEL_IMPORTS_ALLOWED) - allowed}'
 
 
 def test_no_module_is_too_long():

@@ -13,10 +13,7 @@ from dis_nbdev.stats import (FREE_TOKENS, StatsError, auc_normalised, compute_un
                              reached_fraction, stratified_accuracy, t_quantile, time_to_target, wilson_interval)
 from dis_nbdev.targets import get_target_generator
 
-try:
-    from dis_nbdev.boards import build_puzzle_dataset
-except ImportError:
-    from dis_nbdev.puzzles import build_puzzle_dataset
+from dis_nbdev.boards import build_puzzle_dataset
 
 
 # -- per-run binomial interval ------------------------------------------------------------------------------------

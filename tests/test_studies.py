@@ -219,7 +219,7 @@ def test_early_exit_beyond_the_steps_is_the_full_rollout(tiny_data):
 def test_early_exit_study_and_rollout_accuracy_on_a_board_dataset(tmp_path):
     "Boards have no vote and one puzzle identifier: exact accuracy per example; shuffling is skipped, not faked."
     from dis_nbdev.model import RecursiveModel, model_config
-    from dis_nbdev.puzzles import build_puzzle_dataset
+    from dis_nbdev.boards import build_puzzle_dataset
     from dis_nbdev.studies import early_exit_study, rollout_accuracy, task_id_dependence
     data = build_puzzle_dataset(tmp_path / 'sudoku', kind='sudoku', box=2, train=8, test=16, remove=(1, 3))
     torch.manual_seed(0)

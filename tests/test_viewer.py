@@ -89,7 +89,7 @@ def test_show_without_ipywidgets_falls_back_to_the_html_page(tiny_run, monkeypat
 def test_puzzle_vocabularies(tmp_path):
     from dis_nbdev.dataset import open_split
     from dis_nbdev.model import RecursiveModel, model_config
-    from dis_nbdev.puzzles import build_puzzle_dataset
+    from dis_nbdev.boards import build_puzzle_dataset
     for kind, kw in (('sudoku', dict(box=2)), ('nqueens', dict(n=6, givens=(1, 4)))):
         d = build_puzzle_dataset(tmp_path / kind, dict(kind=kind, train=4, test=2, **kw))
         k, pal = dataset_palette(d)
@@ -118,7 +118,7 @@ def test_diff_grid_and_palettes():
 
 def test_trained_puzzle_run_with_solver_targets(tmp_path):
     "A tiny N-Queens DIS run trained on solver-order targets: the viewer rebuilds those targets and draws queens."
-    from dis_nbdev.puzzles import build_puzzle_dataset
+    from dis_nbdev.boards import build_puzzle_dataset
     from dis_nbdev.train import train
     data = build_puzzle_dataset(tmp_path / 'q6', dict(kind='nqueens', n=6, train=16, test=2, givens=(1, 4)))
     train(dict(data_dir=str(data), out_dir=str(tmp_path / 'run'), method='dis', preset='dis_compact',

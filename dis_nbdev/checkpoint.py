@@ -37,7 +37,12 @@ MODEL_RANGES = {**{k: (1, None, '[)') for k in ('vocab_size', 'seq_len', 'hidden
                                                  'n', 'n_sup', 'num_puzzle_identifiers')},
                 **{k: (0, None, '[)') for k in ('puzzle_emb_ndim', 'puzzle_emb_len', 'num_step_embeddings', 'grid_width')},
                 **{k: (0, None, '()') for k in ('expansion', 'rope_theta', 'rms_eps')}}
-register_model_schema(ModelConfig, MODEL_RANGES, lambda preset, over: model_config(preset, **over))
+def _check_model(preset, over: dict):
+    "Build the preset with `over` (a rope2d board's `seq_len` comes from the data: take the square of `grid_width`)."
+    if over.get('grid_width') and 'seq_len' not in over: over = {**over, 'seq_len': over['grid_width'] ** 2}
+    return model_config(preset, **over)
+
+register_model_schema(ModelConfig, MODEL_RANGES, _check_model)
 
 # %% ../nbs/05a_checkpoint.ipynb #6b219158
 def to_safe(obj):

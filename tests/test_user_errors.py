@@ -196,7 +196,15 @@ def test_start_up_checks(tmp_path):
 
 def test_time_budgeted_plan_states_its_budget():
     line = describe_plan(TrainConfig(name='p', time_budget_s=180, global_batch_size=32), 4000, 6)
-    assert 'time budget of 180 s' in line and 'GPU-hours' not in line
+    assert 'time budget of 180 s' in line and 'the budget ends it first' in line and 'GPU-hours' not in line
+    line = describe_plan(TrainConfig(name='p', time_budget_s=180, max_steps=600, global_batch_size=32), 4000, 6)
+    assert 'time budget of 180 s or 600 optimizer steps, whichever comes first' in line
+
+
+def test_a_rope2d_board_width_is_checked_against_itself_not_the_presets_seq_len():
+    tiny = dict(hidden_size=32, num_heads=2, puzzle_emb_ndim=32, puzzle_emb_len=1, pos_encodings='rope2d')
+    assert as_train_config({**GOOD, 'model': {**tiny, 'grid_width': 7}}).model['grid_width'] == 7
+    with pytest.raises(ConfigError, match='model.grid_width=-1'): as_train_config({**GOOD, 'model': {**tiny, 'grid_width': -1}})
 
 
 # ------------------------------------------------------------------------------------ grids

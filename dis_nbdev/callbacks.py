@@ -4,13 +4,14 @@
 
 # %% ../nbs/05c_callbacks.ipynb #6cbb0fda
 from __future__ import annotations
-import dataclasses, json, secrets, signal, threading, time
+import dataclasses, secrets, signal, threading, time
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from .core import CheckpointError, DisError, atomic_write_text
+from .core import CheckpointError, DisError
+from .files import RunDir, atomic_write_text
 from .checkpoint import TrainConfig, read_checkpoint, save_state
 from .optim import averaged_model
 from .evaluate import evaluate
@@ -118,7 +119,7 @@ class Metrics(Callback):
 class JsonlLog(Callback):
     "Appends every record to `run_dir/metrics.jsonl`."
     def on_record(self, st, rec):
-        with open(st.run_dir / 'metrics.jsonl', 'a') as fh: fh.write(json.dumps(rec) + '\n')
+        RunDir(st.run_dir).append_metrics(rec)
 
 class WandbLog(Callback):
     "Logs every record to wandb (one run per run folder, its id kept in `wandb_id.txt`)."

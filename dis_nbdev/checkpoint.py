@@ -24,10 +24,10 @@ from .steps import LOSSES, INJECTIONS
 import dis_nbdev.methods  # noqa: F401  (registers DIS, TRM-ACT and the other methods into config)
 
 # %% auto #0
-__all__ = ['MODEL_RANGES', 'CHECKPOINT_FORMAT', 'RESUME_FIXED', 'to_safe', 'from_safe', 'rng_state', 'set_rng_state',
-           'payload_checksum', 'nonfinite_tensors', 'write_checkpoint', 'read_checkpoint', 'check_data_fingerprint',
-           'load_model_state', 'state_dict', 'save_state', 'load_state', 'read_metrics', 'truncate_metrics',
-           'train_device', 'setup_distributed', 'load_trained']
+__all__ = ['MODEL_RANGES', 'CHECKPOINT_FORMAT', 'to_safe', 'from_safe', 'rng_state', 'set_rng_state', 'payload_checksum',
+           'nonfinite_tensors', 'write_checkpoint', 'read_checkpoint', 'check_data_fingerprint', 'load_model_state',
+           'state_dict', 'save_state', 'load_state', 'read_metrics', 'truncate_metrics', 'train_device',
+           'setup_distributed', 'load_trained']
 
 # %% ../nbs/05a_checkpoint.ipynb #4289ddfd
 register_choices('loss', LOSSES)
@@ -38,7 +38,12 @@ MODEL_RANGES = {**{k: (1, None, '[)') for k in ('vocab_size', 'seq_len', 'hidden
                                                  'n', 'n_sup', 'num_puzzle_identifiers')},
                 **{k: (0, None, '[)') for k in ('puzzle_emb_ndim', 'puzzle_emb_len', 'num_step_embeddings', 'grid_width')},
                 **{k: (0, None, '()') for k in ('expansion', 'rope_theta', 'rms_eps')}}
-register_model_schema(ModelConfig, MODEL_RANGES, lambda preset, over: model_config(preset, **over))
+def _check_model(preset, over: dict):
+    "Build the preset with `over` (a rope2d board's `seq_len` comes from the data: take the square of `grid_width`)."
+    if over.get('grid_width') and 'seq_len' not in over: over = {**over, 'seq_len': over['grid_width'] ** 2}
+    return model_config(preset, **over)
+
+register_model_schema(ModelConfig, MODEL_RANGES, _check_model)
 
 # %% ../nbs/05a_checkpoint.ipynb #6b219158
 def to_safe(obj):
@@ -163,8 +168,6 @@ def _gather_act(st) -> dict | None:
         d = {k: gather(v) for k, v in d.items()}
     return {k: v.detach().cpu() for k, v in d.items()}
 
-RESUME_FIXED = ('lr', 'weight_decay', 'beta1', 'beta2', 'puzzle_emb_lr', 'puzzle_emb_weight_decay', 'optimizer')
-
 def state_dict(st) -> dict:
     "Everything needed to resume (collective in distributed runs: every rank must call it)."
     ema = None if st.ema is None else {k: v for k, v in st.ema.state_dict().items() if 'puzzle_emb' not in k}
@@ -186,11 +189,6 @@ def load_state(st, path, ck: dict | None = None) -> dict:
     for k in ('method', 'preset'):
         if ck.get('config', {}).get(k) != getattr(cfg, k):
             raise CheckpointError(f'{where}: written by a run with {k}={ck["config"].get(k)!r}, this config has {getattr(cfg, k)!r}')
-    old = ck.get('config', {})
-    changed = [f'{k}: {old[k]!r} -> {getattr(cfg, k)!r}' for k in RESUME_FIXED if k in old and old[k] != getattr(cfg, k)]
-    if changed:      # the restored optimizer would keep the old values while config.json recorded the new ones
-        raise CheckpointError(f'{where}: the restored optimizer runs with the settings it was saved with; this config '
-                              f'changes {"; ".join(changed)}. Resume with the same values, or start a new run (another out_dir)')
     check_data_fingerprint(ck.get('data_fingerprint'), cfg.data_dir, where)
     load_model_state(st.model, ck['model'], where)
     if len(ck['optimizers']) != len(st.optimizers):

@@ -125,6 +125,13 @@ BF16_CPU_COST = ('on a CPU without bf16 units (measured on AVX2: dis_compact, 30
                  'the forward pass 4x and the backward pass ~20x slower than fp32')
 _warned: set = set()
 
+def _cuda_bf16(dev) -> bool:
+    "bf16 units on this GPU: capability 8.0 (Ampere) on; older GPUs only emulate bf16, slowly."
+    import torch
+    if not (torch.cuda.is_available() and torch.cuda.is_bf16_supported()): return False
+    try: return torch.cuda.get_device_capability(dev) >= (8, 0)
+    except (RuntimeError, AssertionError): return True        # no capability to read: trust is_bf16_supported
+
 def resolve_bf16(value, device) -> bool:
     """Resolve `bf16` ('auto' | True | False | a clear word) for `device`: 'auto' is True exactly where the device
     computes bf16 natively (CUDA capability >= 8.0; CPUs with AVX512-BF16/AMX). An explicit True on a CPU
@@ -132,8 +139,7 @@ def resolve_bf16(value, device) -> bool:
     import torch
     v = auto_bool(value, 'bf16')
     dev = torch.device(device) if not isinstance(device, torch.device) else device
-    if dev.type == 'cuda':      # bf16 units from Ampere (capability 8.0) on; older GPUs only emulate it, slowly
-        native = torch.cuda.is_available() and torch.cuda.get_device_capability(dev) >= (8, 0)
+    if dev.type == 'cuda': native = _cuda_bf16(dev)
     elif dev.type == 'cpu': native = cpu_bf16_native()
     else: native = False
     if v == 'auto': return bool(native)
@@ -207,14 +213,3 @@ def cpu_threads() -> int:
     "CPU cores this process may run on (its affinity set, e.g. a job's cgroup), not every core of the machine."
     try: return len(os.sched_getaffinity(0)) or 1
     except (AttributeError, OSError): return os.cpu_count() or 1
-
-# %% ../nbs/00_core.ipynb #91dc77c5
-_MOVED = dict.fromkeys(('temp_tag', 'atomic_write', 'atomic_write_text', 'atomic_write_json', 'atomic_torch_save',
-                        'pid_alive', 'temp_owner', 'stale_temps', 'clean_stale_temps', 'FolderLock', 'project_root',
-                        'shared_data_dir'), 'files')
-_MOVED.update(dict.fromkeys(('coerce_value', 'from_dict', 'load_yaml'), 'config'))
-
-def __getattr__(name: str):
-    "Transitional: `core.X` for a name that moved to `files` or `config`."
-    if name in _MOVED: return getattr(importlib.import_module(f'{__package__}.{_MOVED[name]}'), name)
-    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

@@ -12,7 +12,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .core import ArcDataError, DisError, atomic_write_json
+from .core import ArcDataError, DisError
+from .files import atomic_write_json
 from .store import (ARC_FORMAT, VERIFIED, check_dataset_output, dataset_lock, write_dataset, recover_dataset,  # noqa: F401
                              verify_dataset, load_npy, dataset_fingerprint)          # (re-exported: the dataset API)
 from .loaders import TrainLoader, TestLoader                               # noqa: F401  (re-exported)

@@ -10,7 +10,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .core import EXIT_INTERRUPTED, ConfigError, DisError, atomic_write_json, load_yaml, project_root
+from .core import EXIT_INTERRUPTED, ConfigError, DisError
+from .files import RunDir, atomic_write_json, project_root
+from .config import load_yaml
 from .arc import IGNORE_LABEL, fits, grid_to_tokens, load_subsets, plot_grid, tokens_to_grid
 from .dataset import open_split
 from .evaluate import load_test_puzzles
@@ -161,7 +163,7 @@ def run_quick(name: str, out='runs/demo', steps: int = DEFAULT_STEPS, echo: bool
     if ev.exists():
         if echo: print(f'[{name}] finished already in {spec.run_dir}: reusing')
         return json.loads(ev.read_text())
-    if not (spec.run_dir/'summary.json').exists():
+    if not RunDir(spec.run_dir).summary.exists():
         if echo: print(f'[{name}] training {spec.train["max_steps"]} optimizer steps -> {spec.run_dir}', flush=True)
         launch_training(spec, gpus=1, echo=echo)
     if echo: print(f'[{name}] evaluating', flush=True)
@@ -172,7 +174,7 @@ def run_quick(name: str, out='runs/demo', steps: int = DEFAULT_STEPS, echo: bool
 def run_facts(name: str, out='runs/demo', steps: int = DEFAULT_STEPS, smoke: bool = False) -> dict:
     "Optimizer steps, training seconds and net calls per sample of a finished quick run (from its summary/metrics)."
     d = quick_spec(name, out, steps, smoke).run_dir
-    s = json.loads((d/'summary.json').read_text()) if (d/'summary.json').exists() else {}
+    s = RunDir(d).read_json(RunDir.SUMMARY) or {}
     recs = read_metrics(d)
     calls = [r['net_calls_per_sample'] for r in recs if 'net_calls_per_sample' in r]
     return {'optimizer_steps': s.get('step'), 'train_s': round(float(s.get('time_s', 0)), 1),

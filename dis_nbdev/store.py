@@ -11,8 +11,8 @@ from typing import Callable
 
 import numpy as np
 
-from .core import (ArcDataError, DisError, FolderLock, atomic_write_json, clean_stale_temps, stale_temps,
-                            temp_owner, temp_tag)
+from .core import ArcDataError, DisError
+from .files import FolderLock, atomic_write_json, clean_stale_temps, stale_temps, temp_owner, temp_tag
 
 # %% auto #0
 __all__ = ['ARC_FORMAT', 'VERIFIED', 'check_dataset_output', 'dataset_lock', 'verify_dataset', 'write_dataset', 'recover_dataset',

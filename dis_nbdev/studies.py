@@ -11,7 +11,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .core import ConfigError, DisError, atomic_write_json, get_device
+from .core import ConfigError, DisError, get_device
+from .files import atomic_write_json
 from .arc import IGNORE_LABEL
 from .dataset import TestLoader, open_split
 from .vote import load_vote_records

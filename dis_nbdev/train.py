@@ -12,9 +12,10 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from .core import (DisError, ConfigError, EXIT_INTERRUPTED, FolderLock, clean_stale_temps, seed_everything,
-                            resolve_bf16, resolve_compile, dist_info, atomic_write_json, atomic_write_text, from_dict,
-                            load_yaml)
+from .core import (DisError, ConfigError, EXIT_INTERRUPTED, seed_everything, resolve_bf16, resolve_compile,
+                            dist_info)
+from .files import RunDir, FolderLock, clean_stale_temps, atomic_write_json, atomic_write_text
+from .config import from_dict, load_yaml
 from .dataset import TrainLoader, dataset_fingerprint, open_split
 from .model import RecursiveModel, count_parameters, model_config
 from .methods import get_method
@@ -87,7 +88,7 @@ class TrainState:
     @property
     def run_dir(self) -> Path: return Path(self.cfg.out_dir)
     @property
-    def ckpt_path(self) -> Path: return self.run_dir / 'checkpoint.pt'
+    def ckpt_path(self) -> Path: return RunDir(self.run_dir).checkpoint
     @property
     def is_main(self) -> bool: return self.info.is_main
     def local(self, t: torch.Tensor, dim: int = 0) -> torch.Tensor:
@@ -118,7 +119,7 @@ def make_state(cfg: TrainConfig, resume: bool = False) -> TrainState:
     info, device, created = setup_distributed(cfg.device)
     if cfg.global_batch_size % info.world_size:
         raise ConfigError(f'TrainConfig.global_batch_size {cfg.global_batch_size} is not divisible by world size {info.world_size}')
-    ckpt = Path(cfg.out_dir) / 'checkpoint.pt'
+    ckpt = RunDir(cfg.out_dir).checkpoint
     if not resume and ckpt.exists():
         raise ConfigError(f'{ckpt}: a run already exists here; resume it (resume=True / --resume) or choose another out_dir')
     split = open_split(cfg.data_dir, 'train')
@@ -188,10 +189,7 @@ def resume_state(st: TrainState, path) -> None:
     ck = read_checkpoint(path, device='cpu')
     old = from_dict(TrainConfig, ck['config'], f'{path}: config')
     if (old.method, old.preset) == (st.cfg.method, st.cfg.preset): check_resumable(old, st.cfg, str(path))
-    # load_state refuses another method, preset or dataset, and a changed optimizer setting: those this resume
-    # applies (RESUME_APPLIED) it is shown as they will run, after the checks above
-    applied = {k: getattr(st.cfg, k) for k in RESUME_APPLIED if k in ck.get('config', {})}
-    load_state(st, path, {**ck, 'config': {**ck.get('config', {}), **applied}})
+    load_state(st, path, ck)     # refuses another method, preset, dataset or optimizer kind
     for o in st.optimizers: place_optimizer_state(o)     # the CUDA adam-atan2 reads its `step` on the parameter's device
     ch = apply_changed_settings(st, old, str(path))
     if ch and st.is_main:
@@ -201,7 +199,7 @@ def resume_state(st: TrainState, path) -> None:
     if st.is_main and st.acc.pending_steps():    # drop the record logged at the stop from part of the restored sums
         last = st.step - st.acc.pending_steps() // st.world
         keep = [r for r in read_metrics(st.run_dir) if 'loss' not in r or r.get('step', 0) <= last]
-        atomic_write_text(st.run_dir / 'metrics.jsonl', ''.join(json.dumps(r) + '\n' for r in keep))
+        atomic_write_text(RunDir(st.run_dir).metrics, ''.join(json.dumps(r) + '\n' for r in keep))
 
 # %% ../nbs/05_train.ipynb #e5beb4d3
 def stop_reason(st: TrainState) -> str | None:
@@ -226,7 +224,7 @@ def fit(st: TrainState) -> dict:
         summary = dict(run_dir=str(st.run_dir), method=st.cfg.method, step=st.step, total_steps=st.total_steps,
                        stopped=reason, state=stop_state(reason), time_s=st.time_s, world_size=st.world,
                        metrics=st.last_record, optimizer=type(opt).__module__ + '.' + type(opt).__name__)
-        if st.is_main: atomic_write_json(st.run_dir / 'summary.json', summary)
+        if st.is_main: atomic_write_json(RunDir(st.run_dir).summary, summary)
         return summary
     finally:
         st.fire('cleanup')
@@ -253,7 +251,7 @@ class Trainer:
         try:
             if st.is_main:
                 st.run_dir.mkdir(parents=True, exist_ok=True)
-                atomic_write_json(st.run_dir / 'config.json', {**dataclasses.asdict(cfg), 'bf16_resolved': st.bf16, 'compile_resolved': st.compile})
+                atomic_write_json(RunDir(st.run_dir).config, {**dataclasses.asdict(cfg), 'bf16_resolved': st.bf16, 'compile_resolved': st.compile})
                 flops = step_flops(st.mcfg, count_parameters(st.model), cfg.global_batch_size)
                 print(describe_plan(cfg, reference_examples(st.split.metadata), st.n_sup, flops), file=sys.stderr)
                 print(f'{cfg.name}: optimizer {optimizer_backend(st.optimizers[0])}', file=sys.stderr)

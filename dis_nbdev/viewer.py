@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from .arc import COLOUR_OFFSET, IGNORE_LABEL, PAD, TOKEN_COLOURS, draw_grid, tokens_rgb
-from .core import ConfigError, atomic_write, atomic_write_text
+from .core import ConfigError
+from .files import atomic_write, atomic_write_text
 from .dataset import open_split
 from .steps import rollout
 from .targets import get_target_generator

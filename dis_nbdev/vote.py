@@ -11,7 +11,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from .core import ArcDataError, atomic_write
+from .core import ArcDataError
+from .files import atomic_write
 from .arc import invert_grid, parse_variant_name
 
 # %% auto #0

@@ -19,7 +19,7 @@ def root() -> Path:
 @pytest.fixture(scope='session')
 def shared_data() -> Path:
     "The shared ARC data folder (Kaggle-combined files, ConceptARC); skips where a clone lacks it."
-    from dis_nbdev.core import shared_data_dir
+    from dis_nbdev.files import shared_data_dir
     d = shared_data_dir()
     if d is None:
         pytest.skip('../shared/data is absent (a user clone): these tests run in CI, where it is present')

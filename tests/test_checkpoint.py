@@ -211,11 +211,12 @@ def test_dis_leaves_the_unused_q_head_alone_trm_trains_it(data_a, tmp_path):
         assert same != moved, method
 
 
-def test_resume_with_a_changed_optimizer_setting_is_refused(data_a, tmp_path):
-    "The restored optimizer keeps its lr / weight decay / betas: a resume that changes one is refused, naming it."
+def test_resume_with_another_optimizer_kind_is_refused(data_a, tmp_path):
+    """The restored state belongs to its optimizer: a resume that changes the optimizer kind is refused, naming it (a
+    changed lr / weight decay / betas is applied instead: test_train's test_resume_applies_a_changed_optimizer_setting)."""
     T.train(cfg(data_a, tmp_path / 'run', max_steps=12, stop_at_step=6))
     before = json.loads((tmp_path / 'run' / 'config.json').read_text())
-    with pytest.raises(CheckpointError, match=r'lr: 0\.001 -> 0\.01.*weight_decay: 0\.1 -> 0\.0'):
-        T.train(cfg(data_a, tmp_path / 'run', max_steps=12, lr=1e-2, weight_decay=0.0), resume=True)
+    with pytest.raises(ConfigError, match=r"cannot resume with changed optimizer_kind \('adamw' -> 'adam_atan2'\)"):
+        T.train(cfg(data_a, tmp_path / 'run', max_steps=12, optimizer='adam_atan2'), resume=True)
     assert json.loads((tmp_path / 'run' / 'config.json').read_text()) == before      # config.json still states what ran
     assert T.train(cfg(data_a, tmp_path / 'run', max_steps=12), resume=True)['step'] == 12

@@ -172,3 +172,19 @@ def test_folder_lock_second_process_fails_at_once_naming_the_holder(tmp_path):
         FolderLock(lock).acquire()
     holder.kill(); holder.wait()
     with FolderLock(lock, 'after the kill'): pass
+
+
+def test_devices_threads_and_bf16_by_capability(monkeypatch):
+    "Issue 19: a worker's GPU is local_rank % GPUs; threads follow the CPU affinity set; bf16 'auto' needs capability 8.0."
+    import torch
+    from dis_nbdev.core import cpu_threads, local_device_index, resolve_bf16
+    assert [local_device_index(r, 4) for r in range(6)] == [0, 1, 2, 3, 0, 1] and local_device_index(3, 0) == 0
+    assert 1 <= cpu_threads() <= (os.cpu_count() or 1)
+    if hasattr(os, 'sched_getaffinity'):
+        monkeypatch.setattr(os, 'sched_getaffinity', lambda pid: {0, 1, 2})
+        assert cpu_threads() == 3
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'is_bf16_supported', lambda *a, **k: True)   # emulation counts there
+    for cap, want in (((7, 5), False), ((8, 0), True), ((9, 0), True)):
+        monkeypatch.setattr(torch.cuda, 'get_device_capability', lambda dev=None, c=cap: c)
+        assert resolve_bf16('auto', 'cuda') is want, cap

@@ -300,7 +300,8 @@ def test_offline_wandb_is_the_default_and_keeps_one_run_across_resume(arc_small,
 
 def test_a_second_trainer_on_one_run_folder_is_refused_at_once(tmp_path):
     "One writer per run folder: a second Trainer (another process in practice) fails before touching anything."
-    from dis_nbdev.core import FolderLock, LockError      # the lock is taken before the dataset is opened
+    from dis_nbdev.core import LockError  # the lock is taken before the dataset is opened
+    from dis_nbdev.files import FolderLock
     held = FolderLock(tmp_path / 'run' / '.train.lock', 'a test holder').acquire()
     try:
         with pytest.raises(LockError, match='already writing here'):

@@ -196,7 +196,15 @@ def test_start_up_checks(tmp_path):
 
 def test_time_budgeted_plan_states_its_budget():
     line = describe_plan(TrainConfig(name='p', time_budget_s=180, global_batch_size=32), 4000, 6)
-    assert 'time budget of 180 s' in line and 'GPU-hours' not in line
+    assert 'time budget of 180 s' in line and 'the budget ends it first' in line and 'GPU-hours' not in line
+    line = describe_plan(TrainConfig(name='p', time_budget_s=180, max_steps=600, global_batch_size=32), 4000, 6)
+    assert 'time budget of 180 s or 600 optimizer steps, whichever comes first' in line
+
+
+def test_a_rope2d_board_width_is_checked_against_itself_not_the_presets_seq_len():
+    tiny = dict(hidden_size=32, num_heads=2, puzzle_emb_ndim=32, puzzle_emb_len=1, pos_encodings='rope2d')
+    assert as_train_config({**GOOD, 'model': {**tiny, 'grid_width': 7}}).model['grid_width'] == 7
+    with pytest.raises(ConfigError, match='model.grid_width=-1'): as_train_config({**GOOD, 'model': {**tiny, 'grid_width': -1}})
 
 
 # ------------------------------------------------------------------------------------ grids
@@ -217,7 +225,7 @@ GRID_ROWS = [
     (dict(budget={'steps': 'ten'}), "budget.steps='ten': expected an integer"),
     (dict(seeds=[-5]), 'seeds: [-5]'),
     (dict(seeds=[2**70]), 'seeds:'),
-    (dict(arm={}), "unknown grid key 'arm'; did you mean 'arms'?"),
+    (dict(arm={}), "arm: unknown grid key; did you mean 'arms'?"),
     (dict(name='../g'), "grid name '../g'"),
     (dict(arms={'/abs': {}}), "arm name '/abs'"),
     (dict(tasks={'../t': {'puzzle': {'kind': 'sudoku'}}}), "task name '../t'"),
@@ -325,3 +333,10 @@ def test_dis_grid_only_matching_nothing_is_an_error(tmp_path, capsys):
     rc, err = _cli(E.grid_cli, [str(_grid_yaml(tmp_path)), '--workers', '0', '--only', 'nosuchtask'], capsys)
     assert rc == 2 and 'matches no cell' in err and 'sudoku4/dis/seed0' in err
     assert not (tmp_path / 'grid' / 'data').exists()                  # nothing was built for it
+
+
+def test_an_unreadable_config_is_one_clear_error(tmp_path, monkeypatch):
+    p = tmp_path / 'cfg.yaml'; p.write_text('lr: 1\n')
+    def denied(self): raise PermissionError(13, 'Permission denied')
+    monkeypatch.setattr(type(p), 'read_bytes', denied)
+    with pytest.raises(ConfigError, match='cannot read the config file .Permission denied.'): load_yaml(p)

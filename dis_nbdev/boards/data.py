@@ -11,7 +11,8 @@ from typing import Sequence
 
 import numpy as np
 
-from ..core import DisError, atomic_write_json
+from ..core import DisError
+from ..files import atomic_write_json
 from ..store import (check_dataset_output, dataset_lock, load_npy, recover_dataset, verify_dataset,
                              write_dataset)
 from .family import PAD, BoardSpec, PuzzleError, board_spec, family_names, get_family

@@ -5,12 +5,12 @@
 # %% ../../nbs/10f_board_eval.ipynb #65fe7350
 from __future__ import annotations
 import json
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..core import get_device
+from ..files import RunDir
 from ..arc import IGNORE_LABEL
 from ..steps import rollout
 from ..methods import step_rule
@@ -81,7 +81,7 @@ def evaluate_puzzle_run(run_dir, data_dir=None, split: str = 'test', device='cpu
 # %% ../../nbs/10f_board_eval.ipynb #fcf08e3c
 def run_target_report(run_dir, data_dir=None, split: str = 'train', limit: int | None = 500) -> dict:
     "`frame_label_stats` of the target generator a run's `config.json` names, on its dataset."
-    p = Path(run_dir)/'config.json'
+    p = RunDir(run_dir).config
     try: cfg = json.loads(p.read_text())
     except (OSError, ValueError) as e: raise PuzzleError(f'{p}: cannot read the run config ({e})') from None
     try: n_steps = model_config(cfg.get('preset', 'dis_compact'), **(cfg.get('model') or {})).n_sup

@@ -42,7 +42,7 @@ DATA_DEFAULTS = dict(
     task_ids=None,          # restrict the build to these task ids (None = every task that fits the canvas)
     test_subset=None,       # e.g. 'training': use only this subset's tasks, their test pairs as the test set
     max_grid=None,          # with test_subset: keep tasks whose grids are all at most max_grid x max_grid
-    puzzle=None,            # N-Queens / Sudoku instead of ARC: dis_nbdev.puzzles.PuzzleSpec fields
+    puzzle=None,            # a board family instead of ARC: `kind` and that family's spec fields (dis_nbdev.boards)
 )
 EVAL_DEFAULTS = dict(
     evaluate=True,          # run the standard ARC vote after training (batch size: TrainConfig.eval_batch_size)

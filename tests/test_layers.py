@@ -50,7 +50,7 @@ def _call_name(node: ast.Call) -> str:
 def _importlib_targets(call: ast.Call, tree: ast.AST, here: str, is_pkg: bool, mods) -> set[str]:
     """Package modules an `importlib.import_module(...)` / `__import__(...)` call may import: a constant name
     (`'dis_nbdev.x'`, or `'.x'` with a package); a name built at run time (`f'dis_nbdev.{m}'`, a variable) may be any
-    package module spelled as a string constant in the same module (`_PLUGIN_MODULES = ('dis_nbdev.puzzles',)`,
+    package module spelled as a string constant in the same module (`_PLUGIN_MODULES = ('dis_nbdev.boards',)`,
     `_entry('dataset', ...)`)."""
     arg = call.args[0] if call.args else next((k.value for k in call.keywords if k.arg == 'name'), None)
     if isinstance(arg, ast.Constant) and isinstance(arg.value, str):

@@ -15,7 +15,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from .core import (DisError, ConfigError, EXIT_INTERRUPTED, seed_everything, resolve_bf16, resolve_compile,
                             dist_info)
 from .files import RunDir, FolderLock, clean_stale_temps, atomic_write_json, atomic_write_text
-from .config import from_dict, load_yaml
+from .config import check_start, from_dict, load_yaml
 from .dataset import TrainLoader, dataset_fingerprint, open_split
 from .model import RecursiveModel, count_parameters, model_config
 from .methods import get_method
@@ -119,6 +119,7 @@ def make_state(cfg: TrainConfig, resume: bool = False) -> TrainState:
     info, device, created = setup_distributed(cfg.device)
     if cfg.global_batch_size % info.world_size:
         raise ConfigError(f'TrainConfig.global_batch_size {cfg.global_batch_size} is not divisible by world size {info.world_size}')
+    check_start(cfg, info.world_size)   # what would fail hours in (eval batch vs world size, missing splits), now
     ckpt = RunDir(cfg.out_dir).checkpoint
     if not resume and ckpt.exists():
         raise ConfigError(f'{ckpt}: a run already exists here; resume it (resume=True / --resume) or choose another out_dir')
@@ -279,7 +280,7 @@ def train(config: TrainConfig | dict, resume: bool = False, callbacks: list | No
 
 # %% ../nbs/05_train.ipynb #7ab6dd2e
 # `key=value` overrides: the one syntax of every command (`dis-run` too), re-exported as `train.apply_overrides`
-from .config import apply_overrides, check_start
+from .config import apply_overrides
 
 def train_cli(argv: list[str] | None = None):
     "dis-train --config X.yaml [--resume] [--set key=value ...]; exits EXIT_INTERRUPTED when a signal stopped the run."

@@ -365,7 +365,7 @@ class TrainConfig:
         if self.optimizer != 'auto': return self.optimizer
         return method_of(self).default_optimizer
 
-# %% ../nbs/00b_config.ipynb #f41cd383
+# %% ../nbs/00b_config.ipynb #b1053928
 CHOICES = dict(method=('dis', 'trm'), lr_schedule=('cosine', 'constant'), optimizer=('auto', 'adam_atan2', 'adamw'),
                step_weights=('none', 'linear'), wandb_mode=('offline', 'online', 'disabled'))
 MODEL_SCHEMA: dict = {}         # cls, ranges, build: registered by the floor that owns ModelConfig (checkpoint)
@@ -392,6 +392,7 @@ def register_model_schema(cls, ranges: dict, build: Callable | None = None) -> N
     "Type `model:` overrides by dataclass `cls`, bound them by `ranges`; `build(preset, overrides)` checks the whole."
     MODEL_SCHEMA.update(cls=cls, ranges=ranges, build=build)
 
+# %% ../nbs/00b_config.ipynb #0572b7c6
 # field: (low, high, brackets); None = unbounded. Fields typed `... | None` may also be None.
 TRAIN_RANGES = dict(global_batch_size=(1, None, '[)'), epochs=(1, None, '[)'), max_steps=(1, None, '[)'),
                     time_budget_s=(0, None, '()'), lr=(0, None, '[)'), lr_warmup_steps=(0, None, '[)'),
@@ -405,6 +406,7 @@ TRAIN_RANGES = dict(global_batch_size=(1, None, '[)'), epochs=(1, None, '[)'), m
 def _optional_fields(cls) -> set:
     return {k for k, h in field_hints(cls).items() if type(None) in typing.get_args(h)}
 
+# %% ../nbs/00b_config.ipynb #321aa15b
 def train_config_problems(cfg: TrainConfig) -> list[str]:
     "Every problem of `cfg` (choices, ranges, mappings, paths, device, registered checks)."
     errors = []

@@ -69,7 +69,7 @@ def default_data_dir(data: dict) -> str:
         key += '_' + hashlib.sha1(','.join(sorted(map(str, data['task_ids']))).encode()).hexdigest()[:8]
     return str(Path('data')/key)
 
-# %% ../nbs/09_runner.ipynb #b37151bb
+# %% ../nbs/09_runner.ipynb #c3fa016e
 @dataclasses.dataclass
 class RunSpec:
     "A run config split into its dataset, training and evaluation parts."
@@ -87,6 +87,7 @@ class RunSpec:
         "The flat config again (what a YAML holds)."
         return {**self.data, **self.eval, **self.train}
 
+# %% ../nbs/09_runner.ipynb #85cd14c6
 def _value_problems(data: dict, ev: dict) -> list[str]:
     "The bounds of the data and evaluation keys (their types are checked already)."
     out = []
@@ -102,6 +103,7 @@ def _value_problems(data: dict, ev: dict) -> list[str]:
         if ev[k] is not None and ev[k] < 1: out.append(f'{k}={ev[k]!r}: must be >= 1 (or null for the default)')
     return out
 
+# %% ../nbs/09_runner.ipynb #723a290c
 def load_run_spec(config, run_dir=None, overrides=None, out='runs') -> RunSpec:
     "Read a run config (YAML path or dict), apply `overrides`, and split it into a `RunSpec`."
     path = None
@@ -400,6 +402,35 @@ class _SignalForwarder:
     def __exit__(self, *exc):
         for sig, h in self._old.items(): signal.signal(sig, h)
 
+# %% ../nbs/09_runner.ipynb #71dcdf7d
+def _folder_state(config, rd: RunDir, name: str, merged: dict | None, force: bool, echo: bool) -> tuple[str, list[str]]:
+    "The run folder's state and the fields its config snapshot changes; a changed config is refused unless `force`."
+    run_dir = rd.path
+    clean_stale_temps(run_dir, echo=echo)     # temporary files of a killed earlier attempt
+    state = run_state(run_dir)
+    snap = rd/rd.RUN_CONFIG
+    has_run = rd.has_run()
+    diff = config_diff(load_yaml(snap), merged) if merged is not None and snap.exists() else []
+    if has_run and (diff or force):
+        if not force:
+            raise ConfigError(f'{config}: run folder {run_dir} holds a{" finished" if state == "finished" else "n unfinished"} '
+                              f'run made with a different config ({snap.name}); changed field(s):\n  ' + '\n  '.join(diff) +
+                              '\nRun it again with the same config to ' + ('keep it' if state == 'finished' else 'resume it') +
+                              ', choose another name or --out, or pass --force to start over (the old run is moved aside)')
+        aside = move_run_aside(run_dir)
+        if echo: print(f'[{name}] --force: the earlier run was moved to {aside}; starting over', flush=True)
+        state = 'new'
+    return state, diff
+
+def _config_snapshot(rd: RunDir, merged: dict | None, diff: list[str], path: Path) -> str:
+    "The config file the run notebook reads: the folder's `run_config.yaml` (written once; a changed one is stashed)."
+    snap = rd/rd.RUN_CONFIG
+    if merged is not None:
+        if snap.exists() and diff: stash_attempt(rd.path, rd.RUN_CONFIG)   # nothing was trained with it
+        if not snap.exists(): atomic_write_text(snap, yaml.safe_dump(merged, sort_keys=False))
+        return str(snap.resolve())
+    return str(path.resolve())
+
 # %% ../nbs/09_runner.ipynb #e61b589e
 def execute_run(config, out='runs', gpus: int = 1, overrides=None, notebook=None, kernel: str = 'python3',
                 stream: bool = False, echo: bool = True, force: bool = False) -> dict:
@@ -415,28 +446,11 @@ def execute_run(config, out='runs', gpus: int = 1, overrides=None, notebook=None
     res = dict(name=name, run_dir=str(run_dir), status='', error=None, notebook=str(rd/rd.NOTEBOOK))
     lock = rd.lock('run', f'dis-run {config}').acquire()       # one writer per run folder, or LockError now
     try:
-        clean_stale_temps(run_dir, echo=echo)     # temporary files of a killed earlier attempt
-        state = run_state(run_dir)
-        snap = rd/rd.RUN_CONFIG
-        has_run = rd.has_run()
-        diff = config_diff(load_yaml(snap), merged) if merged is not None and snap.exists() else []
-        if has_run and (diff or force):
-            if not force:
-                raise ConfigError(f'{config}: run folder {run_dir} holds a{" finished" if state == "finished" else "n unfinished"} '
-                                  f'run made with a different config ({snap.name}); changed field(s):\n  ' + '\n  '.join(diff) +
-                                  '\nRun it again with the same config to ' + ('keep it' if state == 'finished' else 'resume it') +
-                                  ', choose another name or --out, or pass --force to start over (the old run is moved aside)')
-            aside = move_run_aside(run_dir)
-            if echo: print(f'[{name}] --force: the earlier run was moved to {aside}; starting over', flush=True)
-            state = 'new'
+        state, diff = _folder_state(config, rd, name, merged, force, echo)
         if state == 'finished':
             if echo: print(f'[{name}] finished already in {run_dir}: skipped')
             return {**res, 'status': 'skipped'}
-        if merged is not None:
-            if snap.exists() and diff: stash_attempt(run_dir, rd.RUN_CONFIG)   # nothing was trained with it
-            if not snap.exists(): atomic_write_text(snap, yaml.safe_dump(merged, sort_keys=False))
-            cfg_param = str(snap.resolve())
-        else: cfg_param = str(path.resolve())
+        cfg_param = _config_snapshot(rd, merged, diff, path)
         stash_attempt(run_dir, rd.NOTEBOOK)
         if echo: print(f'[{name}] {"resuming" if state == "unfinished" else "starting"} in {run_dir} (workers: {gpus})', flush=True)
         base = dict(name=name, config=str(config), gpus=gpus)

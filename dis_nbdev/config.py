@@ -8,80 +8,17 @@ import copy, dataclasses, difflib, math, os, re, sys, types, typing
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
-
 from .core import ConfigError, FALSE_WORDS, TRUE_WORDS, auto_bool, parse_device
-from .files import read_text_file
+from .yamlio import MAX_YAML_NODES, load_yaml, parse_yaml   # noqa: F401 (re-exported: the one YAML reader)
+_all_ = ['MAX_YAML_NODES', 'parse_yaml', 'load_yaml']
 
 # %% auto #0
-__all__ = ['MAX_YAML_NODES', 'CHOICES', 'MODEL_SCHEMA', 'METHOD_SCHEMA', 'TRAIN_RANGES', 'parse_yaml', 'load_yaml', 'parse_value',
-           'parse_overrides', 'deep_merge', 'apply_overrides', 'coerce_value', 'field_hints', 'unknown_keys',
-           'dict_problems', 'build_problems', 'config_error', 'from_dict', 'check_ranges', 'TrainConfig',
-           'register_choices', 'register_method_schema', 'method_of', 'register_model_schema', 'train_config_problems',
-           'as_train_config', 'start_problems', 'check_start', 'reference_examples', 'planned_steps', 'step_flops',
-           'describe_plan']
-
-# %% ../nbs/00b_config.ipynb #9d2c06ea
-MAX_YAML_NODES = 100_000        # nodes after alias expansion; a real config has a few hundred
-
-class _Loader(yaml.SafeLoader):
-    "PyYAML's safe loader, refusing duplicate keys."
-
-def _no_duplicates(loader, node, deep=False):
-    seen = {}
-    for k, _ in node.value:
-        if isinstance(k, yaml.ScalarNode) and k.tag != 'tag:yaml.org,2002:merge':
-            key = loader.construct_object(k, deep=True)
-            if key in seen:
-                raise ConfigError(f'{loader.name}:{k.start_mark.line + 1}: duplicate key {key!r} (first on line '
-                                  f'{seen[key]}); a YAML mapping holds each key once')
-            seen[key] = k.start_mark.line + 1
-    return loader.construct_mapping(node, deep)
-
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
-
-def _expanded_size(node, memo: dict) -> int:
-    "Number of nodes `node` becomes once every alias is expanded (memoised: linear in the file, not in the expansion)."
-    if id(node) in memo: return memo[id(node)]
-    memo[id(node)] = 1
-    if isinstance(node, yaml.SequenceNode): n = 1 + sum(_expanded_size(c, memo) for c in node.value)
-    elif isinstance(node, yaml.MappingNode): n = 1 + sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
-    else: n = 1
-    memo[id(node)] = n
-    return n
-
-# %% ../nbs/00b_config.ipynb #c9969a46
-def parse_yaml(text: str, where: str = 'config'):
-    "`text` read as YAML (safe: no tags, no duplicate keys, bounded aliases); errors are one line naming `where`."
-    loader = _Loader(text); loader.name = where
-    try:
-        node = loader.get_single_node()
-        if node is None: return None
-        if _expanded_size(node, {}) > MAX_YAML_NODES:
-            raise ConfigError(f'{where}: YAML aliases expand to more than {MAX_YAML_NODES:,} values (an alias bomb?); refused')
-        return loader.construct_document(node)
-    except yaml.MarkedYAMLError as e:
-        m = e.problem_mark or e.context_mark
-        at = f':{m.line + 1}:{m.column + 1}' if m is not None else ''
-        what = ' '.join(str(x) for x in (e.context, e.problem) if x).replace('\n', ' ')
-        raise ConfigError(f'{where}{at}: not valid YAML: {what}') from None
-    except yaml.YAMLError as e: raise ConfigError(f'{where}: not valid YAML: {str(e).splitlines()[0]}') from None
-    except RecursionError: raise ConfigError(f'{where}: YAML nested too deeply') from None
-    finally: loader.dispose()
-
-def load_yaml(path: str | os.PathLike, allow_empty: bool = False) -> dict:
-    "Read a YAML mapping from `path`, with one clear error for anything that is not one."
-    p = Path(path)
-    text = read_text_file(p)
-    if not text.strip():
-        if allow_empty: return {}
-        raise ConfigError(f'{p}: the config file is empty (expected a mapping of fields)')
-    data = parse_yaml(text, str(p))
-    if data is None:
-        if allow_empty: return {}
-        raise ConfigError(f'{p}: the config file holds no fields (only comments?)')
-    if not isinstance(data, dict): raise ConfigError(f'{p}: expected a mapping of fields, got {type(data).__name__}')
-    return data
+__all__ = ['CHOICES', 'MODEL_SCHEMA', 'METHOD_SCHEMA', 'TRAIN_RANGES', 'parse_value', 'parse_overrides', 'deep_merge',
+           'apply_overrides', 'coerce_value', 'field_hints', 'unknown_keys', 'dict_problems', 'build_problems',
+           'config_error', 'from_dict', 'check_ranges', 'TrainConfig', 'register_choices', 'register_method_schema',
+           'method_of', 'register_model_schema', 'train_config_problems', 'as_train_config', 'start_problems',
+           'check_start', 'reference_examples', 'planned_steps', 'step_flops', 'describe_plan', 'MAX_YAML_NODES',
+           'parse_yaml', 'load_yaml']
 
 # %% ../nbs/00b_config.ipynb #e4801ff8
 _KEY_RE = re.compile(r'[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*')
@@ -365,7 +302,7 @@ class TrainConfig:
         if self.optimizer != 'auto': return self.optimizer
         return method_of(self).default_optimizer
 
-# %% ../nbs/00b_config.ipynb #f41cd383
+# %% ../nbs/00b_config.ipynb #b1053928
 CHOICES = dict(method=('dis', 'trm'), lr_schedule=('cosine', 'constant'), optimizer=('auto', 'adam_atan2', 'adamw'),
                step_weights=('none', 'linear'), wandb_mode=('offline', 'online', 'disabled'))
 MODEL_SCHEMA: dict = {}         # cls, ranges, build: registered by the floor that owns ModelConfig (checkpoint)
@@ -392,6 +329,7 @@ def register_model_schema(cls, ranges: dict, build: Callable | None = None) -> N
     "Type `model:` overrides by dataclass `cls`, bound them by `ranges`; `build(preset, overrides)` checks the whole."
     MODEL_SCHEMA.update(cls=cls, ranges=ranges, build=build)
 
+# %% ../nbs/00b_config.ipynb #0572b7c6
 # field: (low, high, brackets); None = unbounded. Fields typed `... | None` may also be None.
 TRAIN_RANGES = dict(global_batch_size=(1, None, '[)'), epochs=(1, None, '[)'), max_steps=(1, None, '[)'),
                     time_budget_s=(0, None, '()'), lr=(0, None, '[)'), lr_warmup_steps=(0, None, '[)'),
@@ -405,6 +343,7 @@ TRAIN_RANGES = dict(global_batch_size=(1, None, '[)'), epochs=(1, None, '[)'), m
 def _optional_fields(cls) -> set:
     return {k for k, h in field_hints(cls).items() if type(None) in typing.get_args(h)}
 
+# %% ../nbs/00b_config.ipynb #321aa15b
 def train_config_problems(cfg: TrainConfig) -> list[str]:
     "Every problem of `cfg` (choices, ranges, mappings, paths, device, registered checks)."
     errors = []

@@ -13,8 +13,9 @@ from .core import ConfigError, DisError, LockError
 # %% auto #0
 __all__ = ['MAX_NAME_LEN', 'FINISHED_REASONS', 'temp_tag', 'atomic_write', 'atomic_write_text', 'atomic_write_json',
            'atomic_torch_save', 'pid_alive', 'temp_owner', 'stale_temps', 'clean_stale_temps', 'check_name',
-           'open_nofollow', 'FolderLock', 'read_jsonl', 'append_jsonl', 'stop_state', 'summary_state', 'RunDir',
-           'read_text_file', 'stash_attempt', 'move_run_aside', 'project_root', 'shared_data_dir']
+           'open_nofollow', 'FolderLock', 'read_jsonl', 'append_jsonl', 'stop_state', 'summary_state',
+           'check_folder_path', 'read_json_object', 'RunDir', 'read_text_file', 'stash_attempt', 'move_run_aside',
+           'project_root', 'shared_data_dir']
 
 # %% ../nbs/00a_files.ipynb #9951943a
 def _host() -> str:
@@ -242,6 +243,22 @@ def summary_state(summary: dict) -> str:
     if summary.get('state') in ('finished', 'interrupted'): return summary['state']
     return stop_state(summary.get('stopped'))
 
+# %% ../nbs/00a_files.ipynb #d8b46de4
+def check_folder_path(path: Path, what: str = 'the run') -> None:
+    "ConfigError when `path` (or a folder above it) is a file."
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir(): raise ConfigError(f'{path}: {p} is a file, not a folder ({what} needs a folder)')
+            break
+
+def read_json_object(p: Path) -> dict | None:
+    "The JSON object in file `p`, None when absent; a damaged file is a ConfigError naming it."
+    if not p.exists(): return None
+    try: d = json.loads(p.read_text(encoding='utf-8'))
+    except (UnicodeDecodeError, ValueError) as e: raise ConfigError(f'{p}: not readable JSON ({e})') from None
+    if not isinstance(d, dict): raise ConfigError(f'{p}: expected a JSON object, got {type(d).__name__}')
+    return d
+
 # %% ../nbs/00a_files.ipynb #bfb4b984
 class RunDir:
     "The files of one run folder, by name; reads with clear errors, writes atomically."
@@ -268,20 +285,11 @@ class RunDir:
 
     def check_writable(self, what: str = 'the run') -> 'RunDir':
         "ConfigError when the folder (or a folder above it) is a file."
-        for p in (self.path, *self.path.parents):
-            if p.exists():
-                if not p.is_dir(): raise ConfigError(f'{self.path}: {p} is a file, not a folder ({what} needs a folder)')
-                break
-        return self
+        check_folder_path(self.path, what); return self
     def has_run(self) -> bool: return any((self.path/f).exists() for f in self.TRAINING_FILES)
     def read_json(self, name: str) -> dict | None:
         "The JSON object in `name`, None when absent; a damaged file is a ConfigError naming it."
-        p = self.path/name
-        if not p.exists(): return None
-        try: d = json.loads(p.read_text(encoding='utf-8'))
-        except (UnicodeDecodeError, ValueError) as e: raise ConfigError(f'{p}: not readable JSON ({e})') from None
-        if not isinstance(d, dict): raise ConfigError(f'{p}: expected a JSON object, got {type(d).__name__}')
-        return d
+        return read_json_object(self.path/name)
     def write_json(self, name: str, obj: dict) -> Path: return atomic_write_json(self.path/name, obj)
 
     def read_metrics(self, repair: bool = False) -> list[dict]: return read_jsonl(self.metrics, repair, 'metrics')

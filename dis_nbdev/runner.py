@@ -17,20 +17,17 @@ from .config import (apply_overrides, as_train_config, check_start, coerce_value
                               parse_overrides)
 from .arc import check_task_id, fits, load_subsets
 from .dataset import build_arc_dataset, recover_dataset, verify_dataset
-from .checkpoint import load_trained, read_metrics, setup_distributed
+from .checkpoint import load_trained, read_metrics, setup_distributed  # noqa: F401 (read_metrics: re-exported)
 from .evaluate import evaluate, run_defaults
 from .train import train
-from .boards import (PuzzleError, board_spec, ensure_puzzle_dataset, evaluate_puzzle_run,  # importing boards registers its
-                              run_target_report)                                       # target generators
+from .boards import PuzzleError, board_spec, ensure_puzzle_dataset, evaluate_puzzle_run  # registers its target generators
 
 
 # %% auto #0
-__all__ = ['DATA_DEFAULTS', 'EVAL_DEFAULTS', 'DATA_TYPES', 'EVAL_TYPES', 'PUZZLE_RUN_KEYS', 'default_data_dir', 'RunSpec',
-           'load_run_spec', 'select_tasks', 'write_task_folder', 'prepare_data', 'train_config', 'torchrun_command',
-           'launch_training', 'eval_kwargs', 'run_evaluation', 'run_puzzle_evaluation', 'RunInterrupted',
-           'run_finished', 'check_finished', 'per_step_series', 'plot_training', 'plot_per_step', 'run_state',
-           'default_notebook', 'config_diff', 'execute_run', 'run_cli', 'split_puzzle_config', 'run_puzzle_config',
-           'compare_puzzle_runs']
+__all__ = ['DATA_DEFAULTS', 'EVAL_DEFAULTS', 'DATA_TYPES', 'EVAL_TYPES', 'default_data_dir', 'RunSpec', 'load_run_spec',
+           'select_tasks', 'write_task_folder', 'prepare_data', 'train_config', 'torchrun_command', 'launch_training',
+           'eval_kwargs', 'run_evaluation', 'run_puzzle_evaluation', 'RunInterrupted', 'run_finished', 'check_finished',
+           'run_state', 'default_notebook', 'config_diff', 'execute_run', 'run_cli']
 
 # %% ../nbs/09_runner.ipynb #730f27d9
 DATA_DEFAULTS = dict(
@@ -69,7 +66,7 @@ def default_data_dir(data: dict) -> str:
         key += '_' + hashlib.sha1(','.join(sorted(map(str, data['task_ids']))).encode()).hexdigest()[:8]
     return str(Path('data')/key)
 
-# %% ../nbs/09_runner.ipynb #b37151bb
+# %% ../nbs/09_runner.ipynb #c3fa016e
 @dataclasses.dataclass
 class RunSpec:
     "A run config split into its dataset, training and evaluation parts."
@@ -87,6 +84,7 @@ class RunSpec:
         "The flat config again (what a YAML holds)."
         return {**self.data, **self.eval, **self.train}
 
+# %% ../nbs/09_runner.ipynb #85cd14c6
 def _value_problems(data: dict, ev: dict) -> list[str]:
     "The bounds of the data and evaluation keys (their types are checked already)."
     out = []
@@ -102,6 +100,7 @@ def _value_problems(data: dict, ev: dict) -> list[str]:
         if ev[k] is not None and ev[k] < 1: out.append(f'{k}={ev[k]!r}: must be >= 1 (or null for the default)')
     return out
 
+# %% ../nbs/09_runner.ipynb #723a290c
 def load_run_spec(config, run_dir=None, overrides=None, out='runs') -> RunSpec:
     "Read a run config (YAML path or dict), apply `overrides`, and split it into a `RunSpec`."
     path = None
@@ -296,46 +295,6 @@ def check_finished(summary: dict, run_dir=None) -> dict:
     return summary
 
 
-# %% ../nbs/09_runner.ipynb #2adf5628
-def per_step_series(record: dict, prefix: str = 'token_acc_s') -> dict[int, float]:
-    "`{k: record[f'{prefix}{k}']}` for every supervision step k the record holds (sorted by k)."
-    ks = sorted(int(key[len(prefix):]) for key in record if key.startswith(prefix) and key[len(prefix):].isdigit())
-    return {k: record[f'{prefix}{k}'] for k in ks}
-
-def plot_training(run_dir, ax=None, title=None):
-    "Training loss and final-step accuracies against optimizer steps."
-    import matplotlib.pyplot as plt
-    recs = [r for r in read_metrics(run_dir) if 'loss' in r]
-    if ax is None: fig, ax = plt.subplots(1, 2, figsize=(9, 3.2), dpi=70)
-    else: fig = ax[0].figure
-    if not recs:
-        ax[0].set_title('no metrics yet'); return fig
-    steps = [r['step'] for r in recs]
-    ax[0].plot(steps, [r['loss'] for r in recs]); ax[0].set_xlabel('optimizer step'); ax[0].set_ylabel('loss')
-    ax[0].set_yscale('log'); ax[0].set_title(title or Path(run_dir).name)
-    for key in ('token_acc', 'exact_acc'):
-        pts = [(r['step'], r[key]) for r in recs if key in r]
-        if pts: ax[1].plot(*zip(*pts), label=f'{key.replace("_", " ")} (last supervision step)')
-    ax[1].set_ylim(0, 1); ax[1].set_xlabel('optimizer step')
-    if ax[1].lines: ax[1].legend(fontsize=8)
-    ax[1].set_title('training batches')
-    fig.tight_layout()
-    return fig
-
-def plot_per_step(results: dict, ax=None, label=None):
-    "The per-step improvement: token and exact accuracy on the test set after each supervision step."
-    import matplotlib.pyplot as plt
-    if ax is None: fig, ax = plt.subplots(figsize=(4.5, 3.2), dpi=70)
-    else: fig = ax.figure
-    ps = results.get('per_step') or []
-    s = [r['step'] for r in ps]
-    for key, style in (('token_acc', 'o-'), ('exact_acc', 's--'), ('valid', '^-'), ('exact', 's--')):
-        if ps and key in ps[0]:
-            ax.plot(s, [r[key] for r in ps], style, label=f'{label or ""} {key.replace("_", " ")}'.strip())
-    ax.set_xlabel('supervision step'); ax.set_ylabel('accuracy (test)'); ax.set_ylim(0, 1)
-    ax.legend(fontsize=8); fig.tight_layout()
-    return fig
-
 # %% ../nbs/09_runner.ipynb #8a93e49d
 def run_state(run_dir) -> str:
     "'finished', 'unfinished' (something is there: it resumes) or 'new' (`files.RunDir.state`)."
@@ -400,6 +359,35 @@ class _SignalForwarder:
     def __exit__(self, *exc):
         for sig, h in self._old.items(): signal.signal(sig, h)
 
+# %% ../nbs/09_runner.ipynb #71dcdf7d
+def _folder_state(config, rd: RunDir, name: str, merged: dict | None, force: bool, echo: bool) -> tuple[str, list[str]]:
+    "The run folder's state and the fields its config snapshot changes; a changed config is refused unless `force`."
+    run_dir = rd.path
+    clean_stale_temps(run_dir, echo=echo)     # temporary files of a killed earlier attempt
+    state = run_state(run_dir)
+    snap = rd/rd.RUN_CONFIG
+    has_run = rd.has_run()
+    diff = config_diff(load_yaml(snap), merged) if merged is not None and snap.exists() else []
+    if has_run and (diff or force):
+        if not force:
+            raise ConfigError(f'{config}: run folder {run_dir} holds a{" finished" if state == "finished" else "n unfinished"} '
+                              f'run made with a different config ({snap.name}); changed field(s):\n  ' + '\n  '.join(diff) +
+                              '\nRun it again with the same config to ' + ('keep it' if state == 'finished' else 'resume it') +
+                              ', choose another name or --out, or pass --force to start over (the old run is moved aside)')
+        aside = move_run_aside(run_dir)
+        if echo: print(f'[{name}] --force: the earlier run was moved to {aside}; starting over', flush=True)
+        state = 'new'
+    return state, diff
+
+def _config_snapshot(rd: RunDir, merged: dict | None, diff: list[str], path: Path) -> str:
+    "The config file the run notebook reads: the folder's `run_config.yaml` (written once; a changed one is stashed)."
+    snap = rd/rd.RUN_CONFIG
+    if merged is not None:
+        if snap.exists() and diff: stash_attempt(rd.path, rd.RUN_CONFIG)   # nothing was trained with it
+        if not snap.exists(): atomic_write_text(snap, yaml.safe_dump(merged, sort_keys=False))
+        return str(snap.resolve())
+    return str(path.resolve())
+
 # %% ../nbs/09_runner.ipynb #e61b589e
 def execute_run(config, out='runs', gpus: int = 1, overrides=None, notebook=None, kernel: str = 'python3',
                 stream: bool = False, echo: bool = True, force: bool = False) -> dict:
@@ -415,28 +403,11 @@ def execute_run(config, out='runs', gpus: int = 1, overrides=None, notebook=None
     res = dict(name=name, run_dir=str(run_dir), status='', error=None, notebook=str(rd/rd.NOTEBOOK))
     lock = rd.lock('run', f'dis-run {config}').acquire()       # one writer per run folder, or LockError now
     try:
-        clean_stale_temps(run_dir, echo=echo)     # temporary files of a killed earlier attempt
-        state = run_state(run_dir)
-        snap = rd/rd.RUN_CONFIG
-        has_run = rd.has_run()
-        diff = config_diff(load_yaml(snap), merged) if merged is not None and snap.exists() else []
-        if has_run and (diff or force):
-            if not force:
-                raise ConfigError(f'{config}: run folder {run_dir} holds a{" finished" if state == "finished" else "n unfinished"} '
-                                  f'run made with a different config ({snap.name}); changed field(s):\n  ' + '\n  '.join(diff) +
-                                  '\nRun it again with the same config to ' + ('keep it' if state == 'finished' else 'resume it') +
-                                  ', choose another name or --out, or pass --force to start over (the old run is moved aside)')
-            aside = move_run_aside(run_dir)
-            if echo: print(f'[{name}] --force: the earlier run was moved to {aside}; starting over', flush=True)
-            state = 'new'
+        state, diff = _folder_state(config, rd, name, merged, force, echo)
         if state == 'finished':
             if echo: print(f'[{name}] finished already in {run_dir}: skipped')
             return {**res, 'status': 'skipped'}
-        if merged is not None:
-            if snap.exists() and diff: stash_attempt(run_dir, rd.RUN_CONFIG)   # nothing was trained with it
-            if not snap.exists(): atomic_write_text(snap, yaml.safe_dump(merged, sort_keys=False))
-            cfg_param = str(snap.resolve())
-        else: cfg_param = str(path.resolve())
+        cfg_param = _config_snapshot(rd, merged, diff, path)
         stash_attempt(run_dir, rd.NOTEBOOK)
         if echo: print(f'[{name}] {"resuming" if state == "unfinished" else "starting"} in {run_dir} (workers: {gpus})', flush=True)
         base = dict(name=name, config=str(config), gpus=gpus)
@@ -519,47 +490,3 @@ if __name__ == '__main__' and _run_as_script('runner'):
     elif len(sys.argv) > 1 and sys.argv[1] == '--eval-worker': _eval_worker_main(sys.argv[2:])
     else: run_cli()
 
-
-# %% ../nbs/09_runner.ipynb #h2rn0002
-PUZZLE_RUN_KEYS = ('puzzle', 'evaluate', 'eval_n_steps', 'eval_limit')
-
-def split_puzzle_config(config, overrides: dict | None = None, out: str = 'runs') -> tuple[dict, object, dict]:
-    "(TrainConfig fields, board spec, evaluation keys) of a puzzle run config (YAML path or dict)."
-    path = Path(config) if isinstance(config, (str, os.PathLike)) else None
-    cfg = {**(load_yaml(path) if path else dict(config)), **(overrides or {})}
-    where = str(path) if path else 'puzzle config'
-    if not isinstance(cfg.get('puzzle'), dict): raise ConfigError(f'{where}: a puzzle run needs a `puzzle:` mapping of board spec fields')
-    try: spec = board_spec(cfg.pop('puzzle'), where=f'{where}: puzzle')
-    except DisError as e: raise ConfigError(str(e)) from None
-    ev = {k: cfg.pop(k) for k in PUZZLE_RUN_KEYS[1:] if k in cfg}
-    cfg['name'] = cfg.get('name') or (path.stem if path else 'puzzles')
-    cfg.setdefault('out_dir', str(Path(out)/cfg['name']))
-    if not cfg.get('data_dir'):
-        cfg['data_dir'] = str(Path('data')/f"puzzles_{spec.kind}{spec.side}_seed{spec.seed}")
-    return cfg, spec, ev
-
-# %% ../nbs/09_runner.ipynb #h2rn0004
-def run_puzzle_config(config, out: str = 'runs', overrides: dict | None = None, device: str = 'cpu') -> dict:
-    "Build the data, train and score one puzzle run (with its targets report); returns {'summary', 'eval'} (also in the run folder)."
-    cfg, spec, ev = split_puzzle_config(config, overrides, out)
-    ensure_puzzle_dataset(cfg['data_dir'], spec)
-    resume = RunDir(cfg['out_dir']).checkpoint.exists()
-    summary = train(cfg, resume=resume)
-    res = evaluate_puzzle_run(cfg['out_dir'], cfg['data_dir'], device=device,
-                              n_steps=ev.get('eval_n_steps'), limit=ev.get('eval_limit'))
-    res['targets_report'] = run_target_report(cfg['out_dir'], cfg['data_dir'])   # how often its step targets were the label
-    atomic_write_json(Path(cfg['out_dir'])/'puzzle_eval.json', res)
-    return {'summary': summary, 'eval': res}
-
-def compare_puzzle_runs(configs, out: str = 'runs', overrides: dict | None = None, device='cpu') -> dict:
-    "Run several puzzle configs (same overrides) and return {name: puzzle_eval}; prints a per-step table."
-    res = {}
-    for c in configs:
-        r = run_puzzle_config(c, out=out, overrides=overrides, device=device)['eval']
-        name = Path(c).stem if isinstance(c, (str, os.PathLike)) else c.get('name', str(len(res)))
-        res[name] = r
-    steps = max(r['n_steps'] for r in res.values())
-    print('valid / exact per step'.ljust(32) + ''.join(f'  s{s:<11d}' for s in range(1, steps + 1)))
-    for name, r in res.items():
-        print(name.ljust(32) + ''.join(f"  {x['valid']:.3f}/{x['exact']:.3f}" for x in r['per_step']))
-    return res

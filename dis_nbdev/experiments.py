@@ -19,7 +19,7 @@ from .model import model_config
 from .methods import get_method
 import dis_nbdev.checkpoint  # noqa: F401  (registers the model and loss checks into config)
 from .train import train
-from .boards import PuzzleError, board_spec, ensure_puzzle_dataset, evaluate_puzzle_run
+from .boards import board_spec, board_spec_problems, ensure_puzzle_dataset, evaluate_puzzle_run
 
 # %% auto #0
 __all__ = ['TASK_KEYS', 'GRID_KEYS', 'RESULT_COLS', 'STEP_COLS', 'Cell', 'grid_problems', 'load_grid', 'expand_grid',
@@ -67,9 +67,7 @@ def _task_problems(t, spec) -> list[str]:
     if not isinstance(spec, dict): return [f'{at}expected a mapping with a `puzzle:` mapping of board spec fields']
     out = unknown_keys(spec, TASK_KEYS, at, 'task key')
     if not isinstance(spec.get('puzzle'), dict): out.append(f'{at}needs a `puzzle:` mapping of board spec fields')
-    else:
-        try: board_spec(spec['puzzle'], f'{at}puzzle')        # the family checks its own fields
-        except PuzzleError as e: out.append(str(e))
+    else: out += [f'{at}puzzle.{e}' for e in board_spec_problems(spec['puzzle'])]     # its family's fields
     for k in ('train', 'targets', 'eval'):
         if spec.get(k) is not None and not isinstance(spec[k], dict): out.append(f'{at}{k}: expected a mapping, got {spec[k]!r}')
     return out + _budget_problems(spec.get('budget'), at)

@@ -166,9 +166,7 @@ def load_run(path, name: str | None = None) -> RunInfo:
     "Read one run folder; `name` defaults to the folder's name."
     path = Path(path)
     cfg = read_run_config(RunDir(path).config)
-    try: metrics = read_metrics(RunDir(path).metrics)
-    except UnicodeDecodeError as e:
-        raise ConfigError(f'{path / "metrics.jsonl"}: not UTF-8 text (byte {e.start}): a damaged metrics file') from None
+    metrics = read_metrics(RunDir(path).metrics)     # a damaged line: one ConfigError naming the file and line
     return RunInfo(path, name or path.name, cfg, metrics, _read_json_or(RunDir(path).summary, {}) or {}, run_eval(path))
 
 def is_run_dir(path) -> bool:

@@ -20,7 +20,7 @@ from .dataset import build_arc_dataset, recover_dataset, verify_dataset
 from .checkpoint import load_trained, read_metrics, setup_distributed  # noqa: F401 (read_metrics: re-exported)
 from .evaluate import evaluate, run_defaults
 from .train import train
-from .boards import PuzzleError, board_spec, ensure_puzzle_dataset, evaluate_puzzle_run  # registers its target generators
+from .boards import board_spec_problems, ensure_puzzle_dataset, evaluate_puzzle_run  # registers its target generators
 
 
 # %% auto #0
@@ -91,9 +91,7 @@ def _value_problems(data: dict, ev: dict) -> list[str]:
     if not 2 <= data['side'] <= 30: out.append(f'side={data["side"]!r}: must be an integer canvas side in 2..30')
     if data['num_aug'] < 0: out.append(f'num_aug={data["num_aug"]!r}: must be a non-negative integer')
     if not 0 <= data['data_seed'] < 2**32: out.append(f'data_seed={data["data_seed"]!r}: must be in [0, 2**32)')
-    if data['puzzle'] is not None:
-        try: board_spec(data['puzzle'], 'puzzle')           # the family checks its own fields
-        except PuzzleError as e: out.append(str(e))
+    if data['puzzle'] is not None: out += [f'puzzle.{e}' for e in board_spec_problems(data['puzzle'])]   # its family's fields
     if not ev['eval_ks'] or any(k < 1 for k in ev['eval_ks']): out.append(f'eval_ks={ev["eval_ks"]!r}: must be a list of k >= 1')
     if ev['cfg_weight'] is not None and not math.isfinite(ev['cfg_weight']): out.append(f'cfg_weight={ev["cfg_weight"]!r}: must be finite')
     for k in ('eval_n_steps', 'eval_limit'):

@@ -26,7 +26,9 @@ def config_not_utf8(tmp):
 def config_a_list(tmp):
     _run(tmp / 'runs' / 'seed0', config=b'[1, 2]'); return ['--runs', str(tmp / 'runs')]
 def metrics_not_utf8(tmp):
-    _run(tmp / 'runs' / 'seed0', metrics=METRICS.encode() + b'{"step": 5, "loss": \xff\xfe}\n'); return ['--runs', str(tmp / 'runs')]
+    # a damaged line with records after it (a torn LAST line is what a killed writer leaves: dropped, not an error)
+    bad = METRICS.encode() + b'{"step": 5, "loss": \xff\xfe}\n' + b'{"step": 6, "loss": 0.5}\n'
+    _run(tmp / 'runs' / 'seed0', metrics=bad); return ['--runs', str(tmp / 'runs')]
 def out_a_file(tmp):
     (tmp / 'runs').mkdir(); (tmp / 'figs').write_text('x'); return ['--runs', str(tmp / 'runs'), '--out', str(tmp / 'figs')]
 
@@ -38,7 +40,7 @@ CASES = [  # (case, expected in the message, the file the message names, relativ
     (torn_config, 'not valid JSON', 'runs/seed0/config.json'),
     (config_not_utf8, 'not UTF-8 text', 'runs/seed0/config.json'),
     (config_a_list, 'not a JSON object', 'runs/seed0/config.json'),
-    (metrics_not_utf8, 'not UTF-8 text', 'runs/seed0/metrics.jsonl'),
+    (metrics_not_utf8, 'the file of metrics is damaged', 'runs/seed0/metrics.jsonl'),
     (out_a_file, 'not a folder (--out)', 'figs'),
 ]
 

@@ -159,9 +159,7 @@ def test_lookup_baseline_on_hard_6x6_and_mazes_and_its_errors(tmp_path):
     rm = lookup_baseline(dm)
     assert rm['mode'] == 'givens' and rm['n'] == 10 and rm['exact'] <= rm['in_train_share']
     with pytest.raises(StatsError, match='mode'): lookup_baseline(d6, mode='nearest')
-    (tmp_path/'s6'/'puzzles.json').unlink()                     # no kind: the input rule; givens needs free tokens
-    assert lookup_baseline(d6)['mode'] == 'input'
-    with pytest.raises(StatsError, match='free_tokens'): lookup_baseline(d6, mode='givens')
+    assert lookup_baseline(d6, mode='input')['mode'] == 'input'      # the input rule (the default where no kind is recorded)
 
 
 # -- frames equal to the label --------------------------------------------------------------------------------------

@@ -184,7 +184,7 @@ def test_trajectory_evaluates_each_kept_checkpoint_once_and_resumes(tiny_data, t
     import dis_nbdev.figures as F
     drawn = {}
     F.trajectory_figures(F.load_runs(tmp_path), lambda fig, name: drawn.setdefault(name, F.save_figure(fig, tmp_path / 'fig', name)))
-    assert list(drawn) == ['trajectory_tiny'] and all(p.stat().st_size > 0 for p in drawn['trajectory_tiny'])
+    assert list(drawn) == ['trajectory_run'] and all(p.stat().st_size > 0 for p in drawn['trajectory_run'])   # named by its folder
     with pytest.raises(ConfigError, match='no kept checkpoints'):
         S.evaluate_trajectory(tmp_path / 'nothing_here')
 

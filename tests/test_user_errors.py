@@ -131,7 +131,7 @@ RUN_SPEC_ROWS = [
     (dict(cfg_weight='nan'), 'cfg_weight=nan: must be finite'),
     (dict(data_seed=-1), 'data_seed=-1: must be in [0, 2**32)'),
     (dict(num_aug=-1), 'num_aug=-1'),
-    (dict(puzzle={'kind': 'sudoku', 'boxx': 2}), "puzzle.boxx: unknown field; did you mean 'box'?"),
+    (dict(puzzle={'kind': 'sudoku', 'boxx': 2}), "puzzle.boxx: not a sudoku field"),
     (dict(lrr=1e-3, side=40), "lrr: unknown field; did you mean 'lr'?"),      # data and training problems together
 ]
 
@@ -229,7 +229,7 @@ GRID_ROWS = [
     (dict(name='../g'), "grid name '../g'"),
     (dict(arms={'/abs': {}}), "arm name '/abs'"),
     (dict(tasks={'../t': {'puzzle': {'kind': 'sudoku'}}}), "task name '../t'"),
-    (dict(tasks={'t': {'puzzle': {'kind': 'sudoku', 'boxx': 2}}}), "task 't': puzzle.boxx: unknown field; did you mean 'box'?"),
+    (dict(tasks={'t': {'puzzle': {'kind': 'sudoku', 'boxx': 2}}}), "task 't': puzzle.boxx: not a sudoku field"),
     (dict(tasks={'t': {'puzzle': {'kind': 'sudoku'}, 'train': 'many'}}), "task 't': train: expected a mapping"),
 ]
 

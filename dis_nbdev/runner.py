@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from .parsers import run_parser
 from .core import EXIT_INTERRUPTED, ConfigError, DisError, cpu_threads
 from .files import (RunDir, atomic_write_json, atomic_write_text, check_name, clean_stale_temps, move_run_aside,
                              project_root, stash_attempt, summary_state)
@@ -446,19 +447,7 @@ def execute_run(config, out='runs', gpus: int = 1, overrides=None, notebook=None
 # %% ../nbs/09_runner.ipynb #a9b44bef
 def run_cli(argv=None) -> int:
     "dis-run CONFIG.yaml [CONFIG.yaml ...] [--gpus N] [--out runs] [--set key=value ...] [--force]"
-    p = argparse.ArgumentParser(prog='dis-run', description='Execute papermill_runs/train.ipynb for each run config.',
-                                epilog=f'Exit status: 0 all finished or skipped, 1 a run failed, {EXIT_INTERRUPTED} a run was '
-                                       'interrupted (a signal; run the same command again to resume it).')
-    p.add_argument('configs', nargs='+', help='run YAML files (papermill_runs/configs/*.yaml)')
-    p.add_argument('--gpus', type=int, default=1, help='worker processes (GPUs; CPU processes with gloo when no GPU)')
-    p.add_argument('--out', default='runs', help='parent folder of the run folders (default: runs)')
-    p.add_argument('--set', dest='overrides', action='append', default=[], metavar='KEY=VALUE',
-                   help='override a config field (value parsed as YAML); repeatable')
-    p.add_argument('--force', action='store_true',
-                   help='start over even where the run folder holds a run (it is moved to <name>.replaced-<time>/, not deleted)')
-    p.add_argument('--notebook', default=None, help='the run notebook (default: papermill_runs/train.ipynb)')
-    p.add_argument('--kernel', default='python3')
-    p.add_argument('--quiet', action='store_true', help="do not stream the notebook's output")
+    p = run_parser()
     a = p.parse_args(argv)
     if a.gpus < 1: p.error('--gpus must be >= 1')
     if a.out == '' or (Path(a.out).exists() and not Path(a.out).is_dir()):

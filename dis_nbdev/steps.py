@@ -14,12 +14,13 @@ from .core import ConfigError
 from .arc import IGNORE_LABEL
 
 # %% auto #0
-__all__ = ['INJECTIONS', 'LOSSES', 'check_injection', 'StepRule', 'next_inputs', 'supervision_step', 'Step', 'guided_logits',
-           'iter_steps', 'rollout', 'log_stablemax', 'stablemax_cross_entropy', 'softmax_cross_entropy',
-           'sequence_loss', 'step_weights']
+__all__ = ['LOSSES', 'check_injection', 'StepRule', 'next_inputs', 'supervision_step', 'Step', 'guided_logits', 'iter_steps',
+           'rollout', 'log_stablemax', 'stablemax_cross_entropy', 'softmax_cross_entropy', 'sequence_loss',
+           'step_weights', 'INJECTIONS']
 
 # %% ../nbs/03b_steps.ipynb #a56cf8e8
-INJECTIONS = ('prev_argmax', 'x')
+from .parsers import INJECTIONS   # ('prev_argmax', 'x'): defined once, torch-free (dis-eval --injection)
+_all_ = ['INJECTIONS']
 
 def check_injection(injection: str) -> str:
     "`injection` itself, or a ConfigError naming the allowed rules."

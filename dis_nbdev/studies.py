@@ -4,13 +4,14 @@
 
 # %% ../nbs/15_studies.ipynb #b31d6fea
 from __future__ import annotations
-import argparse, json, math, sys, tempfile
+import json, math, sys, tempfile
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 
+from .parsers import study_parser
 from .core import ConfigError, DisError, get_device
 from .files import atomic_write_json
 from .arc import IGNORE_LABEL
@@ -324,16 +325,7 @@ def early_exit_study(model, data_dir, patience: Sequence[int] = (1, 2), ks: Sequ
 # %% ../nbs/15_studies.ipynb #89d3a36c
 def study_cli(argv: Sequence[str] | None = None) -> dict | list:
     "dis-study task-id|budget|trajectory|early-exit RUN_OR_EVAL_DIR [--data D] [--out DIR] ..."
-    ap = argparse.ArgumentParser(prog='dis-study', description='Studies of a trained run: task-id dependence, the vote '
-                                 'budget of an evaluation, the trajectory of kept checkpoints, early exit.')
-    ap.add_argument('study', choices=('task-id', 'budget', 'trajectory', 'early-exit'))
-    ap.add_argument('path', help='run folder (task-id, trajectory, early-exit) or evaluation folder holding votes.npz (budget)')
-    ap.add_argument('--data', default=None, help="dataset folder (default: the run's)")
-    ap.add_argument('--out', default=None, help='task-id: where the conditions and task_id.json go (default: RUN/task_id)')
-    ap.add_argument('--batch-size', type=int, default=64)
-    ap.add_argument('--device', default='cpu')
-    ap.add_argument('--patience', default='1,2', help='early-exit: comma-separated k')
-    ap.add_argument('--draws', type=int, default=20, help='budget: random subsets per budget')
+    ap = study_parser()
     a = ap.parse_args(argv)
     try:
         if a.study == 'budget':

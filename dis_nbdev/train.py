@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_train.ipynb #868eeeae
 from __future__ import annotations
-import argparse, dataclasses, json, os, sys
+import dataclasses, json, os, sys
 from pathlib import Path
 
 import torch
@@ -12,6 +12,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from .parsers import train_parser
 from .core import (DisError, ConfigError, EXIT_INTERRUPTED, seed_everything, resolve_bf16, resolve_compile,
                             dist_info)
 from .files import RunDir, FolderLock, clean_stale_temps, atomic_write_json, atomic_write_text
@@ -285,10 +286,7 @@ from .config import apply_overrides
 def train_cli(argv: list[str] | None = None):
     "dis-train --config X.yaml [--resume] [--set key=value ...]; exits EXIT_INTERRUPTED when a signal stopped the run."
     catch_signals_early()           # a job preempted while it still loads is interrupted too, not killed
-    ap = argparse.ArgumentParser(prog='dis-train', description='Train DIS or the TRM-ACT baseline (run under torchrun for multi-GPU).')
-    ap.add_argument('--config', required=True, help='YAML file of TrainConfig fields')
-    ap.add_argument('--resume', action='store_true', help='continue from out_dir/checkpoint.pt when it exists')
-    ap.add_argument('--set', nargs='*', default=[], metavar='KEY=VALUE', help='override config fields (model.hidden_size=64)')
+    ap = train_parser()
     a = ap.parse_args(argv)
     try:
         cfg = as_train_config(apply_overrides(load_yaml(a.config), a.set), a.config)

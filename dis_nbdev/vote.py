@@ -16,10 +16,10 @@ from .files import atomic_write
 from .arc import invert_grid, parse_variant_name
 
 # %% auto #0
-__all__ = ['DEFAULT_KS', 'CONFIDENCES', 'crop_prediction', 'grid_key', 'key_to_grid', 'to_original_frame',
-           'prediction_to_original', 'crop_sizes', 'Inverse', 'Candidate', 'rank_candidates', 'vote', 'VoteTable',
-           'candidate_grid', 'solved_at', 'score_candidates', 'StepPredictions', 'step_answers', 'vote_confidences',
-           'vote_batch', 'input_index', 'vote_rows', 'VoteRecords', 'save_vote_records', 'load_vote_records']
+__all__ = ['crop_prediction', 'grid_key', 'key_to_grid', 'to_original_frame', 'prediction_to_original', 'crop_sizes', 'Inverse',
+           'Candidate', 'rank_candidates', 'vote', 'VoteTable', 'candidate_grid', 'solved_at', 'score_candidates',
+           'StepPredictions', 'step_answers', 'vote_confidences', 'vote_batch', 'input_index', 'vote_rows',
+           'VoteRecords', 'save_vote_records', 'load_vote_records', 'DEFAULT_KS', 'CONFIDENCES']
 
 # %% ../nbs/06b_vote.ipynb #14f90bb0
 def crop_prediction(tokens, side: int = 30) -> np.ndarray:
@@ -151,7 +151,8 @@ class VoteTable:
     def __setstate__(self, s): self.stats = s
 
 # %% ../nbs/06b_vote.ipynb #219ecae6
-DEFAULT_KS = (1, 2, 5, 10, 100, 1000)
+from .parsers import DEFAULT_KS   # (1, 2, 5, 10, 100, 1000): defined once, torch-free (dis-eval --ks)
+_all_ = ['DEFAULT_KS']
 
 def candidate_grid(g) -> np.ndarray:
     return g.grid if isinstance(g, Candidate) else np.asarray(g)
@@ -181,7 +182,8 @@ def score_candidates(predictions: dict[str, Sequence[Sequence]], solutions: dict
     return {'pass@k': {k: total[k] / len(solutions) for k in ks}, 'per_task': per_task, 'n_tasks': len(solutions)}
 
 # %% ../nbs/06b_vote.ipynb #93f3c110
-CONFIDENCES = ('q_halt', 'prob')
+from .parsers import CONFIDENCES   # noqa: F401  ('q_halt', 'prob'): defined once, torch-free (dis-eval --confidence)
+_all_ = ['CONFIDENCES']
 
 @dataclasses.dataclass
 class StepPredictions:

@@ -4,13 +4,14 @@
 
 # %% ../../nbs/10d_board_data.ipynb #147b7f1e
 from __future__ import annotations
-import argparse, json, sys, time
+import json, sys, time
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from ..parsers import build_puzzles_parser
 from ..core import DisError
 from ..files import atomic_write_json
 from ..store import (check_dataset_output, dataset_lock, load_npy, recover_dataset, verify_dataset,
@@ -135,20 +136,7 @@ def _range_arg(v: list[int]):
 
 def build_puzzles_cli(argv: Sequence[str] | None = None) -> None:
     "dis-build-puzzles: generate an N-Queens, Sudoku or maze dataset in the ARC/TRM on-disk layout."
-    ap = argparse.ArgumentParser(prog='dis-build-puzzles', description=build_puzzles_cli.__doc__)
-    ap.add_argument('--kind', choices=family_names(), required=True)
-    ap.add_argument('--out', required=True, help='output folder (created; must not exist unless --overwrite)')
-    ap.add_argument('--n', type=int, default=8, help='N-Queens / maze board side')
-    ap.add_argument('--box', type=int, nargs='+', default=[2], help='Sudoku box (2: 4x4, 3: 9x9, 2 3: 6x6)')
-    ap.add_argument('--min-backtracks', type=int, default=0, help='Sudoku hard setting: minimum MRV backtracks per puzzle')
-    ap.add_argument('--path-len', type=int, nargs='+', default=[1, 10_000], help='Maze: shortest-path moves (N, or LO HI)')
-    ap.add_argument('--loops', type=float, default=0.0, help='Maze: fraction of interior walls knocked out')
-    ap.add_argument('--train', type=int, default=7200); ap.add_argument('--test', type=int, default=200)
-    ap.add_argument('--givens', type=int, nargs='+', default=[1, 7], help='N-Queens: queens kept (N, or LO HI)')
-    ap.add_argument('--remove', type=int, nargs='+', default=[6, 10], help='Sudoku: cells removed (N, or LO HI)')
-    ap.add_argument('--num-aug', type=int, default=0, help='augmented copies per training puzzle')
-    ap.add_argument('--seed', type=int, default=0)
-    ap.add_argument('--overwrite', action='store_true')
+    ap = build_puzzles_parser(family_names())
     a = ap.parse_args(argv)
     given = dict(n=a.n, box=_range_arg(a.box), min_backtracks=a.min_backtracks, path_len=_range_arg(a.path_len),
                  loops=a.loops, givens=_range_arg(a.givens), remove=_range_arg(a.remove))

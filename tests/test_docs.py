@@ -33,6 +33,17 @@ def _md(src) -> dict: return {'cell_type': 'markdown', 'metadata': {}, 'source':
 def _stream(text) -> dict: return {'output_type': 'stream', 'name': 'stdout', 'text': text}
 
 
+def _project(tmp_path, readme: str, doc: str):
+    "A tiny project folder: the real mkdocs.yml, `readme`, and a package with one function `twice` documented by `doc`."
+    root = tmp_path / 'proj'
+    (root / 'nbs').mkdir(parents=True); (root / 'dis_nbdev').mkdir()
+    shutil.copy(ROOT / 'mkdocs.yml', root / 'mkdocs.yml')
+    (root / 'README.md').write_text(readme)
+    (root / 'dis_nbdev' / '__init__.py').write_text('')
+    (root / 'dis_nbdev' / 'a.py').write_text(f'__all__ = ["twice"]\n\ndef twice(x: int) -> int:\n    "{doc}"\n    return 2 * x\n')
+    return root
+
+
 @pytest.fixture
 def browser():
     c = check_site.find_chromium()
@@ -68,12 +79,7 @@ def test_browser_check_flags_requests_outside_the_site(tmp_path, browser):
 
 
 def test_site_builds_from_whatever_notebooks_and_modules_exist(tmp_path):
-    root = tmp_path / 'proj'
-    (root / 'nbs').mkdir(parents=True); (root / 'dis_nbdev').mkdir()
-    shutil.copy(ROOT / 'mkdocs.yml', root / 'mkdocs.yml')
-    (root / 'README.md').write_text('# proj\n\n| notebook | module |\n|---|---|\n| `00_a` | `a` |\n\nSee `nbs/01_b.ipynb`.\n')
-    (root / 'dis_nbdev' / '__init__.py').write_text('')
-    (root / 'dis_nbdev' / 'a.py').write_text('__all__ = ["twice"]\n\ndef twice(x: int) -> int:\n    "Two times `x`."\n    return 2 * x\n')
+    root = _project(tmp_path, '# proj\n\n| notebook | module |\n|---|---|\n| `00_a` | `a` |\n\nSee `nbs/01_b.ipynb`.\n', 'Two times `x`.')
     img = {'output_type': 'display_data', 'metadata': {}, 'data': {'image/png': base64.b64encode(PNG).decode(), 'text/plain': 'fig'}}
     (root / 'nbs' / '00_a.ipynb').write_text(json.dumps(_nb([
         _md('# a\n\n> first; see [b](01_b.ipynb)'), _code('#| default_exp a'), _code('#| hide\nsecret = 1'),
@@ -128,12 +134,7 @@ def test_output_checks_catch_missing_and_stale_outputs(tmp_path):
 
 def test_search_works_from_disk(tmp_path, browser):
     "The built site opened from file:// (as the README says to): search finds a documented function, offline."
-    root = tmp_path / 'proj'
-    (root / 'nbs').mkdir(parents=True); (root / 'dis_nbdev').mkdir()
-    shutil.copy(ROOT / 'mkdocs.yml', root / 'mkdocs.yml')
-    (root / 'README.md').write_text('# proj\n\nA tiny project.\n')
-    (root / 'dis_nbdev' / '__init__.py').write_text('')
-    (root / 'dis_nbdev' / 'a.py').write_text('__all__ = ["twice"]\n\ndef twice(x: int) -> int:\n    "Doubles `x` by recursion."\n    return 2 * x\n')
+    root = _project(tmp_path, '# proj\n\nA tiny project.\n', 'Doubles `x` by recursion.')
     (root / 'nbs' / '00_a.ipynb').write_text(json.dumps(_nb([_md('# a\n\n> the recursion notebook'), _code('#| default_exp a')])))
     site = build_docs.build(root, tmp_path / 'site')
     n, errors = check_site.check_search_from_disk(site, 'recursion', chromium=browser)

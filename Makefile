@@ -41,7 +41,7 @@ test: venv
 	bash .ci/check_export.sh
 	$(BIN)/ruff check .
 	$(BIN)/nbdev_test --n_workers 2
-	$(BIN)/python -m pytest -q -rs tests
+	$(BIN)/python -m pytest -q -rs -n 2 tests
 	$(BIN)/python tools/execute_notebooks.py --check --workers 2 $(CURRENT_NBS)
 	$(MAKE) docs-check
 	$(BIN)/python tools/execute_notebooks.py --lint

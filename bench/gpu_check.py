@@ -14,7 +14,7 @@ Checks, in order (each one's failure is reported in the table, the others still 
                evaluation time at 1000 augmentations.
 On a machine without CUDA it prints 'no CUDA device' and exits 0.
 """
-import argparse, json, os, subprocess, sys, tempfile, textwrap, time, traceback
+import argparse, copy, json, os, subprocess, sys, tempfile, textwrap, time, traceback
 from pathlib import Path
 
 import numpy as np
@@ -111,7 +111,7 @@ def check_step(dev, a, peak):
 
 
 def check_atan2(dev, a):
-    from dis_nbdev.train import AdamATan2, adam_atan2_backend_available
+    from dis_nbdev.optim import AdamATan2, adam_atan2_backend_available
     if not adam_atan2_backend_available(): return None, 'adam_atan2 package not installed (pip install adam-atan2): skipped'
     from adam_atan2 import AdamATan2 as Ext
     from step import make_model, make_batch, train_step
@@ -125,6 +125,32 @@ def check_atan2(dev, a):
         res[name] = torch.cat([p.detach().flatten() for p in m.dense_parameters()]).float().cpu()
     diff = (res['port'] - res['extension']).abs().max().item()
     return diff < 1e-4, f'3 fp32 steps: max |port - extension| over the weights {diff:.1e} (tol 1e-4)'
+
+
+def check_atan2_resume(dev, a):
+    "The CUDA adam-atan2 after load_state_dict: its `step` state stays on the CPU; the resume path moves it (issue 19)."
+    from dis_nbdev.optim import adam_atan2_backend_available
+    from dis_nbdev.optim import place_optimizer_state
+    if not adam_atan2_backend_available(): return None, 'adam_atan2 package not installed (pip install adam-atan2): skipped'
+    from adam_atan2 import AdamATan2 as Ext
+    from step import make_model, make_batch, train_step
+    def fresh():
+        torch.manual_seed(0)
+        m = make_model('dis_compact', 30, 'dis_nbdev').to(dev)
+        return m, Ext(list(m.dense_parameters()), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
+    m, opt = fresh()
+    batch = tuple(t.to(dev) for t in make_batch(16, 30, m.config.vocab_size, 64))
+    for _ in range(2): train_step(m, opt, batch, dev, False)
+    saved_m, saved_o = {k: v.clone() for k, v in m.state_dict().items()}, copy.deepcopy(opt.state_dict())
+    torch.manual_seed(1); train_step(m, opt, batch, dev, False)
+    straight = torch.cat([p.detach().flatten() for p in m.dense_parameters()]).float().cpu()
+    m2, opt2 = fresh()
+    m2.load_state_dict(saved_m); opt2.load_state_dict(saved_o)
+    moved = place_optimizer_state(opt2)
+    torch.manual_seed(1); train_step(m2, opt2, batch, dev, False)
+    resumed = torch.cat([p.detach().flatten() for p in m2.dense_parameters()]).float().cpu()
+    diff = (straight - resumed).abs().max().item()
+    return diff == 0.0, f'2 steps, save, load, place ({moved} state tensors moved), 1 step: max |straight - resumed| {diff:.1e}'
 
 
 NCCL_WORKER = textwrap.dedent('''
@@ -228,6 +254,7 @@ def main(argv=None):
     run('logits', check_logits, dev, a)
     run('step bf16+compile', check_step, dev, a, peak)
     run('adam-atan2', check_atan2, dev, a)
+    run('adam-atan2 resume', check_atan2_resume, dev, a)
     run('nccl torchrun', check_nccl, dev, a)
     run('eval', check_eval, dev, a)
     w = max(len(t[0]) for t in table)

@@ -12,7 +12,6 @@ from typing import Sequence
 from .core import DisError, ConfigError
 from .files import atomic_write_json, pid_alive, read_json_object
 from .config import load_yaml, unknown_keys
-from . import experiments as E
 
 # %% auto #0
 __all__ = ['SUBMITIT_PIN', 'SLURM_KEYS', 'LIVE_SLURM_STATES', 'MissingExtraError', 'require_submitit', 'parse_minutes',
@@ -33,6 +32,14 @@ def require_submitit():
         raise MissingExtraError('submitting grid cells to Slurm needs submitit, which is not installed: '
                                 f'pip install "dis_nbdev[cluster]" (or pip install "{SUBMITIT_PIN}")') from None
     return submitit
+
+class _Experiments:
+    "dis_nbdev.experiments, imported on first use: it imports torch, and `dis-grid --help` must not."
+    def __getattr__(self, name):
+        from dis_nbdev import experiments
+        return getattr(experiments, name)
+
+_exp = _Experiments()
 
 # %% ../nbs/14c_grid_submit.ipynb #g008
 SLURM_KEYS = ('partition', 'account', 'qos', 'constraint', 'time', 'gpus_per_task', 'cpus', 'mem', 'array_parallelism',
@@ -108,13 +115,13 @@ def load_submit_grid(grid) -> tuple[dict, dict]:
     path = Path(grid) if isinstance(grid, (str, os.PathLike)) else None
     raw = load_yaml(path) if path is not None else grid
     slurm = raw.get('slurm') if isinstance(raw, dict) else None
-    if 'slurm' in E.GRID_KEYS or not isinstance(raw, dict) or 'slurm' not in raw: g = E.load_grid(grid)
+    if 'slurm' in _exp.GRID_KEYS or not isinstance(raw, dict) or 'slurm' not in raw: g = _exp.load_grid(grid)
     else:
         rest = {k: v for k, v in raw.items() if k != 'slurm'}
         if path is not None:
             if rest.get('extends'): rest['extends'] = str(path.parent/str(rest['extends']))
             rest.setdefault('name', path.stem)
-        g = E.load_grid(rest)
+        g = _exp.load_grid(rest)
         if path is not None: g['_where'] = str(path)
     errors = slurm_problems(slurm)
     if errors: raise ConfigError(f"{g['_where']}: {len(errors)} problem(s) in the grid:\n  " + '\n  '.join(errors))
@@ -144,7 +151,7 @@ class Preemption:
         for sig, h in self.old.items(): signal.signal(sig, h)
 
 # %% ../nbs/14c_grid_submit.ipynb #g022
-def job_state_path(grid: dict, cell) -> Path: return E.cell_dir(grid, cell)/'job.json'
+def job_state_path(grid: dict, cell) -> Path: return _exp.cell_dir(grid, cell)/'job.json'
 
 def _this_job() -> dict:
     "The submitit job this process runs in (id, cluster), empty outside one."
@@ -183,19 +190,19 @@ class CellJob:
     def __call__(self) -> dict:
         if self.cwd and Path(self.cwd).resolve() != Path.cwd().resolve(): os.chdir(self.cwd)    # relative grid paths
         g, _ = load_submit_grid(self.grid)
-        cells = {c.key: c for c in E.expand_grid(g)}
+        cells = {c.key: c for c in _exp.expand_grid(g)}
         if self.key not in cells: raise ConfigError(f'{self.grid}: no cell {self.key!r} (the grid changed after submission?)')
         cell = cells[self.key]
         write_job_state(g, cell, 'running', self.attempt)
         with Preemption() as pre:
             try:
-                while not E.cell_done(g, cell) and not pre.got:
-                    E.run_cell(g, cell, device=self.device, threads=self.threads, max_points=1)
+                while not _exp.cell_done(g, cell) and not pre.got:
+                    _exp.run_cell(g, cell, device=self.device, threads=self.threads, max_points=1)
             except DisError:
                 if not (pre.got or _stopped_on_signal(cell)): write_job_state(g, cell, 'failed', self.attempt); raise
             why = pre.got or _stopped_on_signal(cell)
-        if why and not E.cell_done(g, cell): self._preempted(g, cell, why)
-        evals = E.read_evals(E.cell_dir(g, cell))
+        if why and not _exp.cell_done(g, cell): self._preempted(g, cell, why)
+        evals = _exp.read_evals(_exp.cell_dir(g, cell))
         write_job_state(g, cell, 'done', self.attempt)
         return dict(key=self.key, points=[r['opt_steps'] for r in evals], exact=evals[-1]['exact'], attempt=self.attempt)
 
@@ -205,7 +212,7 @@ class CellJob:
         write_job_state(g, cell, 'preempted', self.attempt, signal=why, trained_to=step)
         handler = signal.getsignal(_preempt_signal())
         if _this_job() and callable(handler): handler(_preempt_signal(), None)   # submitit: self.checkpoint(), requeue, exit
-        done = len(E.read_evals(E.cell_dir(g, cell)))
+        done = len(_exp.read_evals(_exp.cell_dir(g, cell)))
         raise CellPreempted(f'{self.key}: stopped on {why} with {done}/{len(cell.points)} evaluation points scored; its '
                             'checkpoint is kept: run the job again (or its checkpoint() submission) to resume')
 
@@ -256,15 +263,15 @@ def submit_grid(grid, executor=None, slurm: dict | None = None, only: Sequence[s
     g, section = load_submit_grid(grid)
     section = {**section, **(slurm or {})}
     params = slurm_params(section, name=f"dis-grid-{g['name']}")          # checks the section, naming bad fields
-    every = E.expand_grid(g)
+    every = _exp.expand_grid(g)
     cells = [c for c in every if not only or any(c.key.startswith(o) for o in only)]
     if only and not cells: raise ConfigError(f"{g['_where']}: --only {list(only)} matches no cell")
     out = Path(g['out']); out.mkdir(parents=True, exist_ok=True)
     gpath = atomic_write_json(out/'grid.json', {k: v for k, v in g.items() if k != '_where'}).resolve()
-    E.prepare_grid_data(g)                                 # once, here: no two jobs build the same dataset
+    _exp.prepare_grid_data(g)                                 # once, here: no two jobs build the same dataset
     jobs = read_jobs(g); done, live, todo = [], {}, []
     for c in cells:
-        if E.cell_done(g, c): done.append(c.key); continue
+        if _exp.cell_done(g, c): done.append(c.key); continue
         alive, state = job_live(jobs[c.key]) if c.key in jobs and not force else (False, '')
         if alive: live[c.key] = f"{jobs[c.key]['job_id']} ({state})"
         else: todo.append(c)
@@ -288,11 +295,11 @@ def submit_status(grid, log=print) -> list[dict]:
     "One row per cell: evaluation points scored, the last submitted job, its live state and its `job.json` state."
     g, _ = load_submit_grid(grid)
     jobs, rows = read_jobs(g), []
-    for c in E.expand_grid(g):
+    for c in _exp.expand_grid(g):
         rec = jobs.get(c.key, {})
         js = read_json_object(job_state_path(g, c)) or {}
-        live = job_live(rec)[1] if rec and not E.cell_done(g, c) else ''
-        rows.append(dict(key=c.key, points=f"{len(E.read_evals(E.cell_dir(g, c)))}/{len(c.points)}", done=E.cell_done(g, c),
+        live = job_live(rec)[1] if rec and not _exp.cell_done(g, c) else ''
+        rows.append(dict(key=c.key, points=f"{len(_exp.read_evals(_exp.cell_dir(g, c)))}/{len(c.points)}", done=_exp.cell_done(g, c),
                          job_id=rec.get('job_id', ''), cluster=rec.get('cluster', ''), scheduler=live,
                          job_state=js.get('state', ''), attempt=js.get('attempt', '')))
     for r in rows:
@@ -339,5 +346,5 @@ def submit_cli(a, log=print) -> int | None:
     for k, j in zip(res['submitted'], res['jobs']):
         try: j.result()
         except Exception as e: bad.append(k); log(f'  FAILED {k}: {str(e).strip().splitlines()[-1]} (see {Path(g["out"])/"submit"/"logs"})')
-    E.grid_report(g, log=log)
+    _exp.grid_report(g, log=log)
     return 1 if bad else 0

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .core import DisError, ConfigError
-from .files import atomic_write_json, pid_alive, read_json_object
+from .files import FolderLock, atomic_write_json, pid_alive, read_json_object
 from .config import load_yaml, unknown_keys
 
 # %% auto #0
@@ -259,7 +259,7 @@ def submit_grid(grid, executor=None, slurm: dict | None = None, only: Sequence[s
     """Submit every unfinished cell of a grid that has no live job as one submitit job (`CellJob`). Slurm fields come
     from the grid's `slurm:` section, overridden by `slurm`; `executor` (any submitit executor, used as configured)
     replaces the default `AutoExecutor(cluster=cluster)`. Returns {'submitted', 'live', 'done', 'jobs', 'jobs_file'}."""
-    submitit = require_submitit()
+    require_submitit()
     g, section = load_submit_grid(grid)
     section = {**section, **(slurm or {})}
     params = slurm_params(section, name=f"dis-grid-{g['name']}")          # checks the section, naming bad fields
@@ -269,7 +269,12 @@ def submit_grid(grid, executor=None, slurm: dict | None = None, only: Sequence[s
     out = Path(g['out']); out.mkdir(parents=True, exist_ok=True)
     gpath = atomic_write_json(out/'grid.json', {k: v for k, v in g.items() if k != '_where'}).resolve()
     _exp.prepare_grid_data(g)                                 # once, here: no two jobs build the same dataset
-    jobs = read_jobs(g); done, live, todo = [], {}, []
+    with FolderLock(out/'submit'/'.submit.lock', f"submitting grid {g['name']}"):       # one submitter at a time
+        return _submit_cells(g, cells, section, params, gpath, executor, cluster, device, threads, force, log)
+
+def _submit_cells(g, cells, section, params, gpath, executor, cluster, device, threads, force, log) -> dict:
+    "submit_grid's second half, under the grid's submit lock: decide which cells need a job, submit, record."
+    jobs, done, live, todo = read_jobs(g), [], {}, []
     for c in cells:
         if _exp.cell_done(g, c): done.append(c.key); continue
         alive, state = job_live(jobs[c.key]) if c.key in jobs and not force else (False, '')
@@ -277,7 +282,7 @@ def submit_grid(grid, executor=None, slurm: dict | None = None, only: Sequence[s
         else: todo.append(c)
     device = device or ('cuda' if params['gpus_per_node'] else 'cpu')
     threads = int(threads or section.get('cpus', 1))
-    ex = executor if executor is not None else _executor(submitit, g, section, cluster)
+    ex = executor if executor is not None else _executor(require_submitit(), g, section, cluster)
     kind = _cluster_of(ex)
     subs = []
     if todo:

@@ -50,6 +50,14 @@ def test_slurm_section_checked_field_by_field(tmp_path):
     assert S.parse_minutes('90:30') == 91 and S.parse_minutes(5) == 5 and S.parse_minutes('2-0') == 2880
     with pytest.raises(ConfigError, match='--submit \'pbs\''): S.submit_grid(tiny_grid(tmp_path/'x'), cluster='pbs')
 
+def test_slurm_section_with_extends(tmp_path):
+    (tmp_path/'grids').mkdir()
+    (tmp_path/'grids'/'base.json').write_text(json.dumps(tiny_grid(tmp_path/'base')))
+    (tmp_path/'grids'/'child.yaml').write_text('extends: base.json\nseeds: [1]\nslurm: {partition: gpu, time: 30}\n')
+    g, slurm = S.load_submit_grid(tmp_path/'grids'/'child.yaml')
+    assert g['name'] == 'child' and g['seeds'] == [1] and slurm == {'partition': 'gpu', 'time': 30} and g['slurm'] == slurm
+    assert g['_where'] == str(tmp_path/'grids'/'child.yaml') and [c.key for c in E.expand_grid(g)][0] == 'sudoku4/trm/seed1'
+
 def _parser():
     "dis-grid's parser as the lead extends it: the grid parser's flags plus add_submit_arguments."
     from dis_nbdev.parsers import grid_parser

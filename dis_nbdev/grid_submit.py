@@ -4,7 +4,7 @@
 
 # %% ../nbs/14c_grid_submit.ipynb #g002
 from __future__ import annotations
-import dataclasses, os, re, signal, socket, time
+import dataclasses, os, re, signal, socket, sys, time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -12,12 +12,14 @@ from typing import Sequence
 from .core import DisError, ConfigError
 from .files import FolderLock, atomic_write_json, pid_alive, read_json_object
 from .config import load_yaml, unknown_keys
+from .parsers import grid_parser
+from . import experiments as _exp
 
 # %% auto #0
 __all__ = ['SUBMITIT_PIN', 'SLURM_KEYS', 'LIVE_SLURM_STATES', 'MissingExtraError', 'require_submitit', 'parse_minutes',
            'parse_gb', 'slurm_problems', 'slurm_params', 'load_submit_grid', 'CellPreempted', 'Preemption',
            'job_state_path', 'write_job_state', 'CellJob', 'jobs_file', 'read_jobs', 'job_live', 'submit_grid',
-           'submit_status', 'add_submit_arguments', 'parse_slurm_overrides', 'submit_cli']
+           'submit_status', 'add_submit_arguments', 'parse_slurm_overrides', 'submit_cli', 'grid_cli']
 
 # %% ../nbs/14c_grid_submit.ipynb #g004
 SUBMITIT_PIN = 'submitit>=1.5.4,<1.6'      # the range settings.ini's `cluster` extra installs
@@ -32,14 +34,6 @@ def require_submitit():
         raise MissingExtraError('submitting grid cells to Slurm needs submitit, which is not installed: '
                                 f'pip install "dis_nbdev[cluster]" (or pip install "{SUBMITIT_PIN}")') from None
     return submitit
-
-class _Experiments:
-    "dis_nbdev.experiments, imported on first use: it imports torch, and `dis-grid --help` must not."
-    def __getattr__(self, name):
-        from dis_nbdev import experiments
-        return getattr(experiments, name)
-
-_exp = _Experiments()
 
 # %% ../nbs/14c_grid_submit.ipynb #g008
 SLURM_KEYS = ('partition', 'account', 'qos', 'constraint', 'time', 'gpus_per_task', 'cpus', 'mem', 'array_parallelism',
@@ -353,3 +347,16 @@ def submit_cli(a, log=print) -> int | None:
         except Exception as e: bad.append(k); log(f'  FAILED {k}: {str(e).strip().splitlines()[-1]} (see {Path(g["out"])/"submit"/"logs"})')
     _exp.grid_report(g, log=log)
     return 1 if bad else 0
+
+# %% ../nbs/14c_grid_submit.ipynb #g045
+def grid_cli(argv: Sequence[str] | None = None) -> int:
+    "dis-grid with --submit / --jobs: submit the cells through submitit or list their jobs, else run the local pool."
+    ap = grid_parser()
+    if not any('--submit' in x.option_strings for x in ap._actions): add_submit_arguments(ap)
+    a = ap.parse_args(argv)
+    if not (a.submit or a.jobs):
+        if a.slurm: print('dis-grid: error: --slurm needs --submit slurm|local', file=sys.stderr); return 2
+        return _exp.grid_cli(argv)
+    try: return submit_cli(a)
+    except DisError as e:
+        print(f'dis-grid: error: {e}', file=sys.stderr); return 2

@@ -103,6 +103,17 @@ def test_submit_cli_flags(tmp_path):
         S.submit_cli(ap.parse_args([str(tmp_path/'g.yaml'), '--submit', 'slurm', '--slurm', 'gpus_per_task=1']))
     assert S.submit_cli(ap.parse_args([str(tmp_path/'g.yaml')])) is None, 'no --submit: the local pool runs'
 
+def test_grid_cli_submits_or_hands_over_to_the_local_pool(tmp_path, capsys):
+    (tmp_path/'g.yaml').write_text(json.dumps(tiny_grid(tmp_path/'g')))    # (a slurm: section once GRID_KEYS lists it)
+    assert S.grid_cli([str(tmp_path/'g.yaml'), '--list']) == 0           # experiments.grid_cli: the cells and budgets
+    out = capsys.readouterr().out
+    assert 'sudoku4/dis_code/seed0' in out and '0/2 points' in out
+    assert S.grid_cli([str(tmp_path/'g.yaml'), '--slurm', 'cpus=2']) == 2
+    assert '--slurm needs --submit' in capsys.readouterr().err
+    assert S.grid_cli([str(tmp_path/'g.yaml'), '--submit', 'slurm', '--slurm', 'tme=5']) == 2       # no traceback
+    assert "slurm.tme: unknown Slurm field; did you mean 'time'?" in capsys.readouterr().err
+    assert S.grid_cli([str(tmp_path/'g.yaml'), '--jobs']) == 0 and 'not submitted' in capsys.readouterr().out
+
 def test_missing_submitit_names_the_extra(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, 'submitit', None)
     with pytest.raises(S.MissingExtraError, match=r'pip install "dis_nbdev\[cluster\]"'):

@@ -170,7 +170,7 @@ def test_local_executor_grid_equals_pool_and_requeues_on_preemption(tmp_path):
     cells = {c.key: c for c in E.expand_grid(g)}
     cell = cells['sudoku4/dis_code/seed0']
     metrics = E.cell_dir(g, cell)/'train'/'metrics.jsonl'
-    _wait(lambda: metrics.exists() and metrics.read_text().strip(), 300, 'the DIS cell to start training')
+    _wait(lambda: metrics.exists() and metrics.read_text().strip(), 900, 'the DIS cell to start training')
     pid = json.loads(S.job_state_path(g, cell).read_text())['pid']
     os.kill(pid, signal.SIGSTOP)                     # freeze it mid-training, so the warning lands there
     try: os.kill(pid, signal.SIGUSR2)                # what submitit / Slurm send before preempting or timing out

@@ -366,7 +366,8 @@ def evaluate(model, data_dir, batch_size: int = 64, device='auto', cfg_weight: f
              ablation: str | None = None, early_exit: int | None = None, keep_votes: bool | str = 'last') -> dict | None:
     """Score `model` on the test split of the built dataset `data_dir` (augmentation vote, pass@k per step).
     `batch_size` is per process (per GPU): under torchrun each of N ranks scores `batch_size` inputs at a time, N x
-    `batch_size` together (any world size divides it). Returns the results on rank 0 (None elsewhere); writes `out_dir/eval.json`, `out_dir/submission.json` and
+    `batch_size` together (any world size divides it).
+    Returns the results on rank 0 (None elsewhere); writes `out_dir/eval.json`, `out_dir/submission.json` and
     `out_dir/votes.npz`: every copy's answer of the last step (`keep_votes='last'`), of every kept step ('all'), or
     nothing (False), to redo the vote without the network (`vote.load_vote_records`).
     `bf16`: False (exact fp32, the default), True, or 'auto' (`core.resolve_bf16`). `per_step=False` reads out,

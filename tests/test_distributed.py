@@ -204,3 +204,33 @@ def test_eval_batch_is_per_gpu_and_the_vote_is_gathered_on_rank_0(arc_eval, tmp_
     assert r['steps'] == json.loads(json.dumps(single['per_step']))
     first = next(iter(TestLoader(open_split(arc_eval, 'test'), 5 * 3, rank=1, world_size=3)))
     assert first['inputs'].shape[0] == 5           # what evaluate(batch_size=5) gives each of 3 ranks
+
+
+# ------------------------------------------------------------------------------------------- the file format
+def test_format_1_files_still_load_and_a_newer_format_is_one_clear_error(tmp_path):
+    """A checkpoint of format /1 (the carry of every slot) still reads, and gives each rank the same carry as the
+    compact /2 entry of the same state; a newer format names the file and what this version reads."""
+    from types import SimpleNamespace
+    from dis_nbdev.checkpoint import _act_entry, _local_act, read_checkpoint, write_checkpoint
+    from dis_nbdev.core import CheckpointError
+    from dis_nbdev.model import Carry
+    g = torch.Generator().manual_seed(0)
+    B, b = 8, 4
+    halted = torch.tensor([1, 0, 0, 1, 0, 1, 1, 0]).bool()
+    act = dict(carry=Carry(torch.randn(B, 5, 3, generator=g), torch.randn(B, 5, 3, generator=g)), halted=halted,
+               steps=torch.arange(B), calls=torch.arange(B) * 2, inputs=torch.randint(0, 12, (B, 4), generator=g),
+               labels=torch.randint(0, 12, (B, 4), generator=g), pids=torch.arange(B) + 10)
+    old = dict(y=act['carry'].y, z=act['carry'].z, **{k: act[k] for k in ('steps', 'calls', 'halted', 'inputs', 'labels', 'pids')})
+    write_checkpoint(dict(format='dis_nbdev.train/1', model={'w': torch.ones(2)}, step=1, act=old), tmp_path / 'old.pt')
+    new = _act_entry(SimpleNamespace(act=act, world=1))
+    assert new['y'].shape[0] == int((~halted).sum()) == 4
+    for rank in (0, 1):
+        st = SimpleNamespace(b=b, info=SimpleNamespace(rank=rank), cfg=SimpleNamespace(global_batch_size=B), device=torch.device('cpu'))
+        x, y = _local_act(st, read_checkpoint(tmp_path / 'old.pt')['act'], 'old'), _local_act(st, new, 'new')
+        live = ~halted[rank * b:(rank + 1) * b]
+        for k in ('steps', 'calls', 'halted'): assert torch.equal(x[k], y[k]), k
+        for k in ('inputs', 'labels', 'pids'): assert torch.equal(x[k][live], y[k][live]), k   # halted slots: refilled
+        assert torch.equal(x['carry'].y[live], y['carry'].y[live]) and torch.equal(x['carry'].z[live], y['carry'].z[live])
+    write_checkpoint(dict(format='dis_nbdev.train/3', model={'w': torch.ones(2)}, step=1), tmp_path / 'future.pt')
+    with pytest.raises(CheckpointError, match=r'future\.pt: checkpoint format .*/3.* is newer'):
+        read_checkpoint(tmp_path / 'future.pt')

@@ -5,6 +5,7 @@
 # %% ../nbs/05a_checkpoint.ipynb #24750b05
 from __future__ import annotations
 import dataclasses, hashlib, random, sys, time
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -242,7 +243,11 @@ def _act_entry(st) -> dict | None:
 def _to_host(obj):
     "`obj` with every tensor on the host (host tensors as they are): one copy, which checksum and write then read."
     if isinstance(obj, torch.Tensor): return obj.detach().cpu()
-    if isinstance(obj, dict): return {k: _to_host(v) for k, v in obj.items()}
+    if isinstance(obj, dict):                     # a state dict keeps its type and its `_metadata` (module versions)
+        out = type(obj)((k, _to_host(v)) for k, v in obj.items()) if type(obj) in (dict, OrderedDict) else \
+              {k: _to_host(v) for k, v in obj.items()}
+        if getattr(obj, '_metadata', None) is not None: out._metadata = obj._metadata
+        return out
     if isinstance(obj, (list, tuple)) and not hasattr(obj, '_fields'): return type(obj)(_to_host(v) for v in obj)
     return obj
 

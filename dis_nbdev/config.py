@@ -286,7 +286,7 @@ class TrainConfig:
     log_every: int = 10
     checkpoint_every: int = 1000
     eval_every: int | None = None
-    eval_batch_size: int = 64
+    eval_batch_size: int = 64           # per process (GPU): N ranks score N x eval_batch_size inputs at a time
     wandb_mode: str = 'offline'         # 'offline' | 'online' | 'disabled'
     wandb_project: str = 'dis_nbdev'
     progress: bool = True
@@ -393,13 +393,10 @@ def as_train_config(config: TrainConfig | dict, where: str = 'TrainConfig') -> T
 
 # %% ../nbs/00b_config.ipynb #241baa98
 def start_problems(cfg: TrainConfig, world_size: int = 1) -> list[str]:
-    "What would make `cfg` fail after it started: batch sizes vs `world_size`, the dataset's train/test splits."
+    "What would make `cfg` fail after it started: the batch size vs `world_size`, the dataset's train/test splits."
     out = []
     if cfg.global_batch_size % world_size:
         out.append(f'global_batch_size={cfg.global_batch_size}: not divisible by the {world_size} processes')
-    if cfg.eval_every is not None and cfg.eval_batch_size % world_size:
-        out.append(f'eval_batch_size={cfg.eval_batch_size}: not divisible by the {world_size} processes (the first '
-                   f'evaluation, at step {cfg.eval_every}, would fail)')
     d = Path(cfg.data_dir) if cfg.data_dir else None
     if d is None: out.append('data_dir: empty; point it at a dataset folder')
     elif d.exists():

@@ -19,7 +19,7 @@ from .dataset import TestLoader, open_split
 from .steps import check_injection, guided_logits, next_inputs, rollout, supervision_step
 from .model import StepOutput
 from .methods import get_method
-from .checkpoint import check_data_fingerprint, load_trained, setup_distributed
+from .checkpoint import check_data_fingerprint, cpu_group, load_trained, setup_distributed
 from .vote import (CONFIDENCES, DEFAULT_KS, Candidate, VoteTable, VoteRecords, StepPredictions,  # noqa: F401
                             candidate_grid, crop_prediction, grid_key, input_index, save_vote_records,
                             score_candidates, step_answers, vote, vote_batch, vote_confidences, vote_rows)
@@ -187,11 +187,11 @@ class EvalState:
         return self
 
 def gather_state(state: EvalState, rank: int, world_size: int) -> EvalState | None:
-    "Every rank's `EvalState` merged on rank 0 (None elsewhere); the state itself when not distributed."
+    "Every rank's `EvalState` merged on rank 0 (None elsewhere; over gloo, not the device); the state itself when not distributed."
     if world_size <= 1 or not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return state
     out = [None] * world_size if rank == 0 else None
-    torch.distributed.gather_object(state, out, dst=0)
+    torch.distributed.gather_object(state, out, dst=0, group=cpu_group())   # host objects: no NCCL round trip
     if rank != 0: return None
     total = out[0]
     for s in out[1:]: total.merge(s)
@@ -365,6 +365,8 @@ def evaluate(model, data_dir, batch_size: int = 64, device='auto', cfg_weight: f
              progress: bool = False, per_step: bool = True, check_data: bool = True,
              ablation: str | None = None, early_exit: int | None = None, keep_votes: bool | str = 'last') -> dict | None:
     """Score `model` on the test split of the built dataset `data_dir` (augmentation vote, pass@k per step).
+    `batch_size` is per process (per GPU): under torchrun each of N ranks scores `batch_size` inputs at a time, N x
+    `batch_size` together (any world size divides it).
     Returns the results on rank 0 (None elsewhere); writes `out_dir/eval.json`, `out_dir/submission.json` and
     `out_dir/votes.npz`: every copy's answer of the last step (`keep_votes='last'`), of every kept step ('all'), or
     nothing (False), to redo the vote without the network (`vote.load_vote_records`).
@@ -393,7 +395,7 @@ def evaluate(model, data_dir, batch_size: int = 64, device='auto', cfg_weight: f
     was_training = model.training
     model.to(device).eval()
     state, inverses = EvalState(kept, records=keep_votes if out_dir is not None else False), {}
-    loader = TestLoader(split, batch_size, rank=di.rank, world_size=di.world_size)
+    loader = TestLoader(split, batch_size * di.world_size, rank=di.rank, world_size=di.world_size)   # per GPU
     if progress and di.is_main:
         from tqdm.auto import tqdm
         loader = tqdm(loader, desc='evaluate', total=len(loader) if hasattr(loader, '__len__') else None)

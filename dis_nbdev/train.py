@@ -21,7 +21,8 @@ from .dataset import TrainLoader, dataset_fingerprint, open_split
 from .model import RecursiveModel, count_parameters, model_config
 from .methods import get_method
 from .checkpoint import (TrainConfig, as_train_config, planned_steps, describe_plan, reference_examples,
-                                  step_flops, load_state, read_metrics, setup_distributed, truncate_metrics)
+                                  step_flops, load_state, read_checkpoint_all, read_metrics, setup_distributed,
+                                  truncate_metrics)
 from .optim import lr_lambda, make_ema, make_optimizers, optimizer_backend, place_optimizer_state
 from .callbacks import catch_signals_early, default_callbacks, stop_state
 # re-exported, so that the documented `dis_nbdev.train.<name>` keeps working
@@ -188,7 +189,7 @@ def apply_changed_settings(st: TrainState, old: TrainConfig, where: str = 'check
 
 def resume_state(st: TrainState, path) -> None:
     "Resume `st` from the checkpoint at `path`: its state, its unlogged metric sums, changed settings applied."
-    ck = read_checkpoint(path, device='cpu')
+    ck = read_checkpoint_all(path)     # rank 0 verifies, the other ranks map the file
     old = from_dict(TrainConfig, ck['config'], f'{path}: config')
     if (old.method, old.preset) == (st.cfg.method, st.cfg.preset): check_resumable(old, st.cfg, str(path))
     load_state(st, path, ck)     # refuses another method, preset, dataset or optimizer kind

@@ -191,7 +191,8 @@ def test_start_up_checks(tmp_path):
     (tmp_path / 'data' / 'train').mkdir(parents=True)
     cfg = TrainConfig(data_dir=str(tmp_path / 'data'), eval_every=100, eval_batch_size=6, global_batch_size=8)
     probs = '\n'.join(start_problems(cfg, world_size=4))
-    assert 'eval_batch_size=6: not divisible by the 4 processes' in probs and 'has no test/ split' in probs
+    assert 'has no test/ split' in probs and 'eval_batch_size' not in probs      # the eval batch is per GPU
+    assert 'global_batch_size=8: not divisible by the 3 processes' in '\n'.join(start_problems(cfg, world_size=3))
 
 
 def test_time_budgeted_plan_states_its_budget():
@@ -292,13 +293,14 @@ def test_dis_train_config_that_is_a_folder(tmp_path, capsys, monkeypatch):
     assert rc == 2 and 'is a folder' in err
 
 
-def test_dis_train_eval_batch_vs_world_size(train_yaml, capsys, monkeypatch, tmp_path):
+def test_dis_train_batch_vs_world_size(train_yaml, capsys, monkeypatch, tmp_path):
+    "The global batch must divide over the processes (refused at start-up); the eval batch is per GPU (any size)."
     monkeypatch.setattr(T, 'catch_signals_early', lambda: None)
-    monkeypatch.setenv('WORLD_SIZE', '4')
+    monkeypatch.setenv('WORLD_SIZE', '3')
     (tmp_path / 'data' / 'train').mkdir(parents=True); (tmp_path / 'data' / 'test').mkdir()
-    p = train_yaml(f'data_dir: {tmp_path / "data"}\neval_every: 100\neval_batch_size: 6\nglobal_batch_size: 8\n')
+    p = train_yaml(f'data_dir: {tmp_path / "data"}\neval_every: 100\neval_batch_size: 5\nglobal_batch_size: 8\n')
     rc, err = _cli(T.train_cli, ['--config', str(p)], capsys)
-    assert rc == 2 and 'eval_batch_size=6: not divisible by the 4 processes' in err
+    assert rc == 2 and 'global_batch_size=8: not divisible by the 3 processes' in err and 'eval_batch_size' not in err
 
 
 RUN_CLI_ROWS = [

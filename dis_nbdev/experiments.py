@@ -19,14 +19,17 @@ from .model import model_config
 from .methods import get_method
 import dis_nbdev.checkpoint  # noqa: F401  (registers the model and loss checks into config)
 from .train import train
+from .stats import compute_units
 from .boards import board_spec, board_spec_problems, ensure_puzzle_dataset, evaluate_puzzle_run
 
 # %% auto #0
-__all__ = ['TASK_KEYS', 'GRID_KEYS', 'Cell', 'grid_problems', 'load_grid', 'expand_grid', 'prepare_grid_data', 'cell_dir',
-           'read_evals', 'cell_done', 'run_cell', 'run_grid', 'cell_cli']
+__all__ = ['TASK_KEYS', 'BUDGET_KEYS', 'EVAL_KEYS', 'GRID_KEYS', 'Cell', 'grid_problems', 'load_grid', 'expand_grid',
+           'prepare_grid_data', 'cell_dir', 'read_evals', 'cell_done', 'run_cell', 'run_grid', 'cell_cli']
 
 # %% ../nbs/14_experiments.ipynb #35d0eac4
 TASK_KEYS = ('puzzle', 'data_dir', 'targets', 'train', 'budget', 'eval')
+BUDGET_KEYS = ('compute', 'flops', 'steps', 'evals', 'warmup')
+EVAL_KEYS = ('split', 'also', 'limit', 'n_steps')
 GRID_KEYS = ('name', 'out', 'seeds', 'budget', 'eval', 'base', 'tasks', 'arms', 'baseline', 'sweep', 'target', 'note', 'extends')
 
 @dataclass
@@ -40,6 +43,7 @@ class Cell:
     points: list          # optimizer steps at which the run is evaluated (last = the budget)
     net_calls: int        # network calls per optimizer step: T * (n + 1)
     batch: int
+    flops_per_sample: float = 0.0   # FLOP-weighted units per sample and optimizer step (`stats.compute_units`)
     @property
     def key(self) -> str: return f'{self.task}/{self.arm}/seed{self.seed}'
 
@@ -49,15 +53,31 @@ def _fmt(v) -> str:
 # %% ../nbs/14_experiments.ipynb #50154376
 def _budget_problems(b, at: str) -> list[str]:
     if b is None: return []
-    if not isinstance(b, dict): return [f'{at}budget: expected a mapping (compute, steps, evals), got {b!r}']
-    out = unknown_keys(b, ('compute', 'steps', 'evals'), f'{at}budget.', 'budget key')
-    for k, hint, low in (('steps', int, 1), ('evals', int, 1), ('compute', float, 0)):
+    if not isinstance(b, dict): return [f'{at}budget: expected a mapping (compute, flops, steps, evals, warmup), got {b!r}']
+    out = unknown_keys(b, BUDGET_KEYS, f'{at}budget.', 'budget key')
+    given = [k for k in ('compute', 'flops', 'steps') if k in b]
+    if len(given) > 1: out.append(f'{at}budget: give one of compute / flops / steps, not {given}')
+    if 'warmup' in b:
+        try: w = coerce_value(b['warmup'], float, f'{at}budget.warmup')
+        except ConfigError as e: out.append(str(e))
+        else:
+            if not 0 <= w < 1: out.append(f'{at}budget.warmup={b["warmup"]!r}: must be a fraction of the budget in [0, 1)')
+            else: b['warmup'] = w
+    for k, hint, low in (('steps', int, 1), ('evals', int, 1), ('compute', float, 0), ('flops', float, 0)):
         if k not in b: continue
         try: v = coerce_value(b[k], hint, f'{at}budget.{k}')
         except ConfigError as e: out.append(str(e)); continue
         if not math.isfinite(v) or (v < low if hint is int else v <= low):
             out.append(f'{at}budget.{k}={b[k]!r}: must be {"a whole number >= 1" if hint is int else "a number > 0"}')
         else: b[k] = v
+    return out
+
+def _eval_problems(ev, at: str) -> list[str]:
+    if not isinstance(ev, dict): return []
+    out = unknown_keys(ev, EVAL_KEYS, f'{at}eval.', 'eval key')
+    also = ev.get('also', [])
+    if not isinstance(also, list) or not all(isinstance(s, str) for s in also):
+        out.append(f'{at}eval.also={also!r}: must be a list of split names (e.g. [train]) scored beside the main split')
     return out
 
 def _task_problems(t, spec) -> list[str]:
@@ -68,7 +88,7 @@ def _task_problems(t, spec) -> list[str]:
     else: out += [f'{at}puzzle.{e}' for e in board_spec_problems(spec['puzzle'])]     # its family's fields
     for k in ('train', 'targets', 'eval'):
         if spec.get(k) is not None and not isinstance(spec[k], dict): out.append(f'{at}{k}: expected a mapping, got {spec[k]!r}')
-    return out + _budget_problems(spec.get('budget'), at)
+    return out + _budget_problems(spec.get('budget'), at) + _eval_problems(spec.get('eval'), at)
 
 
 # %% ../nbs/14_experiments.ipynb #6f0f9ebe
@@ -93,9 +113,10 @@ def grid_problems(g: dict) -> list[str]:
                                                             and 0 <= s < 2**63 for s in seeds)):
         out.append(f'seeds: {g.get("seeds")!r}: must be a list of whole numbers in [0, 2**63) or a count >= 1')
     b = g.get('budget')
-    if not isinstance(b, dict) or not any(k in b for k in ('compute', 'steps')):
-        out.append('`budget:` needs `compute` (optimizer steps x batch x net calls per step) or `steps`')
-    out += _budget_problems(b if isinstance(b, dict) else None, '')
+    if not isinstance(b, dict) or not any(k in b for k in ('compute', 'flops', 'steps')):
+        out.append('`budget:` needs `flops` (FLOP-weighted: forward 1, backward 2, no-grad cycles forward only), '
+                   '`compute` (optimizer steps x batch x net calls per step) or `steps`')
+    out += _budget_problems(b if isinstance(b, dict) else None, '') + _eval_problems(g.get('eval'), '')
     for bl in ([g['baseline']] if isinstance(g.get('baseline'), str) else list(g.get('baseline') or [])):
         if isinstance(g.get('arms'), dict) and bl not in g['arms']: out.append(f"baseline {bl!r} is not an arm; arms: {list(g['arms'])}")
     for a, fields in (g.get('arms') or {}).items() if isinstance(g.get('arms'), dict) else ():
@@ -151,6 +172,13 @@ def _resolve_targets(fields: dict, task: dict, where: str) -> dict:
         fields = {**fields, 'targets': table[t[1:]]}
     return fields
 
+def _budget(grid_b: dict, task_b: dict | None) -> dict:
+    "A task's budget: its own keys win, and its compute / flops / steps replaces the grid's."
+    task_b = task_b or {}
+    if any(k in task_b for k in ('compute', 'flops', 'steps')):
+        grid_b = {k: v for k, v in grid_b.items() if k not in ('compute', 'flops', 'steps')}
+    return {**grid_b, **task_b}
+
 def expand_grid(grid) -> list[Cell]:
     "Every cell of a grid: task x arm (x swept values) x seed, with its TrainConfig, evaluation points and compute."
     g = grid if '_where' in grid else load_grid(grid)
@@ -162,7 +190,10 @@ def expand_grid(grid) -> list[Cell]:
         data_dir = task.get('data_dir') or str(Path(out)/'data'/tname)
         for aname, afields in arms.items():
             afields = _resolve_targets(afields, task, f'{where}: arm {aname!r}')
-            for seed in g['seeds']:
+            afields = dict(afields); seeds = afields.pop('seeds', None) or g['seeds']   # an arm may run fewer seeds
+            if not set(seeds) <= set(g['seeds']):
+                raise ConfigError(f"{where}: arm {aname!r}: seeds {seeds} must be among the grid's seeds {g['seeds']}")
+            for seed in seeds:
                 cfg = deep_merge(deep_merge(deep_merge(g.get('base') or {}, task.get('train') or {}), afields),
                                   dict(seed=int(seed), data_dir=data_dir, name=f'{g["name"]}-{tname}-{aname}-s{seed}',
                                        out_dir=str(out/'runs'/tname/aname/f'seed{seed}'/'train')))
@@ -171,15 +202,18 @@ def expand_grid(grid) -> list[Cell]:
                 mc = model_config(tc.preset, **{**tc.model, 'vocab_size': spec.vocab_size, 'seq_len': spec.seq_len})
                 calls, batch = mc.T * (mc.n + 1), int(tc.global_batch_size)
                 per = get_method(tc.method).steps_per_batch(mc.n_sup)       # DIS trains n_sup optimizer steps per batch
-                b = {**g['budget'], **(task.get('budget') or {})}
-                steps = int(b['steps']) if 'steps' in b else int(float(b['compute']) // (batch * calls))
+                units = compute_units(mc.T, mc.n, 1, 1)['per_sample_step']
+                b = _budget(g['budget'], task.get('budget'))
+                steps = (int(b['steps']) if 'steps' in b else int(float(b['flops']) // (batch * units)) if 'flops' in b
+                         else int(float(b['compute']) // (batch * calls)))
                 steps = max(per, steps // per * per)
+                if 'warmup' in b: cfg['lr_warmup_steps'] = int(round(float(b['warmup']) * steps))
                 k = int(b.get('evals', 5))
                 points = sorted({max(per, round(steps * (i + 1) / k / per) * per) for i in range(k)})
                 cfg['max_steps'] = steps
                 ev = {**(g.get('eval') or {}), **(task.get('eval') or {})}
                 ev.setdefault('n_steps', get_method(tc.method).eval_steps(tc, mc))
-                cells.append(Cell(tname, aname, int(seed), cfg, ev, points, calls, batch))
+                cells.append(Cell(tname, aname, int(seed), cfg, ev, points, calls, batch, units))
     return cells
 
 def prepare_grid_data(grid) -> dict:
@@ -225,15 +259,19 @@ def run_cell(grid, cell: Cell, device: str = 'cpu', max_points: int | None = Non
             t1, w1 = _cpu_s(), time.time()
             if summary['step'] < p:
                 raise DisError(f'{cell.key}: training stopped at step {summary["step"]} before evaluation point {p} ({summary["stopped"]})')
-            ev = evaluate_puzzle_run(cfg['out_dir'], cfg['data_dir'], split=cell.eval.get('split', 'test'), device=device,
-                                     n_steps=cell.eval.get('n_steps'), limit=cell.eval.get('limit'))
+            split = cell.eval.get('split', 'test')
+            kw = dict(device=device, n_steps=cell.eval.get('n_steps'), limit=cell.eval.get('limit'))
+            ev = evaluate_puzzle_run(cfg['out_dir'], cfg['data_dir'], split=split, per_puzzle=True, **kw)
+            also = {s: evaluate_puzzle_run(cfg['out_dir'], cfg['data_dir'], split=s, **kw) for s in cell.eval.get('also', [])}
             t2 = _cpu_s()
             rec = dict(task=cell.task, arm=cell.arm, seed=cell.seed, opt_steps=int(summary['step']), batch=cell.batch,
                        net_calls=cell.net_calls, compute=int(summary['step']) * cell.batch * cell.net_calls,
+                       flops=int(summary['step']) * cell.batch * cell.flops_per_sample, split=split,
                        train_cpu_s=round(prev['train_cpu_s'] + t1 - t0, 3), train_wall_s=round(prev['train_wall_s'] + w1 - w0, 3),
                        eval_cpu_s=round(prev['eval_cpu_s'] + t2 - t1, 3), device=device,
                        valid=ev['valid'], exact=ev['exact'], token_acc=ev['per_step'][-1]['token_acc'],
-                       best_step_exact=max(r['exact'] for r in ev['per_step']), n_test=ev['n'], per_step=ev['per_step'])
+                       best_step_exact=max(r['exact'] for r in ev['per_step']), n_test=ev['n'], per_step=ev['per_step'],
+                       correct=ev['correct'][-1], **{f'{s}_{k}': e[k] for s, e in also.items() for k in ('exact', 'n')})
             append_jsonl(d/'evals.jsonl', rec)
             evals.append(rec); prev = rec
         if {r['opt_steps'] for r in evals} >= set(cell.points):

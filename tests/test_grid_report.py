@@ -133,7 +133,7 @@ def test_tuning_table_and_tuned_yaml(tmp_path):
 
 
 def test_dis_grid_runs_then_reports_a_tiny_grid(tmp_path, capsys):
-    g = grid(tmp_path/'g', seeds=[0, 1], budget={'compute': 12 * 8 * 3, 'evals': 2}, eval={'limit': 8})
+    g = grid(tmp_path/'g', seeds=[0, 1], budget={'compute': 12 * 8 * 3, 'evals': 2}, eval={'limit': 8, 'also': ['train']})
     p = tmp_path/'grid.yaml'; p.write_text(yaml.safe_dump({k: v for k, v in g.items() if k != '_where'}))
     assert R.grid_cli([str(p), '--workers', '0']) == 0
     capsys.readouterr()
@@ -149,5 +149,7 @@ def test_dis_grid_runs_then_reports_a_tiny_grid(tmp_path, capsys):
     per_seed = ', '.join(f"{np.mean([r['exact'] for r in rs[-2:]]):.3f}" for rs in seeds)
     assert f'| dis_waves | 2 | {per_seed} |' in text, 'per-seed primary endpoint, from the records'
     assert 'Differences against dis_label' in text and 'lookup baseline' in text
-    if 'correct' in recs[0]: assert 'propagation waves' in text and 'seeds x puzzles' in text
+    assert len(recs[0]['correct']) == recs[0]['n_test'] == 8 and recs[0]['split'] == 'test' and recs[0]['flops'] > 0
+    assert 'propagation waves' in text and 'seeds x puzzles' in text and '(flops)' in text
+    assert recs[-1]['train_n'] == 8 and 'Train-test gap' in text
     assert 'Share of seeds at exact >= 0.5' in text and 'sudoku_waves' in text

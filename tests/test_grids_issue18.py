@@ -19,7 +19,10 @@ def _diff(a, b):
 
 def test_experiment_A_controls_isolate_one_factor_each():
     g = load_grid(GRIDS/'grid_targets_A.yaml'); cells = expand_grid(g)
-    assert len(cells) == 6 * 5 and g['seeds'] == [0, 1, 2, 3, 4]
+    assert len(cells) == 3 * 5 + 3 * 3 and g['seeds'] == [0, 1, 2, 3, 4]
+    seeds = {a: sorted(c.seed for c in cells if c.arm == a) for a in g['arms']}
+    assert all(seeds[a] == [0, 1, 2, 3, 4] for a in ('trm_T1n2', 'dis_label_x', 'dis_waves_x')), 'the primary arms run 5 seeds'
+    assert all(seeds[a] == [0, 1, 2] for a in ('trm_T1n2_nohalt', 'dis_waves_prev', 'dis_corrupt'))
     arms = _arms(cells)
     assert _diff(arms['trm_T1n2'], arms['trm_T1n2_nohalt']) == ['q_loss_weight'] and arms['trm_T1n2_nohalt'].train['q_loss_weight'] == 0
     assert _diff(arms['dis_label_x'], arms['dis_waves_x']) == ['targets']
@@ -27,19 +30,31 @@ def test_experiment_A_controls_isolate_one_factor_each():
     assert _diff(arms['dis_waves_x'], arms['dis_waves_prev']) == ['injection'] and arms['dis_waves_x'].train['injection'] == 'x'
     assert arms['dis_corrupt'].train['targets'] == 'input_to_label' and arms['dis_corrupt'].train['injection'] == 'prev_argmax'
     spec = g['tasks']['sudoku6_hard']['puzzle']
-    assert (spec['box'], spec['remove'], spec['train'], spec['test']) == ([2, 3], [18, 24], 3000, 500)
+    assert (spec['box'], spec['remove'], spec['train'], spec['test'], spec['test_seed']) == ([2, 3], [18, 24], 3000, 500, 1)
     for c in cells:    # same optimizer steps, batch, evaluation points and FLOP-weighted units for every arm
         assert (c.points, c.batch, c.net_calls, c.train['max_steps']) == ([300, 600, 900, 1200], 32, 3, 1200)
         assert c.eval['limit'] == 500 and all(p % 6 == 0 for p in c.points)
+        assert c.flops_per_sample == 9 and c.train['lr_warmup_steps'] == 60, 'FLOP-weighted budget, warm-up 5% of it'
     assert compute_units(1, 2, 1200, 32)['units'] == 1200 * 32 * 9
 
 
 def test_experiment_B_varies_only_the_training_set_size():
     g = load_grid(GRIDS/'grid_scarce_B.yaml'); cells = expand_grid(g)
     assert sorted(g['tasks']) == ['train100', 'train1000', 'train300'] and g['out'].endswith('scarce_B')
-    assert sorted(_arms(cells)) == ['dis_label_x', 'dis_waves_x', 'trm_T1n2'] and len(cells) == 3 * 3 * 5
+    assert sorted(_arms(cells)) == ['dis_label_x', 'dis_waves_x', 'trm_T1n2'] and len(cells) == 3 * (3 + 3 + 1)
     sizes = {t: s['puzzle']['train'] for t, s in g['tasks'].items()}
     assert sizes == {'train100': 100, 'train300': 300, 'train1000': 1000}
     rest = [{k: v for k, v in s['puzzle'].items() if k != 'train'} for s in g['tasks'].values()]
     assert all(r == rest[0] for r in rest) and rest[0]['remove'] == [18, 24] and rest[0]['test'] == 500
-    assert {c.train['max_steps'] for c in cells} == {1200} and len({c.train['data_dir'] for c in cells}) == 3
+    assert {c.train['max_steps'] for c in cells} == {600} and len({c.train['data_dir'] for c in cells}) == 3
+    assert all(c.eval['also'] == ['train'] for c in cells) and {r['test_seed'] for r in rest} == {1}
+
+
+def test_tuning_grid_gives_every_arm_the_same_trials_on_a_validation_split():
+    a = load_grid(GRIDS/'grid_targets_A.yaml'); g = load_grid(GRIDS/'grid_targets_A_tune.yaml'); cells = expand_grid(g)
+    arms = {c.arm.split('@')[0] for c in cells}
+    assert arms == set(a['arms']) and len(cells) == len(arms) * 3, 'three learning rates for every arm, one seed'
+    assert {c.seed for c in cells} == {100} and not {100} & set(a['seeds'])
+    assert all(c.eval['split'] == 'val' for c in cells)
+    tune, test = g['tasks']['sudoku6_hard_val']['puzzle'], a['tasks']['sudoku6_hard']['puzzle']
+    assert {k: v for k, v in tune.items() if k != 'val'} == test and tune['val'] == 500, 'val is carved from A\'s training puzzles'

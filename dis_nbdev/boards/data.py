@@ -68,6 +68,17 @@ def _augmented(spec: BoardSpec, X, Y, rng) -> tuple[list, list, list[int]]:
 # %% ../../nbs/10d_board_data.ipynb #88826929
 BOARD_FORMAT = 'dis_nbdev-board-dataset-v1'
 
+def _draw_splits(spec: BoardSpec) -> tuple[dict, np.random.Generator]:
+    """{split: (X, Y)} of a spec's puzzles, and the generator the augmentation continues with. The test puzzles come
+    after the training ones from the same stream, or from their own stream (`test_seed`); `val` holds out the last
+    `val` training puzzles."""
+    rng = np.random.default_rng(spec.seed); fam = spec.family
+    Xtr, Ytr = fam.generate(spec.train, rng, **spec.params())
+    test_rng = rng if spec.test_seed is None else np.random.default_rng((int(spec.test_seed), 0x7E57))
+    out = {'test': fam.generate(spec.test, test_rng, **spec.params())}
+    if spec.val: out['val'] = (Xtr[-spec.val:], Ytr[-spec.val:]); Xtr, Ytr = Xtr[:-spec.val], Ytr[:-spec.val]
+    return {'train': (Xtr, Ytr), **out}, rng
+
 def build_puzzle_dataset(out_dir, spec: BoardSpec | dict | None = None, overwrite: bool = False, **kw) -> Path:
     "Generate a puzzle family to `out_dir` in the TRM/ARC on-disk layout; returns the folder."
     spec = board_spec(spec, where=f'{out_dir}: puzzle spec', **kw)
@@ -75,22 +86,26 @@ def build_puzzle_dataset(out_dir, spec: BoardSpec | dict | None = None, overwrit
     with dataset_lock(out):
         recover_dataset(out)
         check_dataset_output(out, overwrite)
-        t0 = time.time(); rng = np.random.default_rng(spec.seed); fam = spec.family
-        Xtr, Ytr = fam.generate(spec.train, rng, **spec.params())
-        Xte, Yte = fam.generate(spec.test, rng, **spec.params())
-        xs, ys, groups = _augmented(spec, Xtr, Ytr, rng)
+        t0 = time.time(); fam = spec.family
+        splits, rng = _draw_splits(spec)
+        xs, ys, groups = _augmented(spec, *splits['train'], rng)
+        held = {k: v for k, v in splits.items() if k != 'train'}
         def fill(tmp: Path) -> dict:
             _write_split(tmp/'train', np.stack(xs), np.stack(ys), groups, spec)
-            _write_split(tmp/'test', Xte, Yte, list(range(len(Xte) + 1)), spec)
+            for k, (X, Y) in held.items(): _write_split(tmp/k, X, Y, list(range(len(X) + 1)), spec)
             atomic_write_json(tmp/'identifiers.json', ['<blank>'])
-            info = {**asdict(spec), 'side': spec.side, 'seq_len': spec.seq_len, 'vocab_size': spec.vocab_size,
-                    'train_examples': len(xs), 'test_examples': len(Xte)}     # deterministic: part of the fingerprint
+            info = {**spec.to_dict(), 'side': spec.side, 'seq_len': spec.seq_len, 'vocab_size': spec.vocab_size,
+                    'train_examples': len(xs), 'test_examples': len(held['test'][0])}  # deterministic: part of the fingerprint
+            if spec.val: info['val_examples'] = len(held['val'][0])
+            if spec.test_seed is not None:           # memorisation check: test inputs that also occur in training
+                seen = {x.tobytes() for x in splits['train'][0]}
+                info['test_in_train'] = int(sum(x.tobytes() in seen for x in held['test'][0]))
             if fam.palette: info.update(palette=list(fam.palette), glyphs=list(fam.glyphs or []))   # for the viewer
             atomic_write_json(tmp/'puzzles.json', info)
+            counts = {'train': {'examples': len(xs), 'puzzles': len(xs), 'groups': len(groups) - 1},
+                      **{k: {'examples': len(X), 'puzzles': len(X), 'groups': len(X)} for k, (X, _) in held.items()}}
             return {'format': BOARD_FORMAT, 'complete': True, 'builder': 'dis_nbdev.boards.build_puzzle_dataset',
-                    'args': asdict(spec), 'counts': {'train': {'examples': len(xs), 'puzzles': len(xs), 'groups': len(groups) - 1},
-                                                     'test': {'examples': len(Xte), 'puzzles': len(Xte), 'groups': len(Xte)}},
-                    'num_puzzle_identifiers': 1}
+                    'args': spec.to_dict(), 'counts': counts, 'num_puzzle_identifiers': 1}
         return write_dataset(out, fill, overwrite=overwrite, t0=t0)
 
 # %% ../../nbs/10d_board_data.ipynb #7de35770
@@ -108,7 +123,7 @@ def load_puzzle_split(data_dir, split: str = 'test') -> tuple[dict, np.ndarray, 
     return info, X, Y
 
 # %% ../../nbs/10d_board_data.ipynb #c84f5388
-_OLD_DEFAULTS = {'aug': {}, 'min_backtracks': 0, 'path_len': [1, 10_000], 'loops': 0.0}   # builds made before these fields
+_OLD_DEFAULTS = {'aug': {}, 'min_backtracks': 0, 'path_len': [1, 10_000], 'loops': 0.0, 'val': 0}   # builds made before these fields
 
 def _spec_matches(info: dict, spec: BoardSpec) -> list[str]:
     "The fields where a built dataset's `puzzles.json` differs from `spec`."

@@ -53,8 +53,10 @@ def board_step_answers(model, inputs: torch.Tensor, n_steps: int, injection: str
     return torch.stack([o.logits.argmax(-1) for o in rollout(model, inputs, pid, n_steps=n_steps, injection=injection)])
 
 def evaluate_puzzles(model, data_dir, split: str = 'test', batch_size: int = 256, device='cpu',
-                     n_steps: int | None = None, injection: str = 'prev_argmax', limit: int | None = None) -> dict:
-    "Validity, exact match and token accuracy per supervision step of `model` on a puzzle split."
+                     n_steps: int | None = None, injection: str = 'prev_argmax', limit: int | None = None,
+                     per_puzzle: bool = False) -> dict:
+    """Validity, exact match and token accuracy per supervision step of `model` on a puzzle split; `per_puzzle`
+    adds `correct`: per step, a string of '0'/'1' (one per puzzle, in split order) saying which were solved exactly."""
     if not isinstance(batch_size, int) or batch_size < 1: raise PuzzleError(f'batch_size={batch_size!r}: must be an integer >= 1')
     info, X, Y = load_puzzle_split(data_dir, split)
     if limit: X, Y = X[:limit], Y[:limit]
@@ -68,9 +70,13 @@ def evaluate_puzzles(model, data_dir, split: str = 'test', batch_size: int = 256
     model.train(was)
     P = np.concatenate(preds, 1)
     per_step = [{'step': s + 1, **score_board_predictions(kind, P[s], X, Y)} for s in range(n_steps)]
-    return {'kind': kind, 'split': split, 'n': int(len(X)), 'n_steps': n_steps, 'injection': injection,
-            'valid': per_step[-1]['valid'], 'exact': per_step[-1]['exact'],
-            'best_valid': max(r['valid'] for r in per_step), 'per_step': per_step}
+    out = {'kind': kind, 'split': split, 'n': int(len(X)), 'n_steps': n_steps, 'injection': injection,
+           'valid': per_step[-1]['valid'], 'exact': per_step[-1]['exact'],
+           'best_valid': max(r['valid'] for r in per_step), 'per_step': per_step}
+    if per_puzzle:
+        live = Y != IGNORE_LABEL
+        out['correct'] = [''.join('1' if ok else '0' for ok in ((P[s] == Y) | ~live).all(1)) for s in range(n_steps)]
+    return out
 
 def evaluate_puzzle_run(run_dir, data_dir=None, split: str = 'test', device='cpu', **kw) -> dict:
     "Load a training run (`dis_nbdev.checkpoint.load_trained`) and evaluate it on its puzzle data."

@@ -44,6 +44,8 @@ class BoardSpec:
     test: int = 200
     num_aug: int = 0           # augmented copies per training puzzle
     seed: int = 0
+    val: int = 0               # training puzzles held out as a `val` split (the last ones drawn), for tuning
+    test_seed: int | None = None   # draw the test puzzles from their own stream, so they do not depend on `train`
     @property
     def family(self) -> 'BoardFamily': return get_family(self.kind)
     @property
@@ -55,9 +57,12 @@ class BoardSpec:
     def params(self) -> dict:
         "The family's own fields (what its generator takes)."
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _COMMON}
-    def to_dict(self) -> dict: return asdict(self)
+    def to_dict(self) -> dict:
+        "The stored form: every field, except `val`/`test_seed` at their defaults (so older builds keep their fingerprint)."
+        return {k: v for k, v in asdict(self).items() if not (k in _NEW_DEFAULTS and v == _NEW_DEFAULTS[k])}
 
-_COMMON = ('kind', 'train', 'test', 'num_aug', 'seed')
+_COMMON = ('kind', 'train', 'test', 'num_aug', 'seed', 'val', 'test_seed')
+_NEW_DEFAULTS = {'val': 0, 'test_seed': None}
 
 def _is_int(v) -> bool: return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
@@ -68,6 +73,10 @@ def _common_problems(s: BoardSpec) -> list[str]:
         if not _is_int(v) or v < 1: bad.append(f'{k}={v!r}: must be an integer >= 1 (train and test counts must be >= 1)')
     if not _is_int(s.num_aug) or s.num_aug < 0: bad.append(f'num_aug={s.num_aug!r}: must be an integer >= 0')
     if not _is_int(s.seed) or s.seed < 0: bad.append(f'seed={s.seed!r}: must be an integer >= 0')
+    if s.test_seed is not None and (not _is_int(s.test_seed) or s.test_seed < 0):
+        bad.append(f'test_seed={s.test_seed!r}: must be an integer >= 0 (or null: test puzzles drawn after the training ones)')
+    if not _is_int(s.val) or s.val < 0: bad.append(f'val={s.val!r}: must be an integer >= 0')
+    elif _is_int(s.train) and s.val >= s.train: bad.append(f'val={s.val}: must be < train={s.train} (carved from the training puzzles)')
     return bad
 
 # %% ../../nbs/10_boards.ipynb #995f1065

@@ -153,3 +153,14 @@ def test_dis_grid_runs_then_reports_a_tiny_grid(tmp_path, capsys):
     assert 'propagation waves' in text and 'seeds x puzzles' in text and '(flops)' in text
     assert recs[-1]['train_n'] == 8 and 'Train-test gap' in text
     assert 'Share of seeds at exact >= 0.5' in text and 'sudoku_waves' in text
+
+
+def test_a_malformed_correct_string_is_one_clear_error(tmp_path, capsys):
+    g = grid(tmp_path/'g', seeds=[0]); E.prepare_grid_data(g); write_records(g, _hand)
+    f = E.cell_dir(g, E.expand_grid(g)[0])/'evals.jsonl'
+    recs = [json.loads(l) for l in f.read_text().splitlines()]; recs[1]['correct'] = '01x'
+    f.write_text(''.join(json.dumps(r) + '\n' for r in recs))
+    p = tmp_path/'grid.yaml'; p.write_text(yaml.safe_dump({k: v for k, v in g.items() if k != '_where'}))
+    assert R.grid_cli([str(p), '--report']) == 2
+    err = capsys.readouterr().err
+    assert "sudoku4/dis_label/seed0 step" in err and "`correct` must be a string of '0'/'1'" in err and 'Traceback' not in err

@@ -179,7 +179,7 @@ def _budget(grid_b: dict, task_b: dict | None) -> dict:
         grid_b = {k: v for k, v in grid_b.items() if k not in ('compute', 'flops', 'steps')}
     return {**grid_b, **task_b}
 
-# %% ../nbs/14_experiments.ipynb #61cd6c4a
+# %% ../nbs/14_experiments.ipynb #36459128
 def expand_grid(grid) -> list[Cell]:
     "Every cell of a grid: task x arm (x swept values) x seed, with its TrainConfig, evaluation points and compute."
     g = grid if '_where' in grid else load_grid(grid)

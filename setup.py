@@ -2,7 +2,8 @@
 
 Differs from nbdev's generated setup.py in two ways: the Python classifiers are derived from
 `min_python` instead of a fixed list (the fixed list breaks on 3.11), and the `cuda` extra
-carries the CUDA-only `adam-atan2` so CPU installs never try to compile it.
+carries the CUDA-only `adam-atan2` so CPU installs never try to compile it, and the `cluster` extra carries submitit
+(Slurm submission of grid cells), optional for everyone else.
 """
 from configparser import ConfigParser
 from pathlib import Path
@@ -41,7 +42,8 @@ setuptools.setup(
     packages=setuptools.find_packages(include=[cfg['lib_name'], f'{cfg["lib_name"]}.*']),
     include_package_data=True,
     install_requires=_reqs('requirements'),
-    extras_require={'dev': _reqs('dev_requirements'), 'cuda': _reqs('cuda_requirements')},
+    extras_require={'dev': _reqs('dev_requirements'), 'cuda': _reqs('cuda_requirements'),
+                    'cluster': _reqs('cluster_requirements')},
     python_requires=f'>={cfg["min_python"]}',
     description=cfg['description'],
     long_description=(here / 'README.md').read_text(encoding='utf-8') if (here / 'README.md').exists() else '',

@@ -11,7 +11,9 @@ Checks, in order (each one's failure is reported in the table, the others still 
   3. atan2   - the official `adam_atan2` CUDA extension against this package's port on the same step (if installed);
   4. nccl    - a 1-process `torchrun` run: NCCL process group, all_reduce, barrier, and a short training run in it;
   5. eval    - evaluation predictions/s (all supervision steps, bf16) and the projected full ARC-AGI-1
-               evaluation time at 1000 augmentations.
+               evaluation time at 1000 augmentations;
+  6. grid submit preempt - a dis-grid cell as a submitit job on CUDA, preempted mid-training and resumed by its
+               checkpoint() submission (grid_submit); losses against an uninterrupted run.
 On a machine without CUDA it prints 'no CUDA device' and exits 0.
 """
 import argparse, copy, json, os, subprocess, sys, tempfile, textwrap, time, traceback
@@ -215,6 +217,51 @@ def check_eval(dev, a):
                   f'({FULL_ARC1_PREDICTIONS:,} predictions) on this one GPU: {hours[None]:.2f} h / {hours[1]:.2f} h')
 
 
+def check_grid_submit(dev, a):
+    """A dis-grid cell as a submitit job on CUDA (issue 19 item 8): preempted mid-training (submitit's SIGUSR2), its
+    checkpoint() submission resumes it on the GPU; losses against an uninterrupted CUDA run of the same cell."""
+    try: import submitit  # noqa: F401
+    except ImportError: return None, 'submitit not installed (pip install "dis_nbdev[cluster]"): skipped'
+    import signal
+    from dis_nbdev import experiments as E, grid_submit as S
+    from dis_nbdev.callbacks import Callback
+    tiny = {'hidden_size': 64, 'num_heads': 2, 'num_layers': 1, 'puzzle_emb_ndim': 64, 'puzzle_emb_len': 1}
+    def grid(out):
+        return dict(name='gpucheck', out=str(out), seeds=[0], budget={'steps': 48, 'evals': 2}, eval={'limit': 16},
+                    base=dict(preset='board_mlp_t_dis', model=tiny, global_batch_size=16, lr=1e-3, lr_warmup_steps=2,
+                              lr_schedule='constant', ema=None, optimizer='adamw', device=dev.type, wandb_mode='disabled',
+                              progress=False, log_every=1, checkpoint_every=100000),
+                    tasks={'sudoku4': {'puzzle': {'kind': 'sudoku', 'box': 2, 'train': 64, 'test': 16, 'remove': [4, 8], 'seed': 0},
+                                       'targets': {'code': 'sudoku_waves'}}},
+                    arms={'dis_code': {'method': 'dis', 'targets': '@code'}})
+    class PreemptAt(Callback):
+        def __init__(self): self.sent = False
+        def after_batch(self, st):
+            if not self.sent and st.step >= 6: self.sent = True; os.kill(os.getpid(), signal.SIGUSR2)
+    def losses(g, c):
+        rows = [json.loads(x) for x in (E.cell_dir(g, c)/'train'/'metrics.jsonl').read_text().splitlines()]
+        return np.array([r['loss'] for r in rows if 'loss' in r])
+    with tempfile.TemporaryDirectory() as tmp:
+        ref = E.load_grid(grid(Path(tmp)/'ref')); E.prepare_grid_data(ref); rc = E.expand_grid(ref)[0]
+        E.run_cell(ref, rc, device=dev.type)
+        g = E.load_grid(grid(Path(tmp)/'g')); E.prepare_grid_data(g); c = E.expand_grid(g)[0]
+        gpath = E.atomic_write_json(Path(tmp)/'g'/'grid.json', {k: v for k, v in g.items() if k != '_where'})
+        real = E.train
+        E.train = lambda cfg, resume=False: real(cfg, resume=resume, callbacks=[PreemptAt()])
+        job = S.CellJob(str(gpath), c.key, device=dev.type)
+        try:
+            try: job(); return False, 'the preemption signal did not stop the cell'
+            except S.CellPreempted: pass
+        finally: E.train = real
+        at = json.loads(S.job_state_path(g, c).read_text())['trained_to']
+        out = job.checkpoint().result()
+        l1, l2 = losses(ref, rc), losses(g, c)
+        diff = float(np.abs(l1 - l2).max()) if len(l1) == len(l2) else float('inf')
+        ok = out['points'] == c.points and 0 < at < c.points[0] and diff < 1e-3
+        return ok, (f'stopped at step {at} of {c.points}, resumed (attempt {out["attempt"]}); {len(l2)} losses, max |resumed - '
+                    f'uninterrupted| {diff:.1e} (bit-identical only on CPU); exact {out["exact"]:.2f}')
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--quick', action='store_true', help='dis_compact only, fewer timed steps')
@@ -257,6 +304,7 @@ def main(argv=None):
     run('adam-atan2 resume', check_atan2_resume, dev, a)
     run('nccl torchrun', check_nccl, dev, a)
     run('eval', check_eval, dev, a)
+    run('grid submit preempt', check_grid_submit, dev, a)
     w = max(len(t[0]) for t in table)
     print('\n| check' + ' ' * (w - 5) + ' | result  | detail |\n|' + '-' * (w + 2) + '|---------|--------|')
     for label, status, detail in table: print(f'| {label:{w}s} | {status:7s} | {detail} |')

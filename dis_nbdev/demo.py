@@ -19,6 +19,7 @@ from .evaluate import load_test_puzzles
 from .runner import (RunSpec, load_run_spec, prepare_data, launch_training, run_evaluation,
                               read_metrics, select_tasks, RunInterrupted, _run_as_script)
 from .experiments import load_grid, run_grid
+from .grid_report import grid_report
 
 # %% auto #0
 __all__ = ['QUICK_RUNS', 'NET_CALLS', 'DEFAULT_STEPS', 'SMOKE_STEPS', 'SMOKE', 'SUDOKU_SMOKE', 'STEP_CPU_S',
@@ -149,8 +150,8 @@ def run_sudoku(out='runs/demo', smoke: bool = False, seeds: int = 3, workers: in
     "Run (or resume) the demo's Sudoku grid; returns its table, per-arm summary and figure paths."
     t0 = time.time()
     g = sudoku_grid(out, smoke, seeds)
-    res = run_grid(g, workers=0 if smoke else workers, log=print)
-    rep = res['report']
+    run_grid(g, workers=0 if smoke else workers, log=print)
+    rep = grid_report(g, log=print)
     return dict(grid=g['out'], table=rep['table'], summary=rep['summary'], figures=rep['figures'],
                 seconds=round(time.time() - t0, 1))
 

@@ -4,17 +4,16 @@
 
 # %% ../nbs/14_experiments.ipynb #e0000003
 from __future__ import annotations
-import csv, io, itertools, math, os, subprocess, sys, time
+import itertools, math, os, subprocess, sys, time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 
 from .parsers import grid_parser
 from .core import DisError, ConfigError
-from .files import FolderLock, RunDir, append_jsonl, atomic_write_json, atomic_write_text, check_name, read_jsonl
+from .files import FolderLock, RunDir, append_jsonl, atomic_write_json, check_name, read_jsonl
 from .config import as_train_config, coerce_value, deep_merge, load_yaml, unknown_keys
 from .model import model_config
 from .methods import get_method
@@ -24,10 +23,8 @@ from .stats import compute_units
 from .boards import board_spec, board_spec_problems, ensure_puzzle_dataset, evaluate_puzzle_run
 
 # %% auto #0
-__all__ = ['TASK_KEYS', 'BUDGET_KEYS', 'EVAL_KEYS', 'GRID_KEYS', 'RESULT_COLS', 'STEP_COLS', 'Cell', 'grid_problems', 'load_grid',
-           'expand_grid', 'prepare_grid_data', 'cell_dir', 'read_evals', 'cell_done', 'run_cell', 'run_grid',
-           'collect_results', 'write_csv', 't_quantile_975', 't_interval', 'paired_bootstrap', 'summarize',
-           'format_grid_table', 'plot_grid_results', 'grid_report', 'grid_cli']
+__all__ = ['TASK_KEYS', 'BUDGET_KEYS', 'EVAL_KEYS', 'GRID_KEYS', 'Cell', 'grid_problems', 'load_grid', 'expand_grid',
+           'prepare_grid_data', 'cell_dir', 'read_evals', 'cell_done', 'run_cell', 'run_grid', 'cell_cli']
 
 # %% ../nbs/14_experiments.ipynb #35d0eac4
 TASK_KEYS = ('puzzle', 'data_dir', 'targets', 'train', 'budget', 'eval')
@@ -290,8 +287,8 @@ def _cell_cmd(grid_path: Path, key: str, device: str, threads: int) -> list[str]
 def run_grid(grid, workers: int = 1, device: str = 'cpu', threads: int = 1, only: Sequence[str] | None = None,
              log=print) -> dict:
     """Run every unfinished cell of a grid: in this process (`workers=0`) or in up to `workers` subprocesses at a
-    time (one torch thread each by default). Finished cells are skipped; a half-finished one resumes. Then writes
-    the results table and figures (`grid_report`). Returns {'ran', 'skipped', 'failed', 'report'}."""
+    time (one torch thread each by default). Finished cells are skipped; a half-finished one resumes. The report is
+    `dis_nbdev.grid_report`'s (`dis-grid` writes it after the run). Returns {'ran', 'skipped', 'failed'}."""
     g = grid if '_where' in grid else load_grid(grid)
     out = Path(g['out']); out.mkdir(parents=True, exist_ok=True)
     every = expand_grid(g)
@@ -326,201 +323,21 @@ def run_grid(grid, workers: int = 1, device: str = 'cpu', threads: int = 1, only
                 fh.close(); del live[k]
                 (ran if p.returncode == 0 else failed).append(k)
                 log(f'  {"done" if p.returncode == 0 else f"FAILED (exit {p.returncode}, see logs/)"} {k} ({time.time() - t0:.0f} s)')
-    rep = grid_report(g, log=log)
-    return dict(ran=ran, skipped=skipped, failed=failed, report=rep)
-
-# %% ../nbs/14_experiments.ipynb #62e8e765
-RESULT_COLS = ('task', 'arm', 'seed', 'opt_steps', 'batch', 'net_calls', 'compute', 'train_cpu_s', 'train_wall_s',
-               'eval_cpu_s', 'device', 'valid', 'exact', 'token_acc', 'best_step_exact', 'n_test')
-STEP_COLS = ('task', 'arm', 'seed', 'opt_steps', 'compute', 'sup_step', 'valid', 'exact', 'token_acc')
-
-def collect_results(grid) -> tuple[list[dict], list[dict]]:
-    "(rows, step_rows): one row per run per evaluation point; one per run, evaluation point and supervision step."
-    g = grid if '_where' in grid else load_grid(grid)
-    rows, steps = [], []
-    for c in expand_grid(g):
-        for r in read_evals(cell_dir(g, c)):
-            rows.append({k: r.get(k) for k in RESULT_COLS})
-            for s in r.get('per_step', []):
-                steps.append(dict(task=c.task, arm=c.arm, seed=c.seed, opt_steps=r['opt_steps'], compute=r['compute'],
-                                  sup_step=s['step'], valid=s['valid'], exact=s['exact'], token_acc=s['token_acc']))
-    return rows, steps
-
-def write_csv(path, rows: list[dict], cols: Sequence[str]) -> Path:
-    "A tidy CSV (written to a temporary name, then renamed)."
-    buf = io.StringIO(); w = csv.DictWriter(buf, fieldnames=list(cols)); w.writeheader()
-    for r in rows: w.writerow({k: r.get(k) for k in cols})
-    return atomic_write_text(path, buf.getvalue())
-
-# %% ../nbs/14_experiments.ipynb #8f051b31
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
-
-def t_quantile_975(df: int) -> float:
-    "Two-sided 95% Student-t quantile for `df` degrees of freedom (normal 1.96 beyond 30)."
-    return _T975[df - 1] if 1 <= df <= 30 else 1.96
-
-def t_interval(x: Sequence[float], conf: float = 0.95) -> tuple[float, float, float]:
-    "(mean, low, high): Student-t interval of the mean over seeds (a single value: low = high = mean)."
-    x = np.asarray(x, float); m = float(x.mean()) if len(x) else float('nan')
-    if len(x) < 2: return m, m, m
-    if conf != 0.95: raise ValueError('t_interval: only 95% intervals are tabulated')
-    h = float(t_quantile_975(len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
-    return m, m - h, m + h
-
-def paired_bootstrap(a: Sequence[float], b: Sequence[float], n_boot: int = 10_000, seed: int = 0) -> dict:
-    "Paired bootstrap over seeds of mean(a - b): the mean difference, its 95% interval and P(difference <= 0)."
-    d = np.asarray(a, float) - np.asarray(b, float)
-    if len(d) == 0: return dict(diff=float('nan'), low=float('nan'), high=float('nan'), p_le_0=float('nan'), n=0)
-    rng = np.random.default_rng(seed)
-    boots = d[rng.integers(0, len(d), size=(n_boot, len(d)))].mean(1)
-    return dict(diff=float(d.mean()), low=float(np.percentile(boots, 2.5)), high=float(np.percentile(boots, 97.5)),
-                p_le_0=float((boots <= 0).mean()), n=int(len(d)))
-
-# %% ../nbs/14_experiments.ipynb #adc25461
-def _reach(recs: list[dict], target: float, metric: str = 'exact') -> dict:
-    "First evaluation point of one run at or above `target` (else its best point)."
-    hit = next((r for r in recs if r[metric] >= target), None)
-    best = max(recs, key=lambda r: (r[metric], -r['opt_steps']))
-    r = hit or best
-    return dict(reached=hit is not None, steps=r['opt_steps'], compute=r['compute'], cpu_s=r['train_cpu_s'],
-                wall_s=r['train_wall_s'], best=best[metric])
-
-def summarize(rows: list[dict], target: float = 0.95, baseline: str | None = None, metric: str = 'exact') -> list[dict]:
-    "Per task and arm over seeds: final accuracy, best, steps / compute / CPU-s to `target` (or to the best), vs baseline."
-    out = []
-    by = {}
-    for r in rows: by.setdefault((r['task'], r['arm']), {}).setdefault(r['seed'], []).append(r)
-    for (task, arm), seeds in by.items():
-        runs = {s: sorted(v, key=lambda r: r['opt_steps']) for s, v in seeds.items()}
-        last = max(len(v) for v in runs.values())
-        full = {s: v for s, v in runs.items() if len(v) == last}
-        fin = [v[-1][metric] for v in full.values()]
-        reach = [_reach(v, target, metric) for v in full.values()]
-        row = dict(task=task, arm=arm, seeds=len(full), final=t_interval(fin), final_valid=t_interval([v[-1]['valid'] for v in full.values()]),
-                   best=t_interval([x['best'] for x in reach]), reached=sum(x['reached'] for x in reach),
-                   steps=t_interval([x['steps'] for x in reach]), cpu_s=t_interval([x['cpu_s'] for x in reach]),
-                   compute=t_interval([x['compute'] for x in reach]),
-                   total_cpu_s=t_interval([v[-1]['train_cpu_s'] for v in full.values()]), _final=dict(zip(full, fin)))
-        out.append(row)
-    for bl in ([baseline] if isinstance(baseline, str) else list(baseline or [])):
-        for task in {r['task'] for r in out}:
-            base = [r for r in out if r['task'] == task and r['arm'].split('@')[0] == bl]
-            for r in out:
-                if r['task'] != task or not base or r is base[0]: continue
-                b = base[0]['_final']; common = sorted(set(b) & set(r['_final']))
-                r.setdefault('vs', {})[bl] = paired_bootstrap([r['_final'][s] for s in common], [b[s] for s in common])
-                if bl == (baseline if isinstance(baseline, str) else baseline[0]): r['vs_baseline'] = r['vs'][bl]
-    return out
-
-def _ci(t, fmt='{:.3f}', lo_clip: float = 0.0, hi_clip: float = float('inf')) -> str:
-    m, lo, hi = t; lo, hi = max(lo, lo_clip), min(hi, hi_clip)
-    return fmt.format(m) if lo == hi else f'{fmt.format(m)} [{fmt.format(lo)}, {fmt.format(hi)}]'
-
-def format_grid_table(summary: list[dict], target: float = 0.95, baseline: str | None = None) -> str:
-    "A markdown table of `summarize` rows, with the paired-bootstrap comparison to the baseline under it."
-    head = (f'| task | arm | seeds | final exact (95% CI) | final valid | best exact | reached {target:g} | '
-            f'opt. steps to {target:g} (or best) | train CPU-s to {target:g} (or best) | total train CPU-s |')
-    lines = [head, '|' + '---|' * 10]
-    for r in summary:
-        lines.append(f"| {r['task']} | {r['arm']} | {r['seeds']} | {_ci(r['final'], hi_clip=1)} | {_ci(r['final_valid'], hi_clip=1)} | "
-                     f"{_ci(r['best'], hi_clip=1)} | {r['reached']}/{r['seeds']} | {_ci(r['steps'], '{:.0f}')} | "
-                     f"{_ci(r['cpu_s'], '{:.0f}')} | {_ci(r['total_cpu_s'], '{:.0f}')} |")
-    for bl in ([baseline] if isinstance(baseline, str) else list(baseline or [])):
-        cmp = [r for r in summary if bl in r.get('vs', {})]
-        if not cmp: continue
-        lines += ['', f'Paired bootstrap over seeds (10,000 resamples), final exact minus {bl!r}:']
-        for r in cmp:
-            v = r['vs'][bl]
-            lines.append(f"  {r['task']:10s} {r['arm']:28s} {v['diff']:+.3f}  95% CI [{v['low']:+.3f}, {v['high']:+.3f}]  "
-                         f"P(diff <= 0) = {v['p_le_0']:.3f}  ({v['n']} paired seeds)")
-    return '\n'.join(lines)
-
-# %% ../nbs/14_experiments.ipynb #e2000004
-def plot_grid_results(rows: list[dict], step_rows: list[dict], out, x: str = 'compute', metric: str = 'exact',
-                      target: float | None = 0.95, title: str = '') -> list[Path]:
-    """Two figures: accuracy vs `x` (compute, opt_steps or train_cpu_s) per arm, mean and 95% interval over seeds,
-    one panel per task; and accuracy per supervision step at the last evaluation point."""
-    import matplotlib; import matplotlib.pyplot as plt
-    out = Path(out); out.mkdir(parents=True, exist_ok=True)
-    tasks = sorted({r['task'] for r in rows}); arms = list(dict.fromkeys(r['arm'] for r in rows))
-    colors = {a: plt.cm.tab10(i % 10) for i, a in enumerate(arms)}
-    paths = []
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5.2 * len(tasks), 3.8), dpi=80, squeeze=False)
-    for ax, task in zip(axes[0], tasks):
-        for arm in arms:
-            rs = [r for r in rows if r['task'] == task and r['arm'] == arm]
-            if not rs: continue
-            pts = sorted({r['opt_steps'] for r in rs})
-            xs, ms, lo, hi = [], [], [], []
-            for p in pts:
-                at = [r for r in rs if r['opt_steps'] == p]
-                m, l, h = t_interval([r[metric] for r in at])
-                xs.append(np.mean([r[x] for r in at])); ms.append(m); lo.append(max(l, 0)); hi.append(min(h, 1))
-            ax.plot(xs, ms, 'o-', ms=3, color=colors[arm], label=f'{arm} (n={len({r["seed"] for r in rs})})')
-            ax.fill_between(xs, lo, hi, color=colors[arm], alpha=0.2)
-        if target: ax.axhline(target, color='grey', lw=0.8, ls=':')
-        ax.set_xlabel({'compute': 'compute (opt. steps x batch x net calls)', 'opt_steps': 'optimizer steps',
-                       'train_cpu_s': 'train CPU-seconds'}.get(x, x))
-        ax.set_ylabel(f'test {metric}'); ax.set_ylim(-0.02, 1.02); ax.set_title(f'{title} {task}'.strip()); ax.legend(fontsize=7)
-    fig.tight_layout(); p = out/f'acc_vs_{x}.png'; fig.savefig(p, dpi=80, bbox_inches='tight'); paths.append(p)
-    if matplotlib.get_backend().lower() == 'agg': plt.close(fig)
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5.2 * len(tasks), 3.4), dpi=80, squeeze=False)
-    for ax, task in zip(axes[0], tasks):
-        for arm in arms:
-            rs = [r for r in step_rows if r['task'] == task and r['arm'] == arm]
-            if not rs: continue
-            last = max(r['opt_steps'] for r in rs); rs = [r for r in rs if r['opt_steps'] == last]
-            ss = sorted({r['sup_step'] for r in rs})
-            ci = [t_interval([r[metric] for r in rs if r['sup_step'] == s]) for s in ss]
-            ax.errorbar(ss, [c[0] for c in ci], yerr=[[c[0] - c[1] for c in ci], [c[2] - c[0] for c in ci]], fmt='o-', ms=3,
-                        capsize=2, color=colors[arm], label=arm)
-        ax.set_xlabel('supervision step (evaluation roll-out)'); ax.set_ylabel(f'test {metric}'); ax.set_ylim(-0.02, 1.02)
-        ax.set_title(f'{title} {task}: per step, end of budget'.strip()); ax.legend(fontsize=7)
-    fig.tight_layout(); p = out/'acc_per_step.png'; fig.savefig(p, dpi=80, bbox_inches='tight'); paths.append(p)
-    if matplotlib.get_backend().lower() == 'agg': plt.close(fig)
-    return paths
-
-def grid_report(grid, log=print, figures: bool = True) -> dict:
-    "results.csv, results_steps.csv, summary.md and figures of a grid (whatever has finished so far)."
-    g = grid if '_where' in grid else load_grid(grid)
-    out = Path(g['out']); rows, steps = collect_results(g)
-    write_csv(out/'results.csv', rows, RESULT_COLS); write_csv(out/'results_steps.csv', steps, STEP_COLS)
-    target = float(g.get('target', 0.95))
-    summ = summarize(rows, target, g.get('baseline')) if rows else []
-    table = format_grid_table(summ, target, g.get('baseline')) if summ else '(no finished evaluation points yet)'
-    atomic_write_text(out/'summary.md', table + '\n')
-    figs = []
-    if figures and rows:
-        figs = plot_grid_results(rows, steps, out, x='compute', target=target, title=g['name'])
-        figs += plot_grid_results(rows, steps, out, x='train_cpu_s', target=target, title=g['name'])[:1]
-    log(table)
-    return dict(rows=len(rows), summary=[{k: v for k, v in r.items() if k != '_final'} for r in summ], table=table,
-                figures=[str(p) for p in figs], csv=str(out/'results.csv'))
+    return dict(ran=ran, skipped=skipped, failed=failed)
 
 # %% ../nbs/14_experiments.ipynb #e2000005
-def grid_cli(argv: Sequence[str] | None = None) -> int:
-    "dis-grid: run (or resume) a comparison grid from its YAML; writes results.csv, summary.md and figures."
-    ap = grid_parser()
-    a = ap.parse_args(argv)
+def cell_cli(argv: Sequence[str] | None = None) -> int:
+    "A worker: `python -m dis_nbdev.experiments GRID --cell KEY [--device D] [--threads N]` runs that one cell."
+    a = grid_parser().parse_args(argv)
     try:
+        if not a.cell: raise ConfigError('python -m dis_nbdev.experiments runs one cell (--cell KEY); '
+                                         'dis-grid runs a whole grid and writes its report')
         g = load_grid(a.grid)
-        if a.cell:
-            cells = {c.key: c for c in expand_grid(g)}
-            if a.cell not in cells: raise ConfigError(f'{a.grid}: no cell {a.cell!r}')
-            run_cell(g, cells[a.cell], device=a.device, threads=a.threads); return 0
-        if a.list:
-            for c in expand_grid(g):
-                n = len(read_evals(cell_dir(g, c)))
-                print(f'{c.key:40s} {c.train["method"]:4s} steps {c.points[-1]:6d} x batch {c.batch} x calls {c.net_calls} '
-                      f'= {c.points[-1] * c.batch * c.net_calls:.3g}  evals at {c.points}  '
-                      f'{"done" if cell_done(g, c) else f"{n}/{len(c.points)} points"}')
-            return 0
-        if a.report: grid_report(g); return 0
-        res = run_grid(g, workers=a.workers, device=a.device, threads=a.threads, only=a.only)
-        return 1 if res['failed'] else 0
+        cells = {c.key: c for c in expand_grid(g)}
+        if a.cell not in cells: raise ConfigError(f'{a.grid}: no cell {a.cell!r}')
+        run_cell(g, cells[a.cell], device=a.device, threads=a.threads); return 0
     except DisError as e:
-        print(f'dis-grid: error: {e}', file=sys.stderr); return 2
+        print(f'dis_nbdev.experiments: error: {e}', file=sys.stderr); return 2
 
 if __name__ == '__main__' and not hasattr(sys, 'ps1') and 'ipykernel' not in sys.modules:
-    raise SystemExit(grid_cli())
+    raise SystemExit(cell_cli())

@@ -14,6 +14,7 @@ from .files import FolderLock, atomic_write_json, pid_alive, read_json_object
 from .config import load_yaml, unknown_keys
 from .parsers import grid_parser
 from . import experiments as _exp
+from . import grid_report as _report
 
 # %% auto #0
 __all__ = ['SUBMITIT_PIN', 'SLURM_KEYS', 'LIVE_SLURM_STATES', 'MissingExtraError', 'require_submitit', 'parse_minutes',
@@ -345,7 +346,7 @@ def submit_cli(a, log=print) -> int | None:
     for k, j in zip(res['submitted'], res['jobs']):
         try: j.result()
         except Exception as e: bad.append(k); log(f'  FAILED {k}: {str(e).strip().splitlines()[-1]} (see {Path(g["out"])/"submit"/"logs"})')
-    _exp.grid_report(g, log=log)
+    _report.grid_report(g, log=log)
     return 1 if bad else 0
 
 # %% ../nbs/14c_grid_submit.ipynb #g045
@@ -356,7 +357,7 @@ def grid_cli(argv: Sequence[str] | None = None) -> int:
     a = ap.parse_args(argv)
     if not (a.submit or a.jobs):
         if a.slurm: print('dis-grid: error: --slurm needs --submit slurm|local', file=sys.stderr); return 2
-        return _exp.grid_cli(argv)
+        return _report.grid_cli(argv)
     try: return submit_cli(a)
     except DisError as e:
         print(f'dis-grid: error: {e}', file=sys.stderr); return 2

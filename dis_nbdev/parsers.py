@@ -121,7 +121,7 @@ def figures_parser() -> argparse.ArgumentParser:
 
 def grid_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog='dis-grid', description='dis-grid: run (or resume) a comparison grid from its YAML; '
-                                 'writes results.csv, summary.md and figures.')
+                                 'then writes its report (results.csv, report.md, figures).')
     ap.add_argument('grid', help='grid YAML (see papermill_runs/grids/grid_*.yaml)')
     ap.add_argument('--workers', type=int, default=1, help='runs at a time, each in its own process (0: in this process)')
     ap.add_argument('--threads', type=int, default=1, help='torch threads per run')

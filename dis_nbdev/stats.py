@@ -17,7 +17,7 @@ from .dataset import open_split
 
 # %% auto #0
 __all__ = ['FREE_TOKENS', 'StatsError', 'z_quantile', 'wilson_interval', 't_within', 't_quantile', 'paired_t_interval',
-           'hierarchical_bootstrap', 'mean_last', 'auc_normalised', 'primary_endpoint', 'time_to_target',
+           't_interval', 'hierarchical_bootstrap', 'mean_last', 'auc_normalised', 'primary_endpoint', 'time_to_target',
            'reached_fraction', 'stratified_accuracy', 'compute_units', 'lookup_baseline', 'frames_equal_label_share']
 
 # %% ../nbs/14a_stats.ipynb #s003
@@ -78,6 +78,16 @@ def paired_t_interval(a: Sequence[float], b: Sequence[float], conf: float = 0.95
     sd = float(d.std(ddof=1)); t = t_quantile(conf, n - 1); h = t * sd / math.sqrt(n)
     return dict(diff=m, low=m - h, high=m + h, sd=sd, n=n, df=n - 1, t=t)
 
+# %% ../nbs/14a_stats.ipynb #s015b
+def t_interval(x: Sequence[float], conf: float = 0.95) -> tuple[float, float, float]:
+    "(mean, low, high): Student-t interval of the mean of per-seed values (one value: low = high = nan)."
+    x = np.asarray(x, float).reshape(-1)
+    if x.size == 0: raise StatsError('t_interval: no values')
+    m = float(x.mean())
+    if x.size < 2: return m, float('nan'), float('nan')
+    h = t_quantile(conf, x.size - 1) * float(x.std(ddof=1)) / math.sqrt(x.size)
+    return m, m - h, m + h
+
 # %% ../nbs/14a_stats.ipynb #s017
 def _matrix(x, name: str) -> np.ndarray:
     x = np.asarray(x, float)
@@ -137,7 +147,8 @@ def reached_fraction(runs: Sequence[tuple], target: float, at: Sequence[float]) 
     return np.array([sum(h is not None and h <= c for h in hits) / len(hits) for c in at])
 
 # %% ../nbs/14a_stats.ipynb #s029
-def stratified_accuracy(correct, strata: Sequence, conf: float = 0.95, n_boot: int = 2000, seed: int = 0) -> list[dict]:
+def stratified_accuracy(correct, strata: Sequence, conf: float = 0.95, n_boot: int = 2000, seed: int = 0,
+                        shared_puzzles: bool = False) -> list[dict]:
     "Per difficulty stratum: puzzles, accuracy and interval (Wilson for one run, hierarchical bootstrap for seeds)."
     c = np.asarray(correct, float); lab = np.asarray(strata)
     if c.shape[-1] != len(lab) or c.ndim not in (1, 2):
@@ -146,7 +157,9 @@ def stratified_accuracy(correct, strata: Sequence, conf: float = 0.95, n_boot: i
     for s in sorted(set(lab.tolist())):
         m = lab == s; cs = c[..., m]
         if c.ndim == 1: acc, lo, hi = wilson_interval(int(cs.sum()), int(m.sum()), conf)
-        else: r = hierarchical_bootstrap(cs, n_boot=n_boot, conf=conf, seed=seed); acc, lo, hi = r['diff'], r['low'], r['high']
+        else:
+            r = hierarchical_bootstrap(cs, n_boot=n_boot, conf=conf, seed=seed, shared_puzzles=shared_puzzles)
+            acc, lo, hi = r['diff'], r['low'], r['high']
         out.append(dict(stratum=s, n=int(m.sum()), acc=float(acc), low=float(lo), high=float(hi)))
     return out
 

@@ -105,7 +105,7 @@ def test_submit_cli_flags(tmp_path):
 
 def test_grid_cli_submits_or_hands_over_to_the_local_pool(tmp_path, capsys):
     (tmp_path/'g.yaml').write_text(json.dumps(tiny_grid(tmp_path/'g')))    # (a slurm: section once GRID_KEYS lists it)
-    assert S.grid_cli([str(tmp_path/'g.yaml'), '--list']) == 0           # experiments.grid_cli: the cells and budgets
+    assert S.grid_cli([str(tmp_path/'g.yaml'), '--list']) == 0           # grid_report.grid_cli: the cells and budgets
     out = capsys.readouterr().out
     assert 'sudoku4/dis_code/seed0' in out and '0/2 points' in out
     assert S.grid_cli([str(tmp_path/'g.yaml'), '--slurm', 'cpus=2']) == 2

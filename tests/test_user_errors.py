@@ -9,6 +9,7 @@ import torch
 import yaml
 
 from dis_nbdev import experiments as E
+from dis_nbdev import grid_report as GR
 from dis_nbdev import files as F
 from dis_nbdev import runner as R
 from dis_nbdev import train as T
@@ -327,12 +328,12 @@ def _grid_yaml(tmp_path, **kw):
 
 @pytest.mark.parametrize('fields,message', GRID_ROWS[:4] + GRID_ROWS[7:8], ids=[m[:40] for _, m in GRID_ROWS[:4] + GRID_ROWS[7:8]])
 def test_dis_grid_rows(tmp_path, capsys, fields, message):
-    rc, err = _cli(E.grid_cli, [str(_grid_yaml(tmp_path, **fields)), '--list'], capsys)
+    rc, err = _cli(GR.grid_cli, [str(_grid_yaml(tmp_path, **fields)), '--list'], capsys)
     assert rc == 2 and message in err
 
 
 def test_dis_grid_only_matching_nothing_is_an_error(tmp_path, capsys):
-    rc, err = _cli(E.grid_cli, [str(_grid_yaml(tmp_path)), '--workers', '0', '--only', 'nosuchtask'], capsys)
+    rc, err = _cli(GR.grid_cli, [str(_grid_yaml(tmp_path)), '--workers', '0', '--only', 'nosuchtask'], capsys)
     assert rc == 2 and 'matches no cell' in err and 'sudoku4/dis/seed0' in err
     assert not (tmp_path / 'grid' / 'data').exists()                  # nothing was built for it
 

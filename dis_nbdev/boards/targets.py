@@ -16,8 +16,9 @@ from .maze import maze_path_order
 from .data import load_puzzle_split        # also registers every family
 
 # %% auto #0
-__all__ = ['BOARD_TARGETS', 'FAMILY_TARGETS', 'detect_kind', 'frame_counts', 'wave_counts', 'CodeTargets', 'SolverTargets',
-           'WaveTargets', 'MazePathTargets', 'register_board_targets', 'frame_label_stats', 'dataset_target_report']
+__all__ = ['BOARD_TARGETS', 'FAMILY_TARGETS', 'DIFFICULTY', 'detect_kind', 'frame_counts', 'wave_counts', 'CodeTargets',
+           'SolverTargets', 'WaveTargets', 'MazePathTargets', 'register_board_targets', 'frame_label_stats',
+           'dataset_target_report', 'puzzle_difficulty']
 
 # %% ../../nbs/10e_board_targets.ipynb #015e986d
 def detect_kind(inputs, labels) -> str:
@@ -141,3 +142,16 @@ def dataset_target_report(data_dir, generators=None, split: str = 'train', n_ste
     gens = generators or FAMILY_TARGETS.get(info['kind'], ['puzzle_solver'])
     return {'kind': info['kind'], 'split': split,
             'targets': {g: frame_label_stats(g, X, Y, n_steps, flag_share) for g in ([gens] if isinstance(gens, str) else gens)}}
+
+# %% ../../nbs/10e_board_targets.ipynb #d1ff0002
+DIFFICULTY = {'sudoku': ('sudoku_waves', 'propagation waves'), 'maze': ('maze_bfs', 'shortest-path cells'),
+              'nqueens': ('nqueens_solver', 'queens to place')}
+
+def puzzle_difficulty(data_dir, split: str = 'test', limit: int | None = None) -> np.ndarray:
+    "Per puzzle of a built board split (split order): its group count under the family's `DIFFICULTY` generator."
+    info, X, Y = load_puzzle_split(data_dir, split)
+    if info.get('kind') not in DIFFICULTY:
+        raise PuzzleError(f'{data_dir}: no difficulty measure for kind {info.get("kind")!r}; known: {sorted(DIFFICULTY)}')
+    gen = get_target_generator(DIFFICULTY[info['kind']][0])
+    X, Y = X[:limit].astype(np.int64), Y[:limit].astype(np.int64)
+    return np.array([len(gen._groups(x, np.where(y == IGNORE_LABEL, x, y))[1]) - 1 for x, y in zip(X, Y)], np.int64)

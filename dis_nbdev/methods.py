@@ -48,15 +48,21 @@ def micro_context(st, j: int, n: int):
     "DDP's `no_sync` on all but the last of `n` micro-batches: the gradients are all-reduced once, at the last backward."
     return st.net.no_sync() if j < n - 1 and hasattr(st.net, 'no_sync') else contextlib.nullcontext()
 
+def _fields(x) -> list[str]:
+    "The tensor fields of a carry-like dataclass."
+    return [f.name for f in dataclasses.fields(x)]
+
 def _cut(x, sl, whole: bool):
-    "`x[sl]` (a tensor, or a NamedTuple of tensors such as the carry); `x` itself when `whole`."
-    if whole or not isinstance(x, (torch.Tensor, tuple)): return x
-    return x[sl] if isinstance(x, torch.Tensor) else type(x)(*(t[sl] for t in x))
+    "`x[sl]` (a tensor, or a dataclass of tensors such as the carry); `x` itself when `whole` (or not a tensor)."
+    if whole or x is None or isinstance(x, bool): return x
+    if isinstance(x, torch.Tensor): return x[sl]
+    return type(x)(**{k: getattr(x, k)[sl] for k in _fields(x)})
 
 def _join(xs: list):
-    "Concatenate micro-batch results (tensors or NamedTuples of tensors); one result as it is."
+    "Concatenate micro-batch results (tensors or dataclasses of tensors); one result as it is."
     if len(xs) == 1: return xs[0]
-    return torch.cat(xs) if isinstance(xs[0], torch.Tensor) else type(xs[0])(*(torch.cat(ts) for ts in zip(*xs)))
+    if isinstance(xs[0], torch.Tensor): return torch.cat(xs)
+    return type(xs[0])(**{k: torch.cat([getattr(x, k) for x in xs]) for k in _fields(xs[0])})
 
 
 # %% ../nbs/04a_methods.ipynb #f8b17d51

@@ -39,6 +39,7 @@ def finish_step(st, loss: torch.Tensor, pids: torch.Tensor) -> None:
     if st.ema is not None: st.ema.update_parameters(st.model)
     st.step += 1
 
+# %% ../nbs/04a_methods.ipynb #213369a1
 def micro_batches(st) -> list[slice]:
     "This rank's batch cut into `cfg.micro_batch_size` slices (one slice without it)."
     mb = getattr(st.cfg, 'micro_batch_size', None) or st.b
@@ -63,7 +64,6 @@ def _join(xs: list):
     if len(xs) == 1: return xs[0]
     if isinstance(xs[0], torch.Tensor): return torch.cat(xs)
     return type(xs[0])(**{k: torch.cat([getattr(x, k) for x in xs]) for k in _fields(xs[0])})
-
 
 # %% ../nbs/04a_methods.ipynb #f8b17d51
 class Method:

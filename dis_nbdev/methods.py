@@ -39,7 +39,7 @@ def finish_step(st, loss: torch.Tensor, pids: torch.Tensor) -> None:
     if st.ema is not None: st.ema.update_parameters(st.model)
     st.step += 1
 
-# %% ../nbs/04a_methods.ipynb #213369a1
+# %% ../nbs/04a_methods.ipynb #e279f8cf
 def micro_batches(st) -> list[slice]:
     "This rank's batch cut into `cfg.micro_batch_size` slices (one slice without it)."
     mb = getattr(st.cfg, 'micro_batch_size', None) or st.b

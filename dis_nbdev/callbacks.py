@@ -89,9 +89,10 @@ class Signals(Callback):
 
 # %% ../nbs/05c_callbacks.ipynb #20daecc7
 class NanGuard(Callback):
-    "Stops the run on a non-finite loss, naming the last checkpoint only if it verifies."
-    def before_backward(self, st, loss):
-        bad = torch.tensor([0.0 if torch.isfinite(loss).item() else 1.0], device=st.device)
+    """Stops the run on a non-finite loss before the optimizer step, naming the last checkpoint only if it verifies.
+    It reads the loss after the backward is queued (one host sync per optimizer step, all ranks agreeing in it)."""
+    def after_backward(self, st, loss):
+        bad = (~torch.isfinite(loss.detach())).to(torch.float32).reshape(1)
         if st.world > 1: dist.all_reduce(bad)
         if bad.item() == 0: return
         path = Path(st.ckpt_path)

@@ -292,6 +292,7 @@ class TrainConfig:
     progress: bool = True
     stop_at_step: int | None = None     # stop (and checkpoint) here without changing the schedule
     grad_clip: float | None = None      # clip the global norm of the dense gradients before the optimizer step
+    micro_batch_size: int | None = None  # samples per forward/backward (gradients accumulated over the rank's batch)
 
     def __post_init__(self):
         errors = train_config_problems(self)
@@ -337,7 +338,7 @@ TRAIN_RANGES = dict(global_batch_size=(1, None, '[)'), epochs=(1, None, '[)'), m
                     puzzle_emb_lr=(0, None, '[)'), puzzle_emb_weight_decay=(0, None, '[)'), ema=(0, 1, '()'),
                     cfg_drop_prob=(0, 1, '[]'), halt_max_steps=(1, None, '[)'), halt_exploration_prob=(0, 1, '[]'),
                     q_loss_weight=(0, None, '[)'), log_every=(1, None, '[)'), checkpoint_every=(1, None, '[)'),
-                    eval_every=(1, None, '[)'), eval_batch_size=(1, None, '[)'), stop_at_step=(0, None, '[)'),
+                    eval_every=(1, None, '[)'), eval_batch_size=(1, None, '[)'), stop_at_step=(0, None, '[)'), micro_batch_size=(1, None, '[)'),
                     grad_clip=(0, None, '()'), seed=(0, 2**63 - 1, '[]'))
 
 def _optional_fields(cls) -> set:

@@ -4,7 +4,7 @@
 
 # %% ../nbs/04a_methods.ipynb #794b4592
 from __future__ import annotations
-import dataclasses
+import contextlib, dataclasses
 
 import torch
 import torch.nn as nn
@@ -17,8 +17,8 @@ from .targets import get_target_generator
 from .metrics import MetricSums, acc_stats, base_record, metric_shapes
 
 # %% auto #0
-__all__ = ['METHODS', 'optimizer_step', 'Method', 'register_method', 'method_names', 'get_method', 'step_rule', 'DIS', 'TRM',
-           'new_act_state', 'act_step', 'DISHalt']
+__all__ = ['METHODS', 'optimizer_step', 'finish_step', 'micro_batches', 'micro_context', 'Method', 'register_method',
+           'method_names', 'get_method', 'step_rule', 'DIS', 'TRM', 'new_act_state', 'act_step', 'DISHalt']
 
 # %% ../nbs/04a_methods.ipynb #747f9860
 def optimizer_step(st, loss: torch.Tensor, pids: torch.Tensor) -> None:
@@ -26,6 +26,11 @@ def optimizer_step(st, loss: torch.Tensor, pids: torch.Tensor) -> None:
     st.fire('before_backward', loss)
     for o in st.optimizers: o.zero_grad(set_to_none=True)
     loss.backward()
+    finish_step(st, loss, pids)
+
+def finish_step(st, loss: torch.Tensor, pids: torch.Tensor) -> None:
+    "After the backward of the step's `loss` (every micro-batch): `after_backward` (the NaN guard), clip, step, EMA."
+    st.fire('after_backward', loss)
     if st.cfg.grad_clip is not None:
         torch.nn.utils.clip_grad_norm_([p for g in st.optimizers[0].param_groups for p in g['params']], st.cfg.grad_clip)
     st.optimizers[0].step()
@@ -33,6 +38,32 @@ def optimizer_step(st, loss: torch.Tensor, pids: torch.Tensor) -> None:
     for s in st.schedulers: s.step()
     if st.ema is not None: st.ema.update_parameters(st.model)
     st.step += 1
+
+# %% ../nbs/04a_methods.ipynb #e279f8cf
+def micro_batches(st) -> list[slice]:
+    "This rank's batch cut into `cfg.micro_batch_size` slices (one slice without it)."
+    mb = getattr(st.cfg, 'micro_batch_size', None) or st.b
+    return [slice(i, i + mb) for i in range(0, st.b, mb)]
+
+def micro_context(st, j: int, n: int):
+    "DDP's `no_sync` on all but the last of `n` micro-batches: the gradients are all-reduced once, at the last backward."
+    return st.net.no_sync() if j < n - 1 and hasattr(st.net, 'no_sync') else contextlib.nullcontext()
+
+def _fields(x) -> list[str]:
+    "The tensor fields of a carry-like dataclass."
+    return [f.name for f in dataclasses.fields(x)]
+
+def _cut(x, sl, whole: bool):
+    "`x[sl]` (a tensor, or a dataclass of tensors such as the carry); `x` itself when `whole` (or not a tensor)."
+    if whole or x is None or isinstance(x, bool): return x
+    if isinstance(x, torch.Tensor): return x[sl]
+    return type(x)(**{k: getattr(x, k)[sl] for k in _fields(x)})
+
+def _join(xs: list):
+    "Concatenate micro-batch results (tensors or dataclasses of tensors); one result as it is."
+    if len(xs) == 1: return xs[0]
+    if isinstance(xs[0], torch.Tensor): return torch.cat(xs)
+    return type(xs[0])(**{k: torch.cat([getattr(x, k) for x in xs]) for k in _fields(xs[0])})
 
 # %% ../nbs/04a_methods.ipynb #f8b17d51
 class Method:
@@ -153,19 +184,31 @@ class DIS(Method):
         inputs, labels = st.local(gi), st.local(gl)
         pids, frames = st.local(batch['puzzle_identifiers'].long()), st.local(frames, 1)
         drop = st.local(drop_g) if drop_g is not None else False
-        calls0 = st.model.net_calls
-        for step in iter_steps(st.net, inputs, pids, st.n_sup, cfg.injection, carry=st.model.initial_carry(b, st.device),
-                               drop_puzzle=drop, context=lambda: autocast_context(st.device, st.bf16)):
-            s, out, tgt = step.s, step.out, frames[step.s - 1]
-            seq = sequence_loss(out.logits, tgt, cfg.loss)
-            loss = self.step_loss(st, out, seq, labels, s)
-            optimizer_step(st, loss, pids)
+        calls0, parts = st.model.net_calls, micro_batches(st)
+        one, n = len(parts) == 1, len(parts)
+        runs = [iter_steps(st.net, _cut(inputs, sl, one), _cut(pids, sl, one), st.n_sup, cfg.injection,
+                           carry=st.model.initial_carry(len(range(b)[sl]), st.device), drop_puzzle=_cut(drop, sl, one),
+                           context=lambda: autocast_context(st.device, st.bf16)) for sl in parts]
+        for s in range(1, st.n_sup + 1):
+            for o in st.optimizers: o.zero_grad(set_to_none=True)
+            total = None
+            for j, (sl, run) in enumerate(zip(parts, runs)):      # gradients accumulate over the micro-batches
+                lab, tgt = _cut(labels, sl, one), _cut(frames[s - 1], sl, one)
+                with micro_context(st, j, n):
+                    out = next(run).out
+                    seq = sequence_loss(out.logits, tgt, cfg.loss)
+                    loss = self.step_loss(st, out, seq, lab, s)       # / the rank's batch: the parts add up to the whole
+                    st.fire('before_backward', loss)
+                    loss.backward()
+                with torch.no_grad():
+                    st.acc.add_step(s - 1, out.logits.argmax(-1), lab, tgt, seq)
+                    self.step_metrics(st, out, lab, loss)
+                total = loss.detach() if total is None else total + loss.detach()
+            finish_step(st, total, pids)
             with torch.no_grad():
-                st.acc.add_step(s - 1, out.logits.argmax(-1), labels, tgt, seq)
-                self.step_metrics(st, out, labels, loss)
-                st.acc.add('loss_total', loss.detach()); st.acc.add('opt_steps', 1)
+                st.acc.add('loss_total', total); st.acc.add('opt_steps', 1)
                 if s == st.n_sup:   # the batch is done: count its samples before the step is logged
-                    st.acc.add('samples', b); st.acc.add('sample_calls', (st.model.net_calls - calls0) * b)
+                    st.acc.add('samples', b); st.acc.add('sample_calls', (st.model.net_calls - calls0) // n * b)
             st.fire('after_step')
 
 register_method(DIS())
@@ -211,17 +254,28 @@ def act_step(st, batch: dict) -> None:
     inputs = torch.where(h[:, None], st.local(batch['inputs'].long()), a['inputs'])
     labels = torch.where(h[:, None], st.local(batch['labels'].long()), a['labels'])
     pids = torch.where(h, st.local(batch['puzzle_identifiers'].long()), a['pids'])
-    calls0 = st.model.net_calls
+    calls0, parts = st.model.net_calls, micro_batches(st)
+    one, n = len(parts) == 1, len(parts)
     step_arg = (steps + 1) if getattr(st.mcfg, 'step_embed', False) else None
-    with autocast_context(st.device, st.bf16):
-        out, carry, _ = supervision_step(st.net, carry, inputs, inputs, step_arg, 'x', pids)
-    seq = sequence_loss(out.logits, labels, cfg.loss)
-    with torch.no_grad(): tok, ex, has = acc_stats(out.logits.argmax(-1), labels)
-    q = out.q_halt.float()
-    bce = F.binary_cross_entropy_with_logits(q, ex.to(q.dtype), reduction='none')
-    lm = seq.sum()
-    loss = (lm + cfg.q_loss_weight * bce.sum()) / b + 0.0 * out.q_continue.float().sum()
-    optimizer_step(st, loss, pids)
+    for o in st.optimizers: o.zero_grad(set_to_none=True)
+    res = []
+    for j, sl in enumerate(parts):          # gradients accumulate over the micro-batches
+        x, lab = _cut(inputs, sl, one), _cut(labels, sl, one)
+        with micro_context(st, j, n):
+            with autocast_context(st.device, st.bf16):
+                out, c, _ = supervision_step(st.net, _cut(carry, sl, one), x, x, _cut(step_arg, sl, one), 'x', _cut(pids, sl, one))
+            seq = sequence_loss(out.logits, lab, cfg.loss)
+            with torch.no_grad(): tok, ex, has = acc_stats(out.logits.argmax(-1), lab)
+            q = out.q_halt.float()
+            bce = F.binary_cross_entropy_with_logits(q, ex.to(q.dtype), reduction='none')
+            lm = seq.sum()
+            loss = (lm + cfg.q_loss_weight * bce.sum()) / b + 0.0 * out.q_continue.float().sum()
+            st.fire('before_backward', loss)
+            loss.backward()
+        res.append((c, seq.detach(), tok, ex, has, q.detach(), bce.detach(), lm.detach(), loss.detach()))
+    carry, seq, tok, ex, has, q, bce = (_join(list(r)) for r in list(zip(*res))[:7])
+    lm, loss = (res[0][i] if n == 1 else torch.stack([r[i] for r in res]).sum() for i in (7, 8))
+    finish_step(st, loss, pids)
     with torch.no_grad():
         steps = steps + 1
         halted = steps >= M
@@ -229,8 +283,8 @@ def act_step(st, batch: dict) -> None:
             mins = torch.where(st.local(explore_g), st.local(minsteps_g), 0)
             halted = (halted | (q > 0)) & (steps >= mins)
         st.acc.add_act(steps, halted, tok, ex, has, seq, q, bce, lm, loss, M)
-        calls = calls + (st.model.net_calls - calls0)    # net calls spent on each slot's current sample
-        st.acc.add('samples', halted.sum()); st.acc.add('sample_calls', calls[halted].sum())
+        calls = calls + (st.model.net_calls - calls0) // n    # net calls spent on each slot's current sample
+        st.acc.add('samples', halted.sum()); st.acc.add('sample_calls', torch.where(halted, calls, 0).sum())
     st.act = dict(carry=carry, steps=steps, calls=calls, halted=halted, inputs=inputs, labels=labels, pids=pids)
     st.fire('after_step')
 
@@ -253,7 +307,7 @@ class DISHalt(DIS):
         return (st.weights[s - 1] * seq.sum() + st.cfg.q_loss_weight * bce.sum()) / st.b + 0.0 * out.q_continue.float().sum()
     def step_metrics(self, st, out, labels, loss):
         q, ex, has, bce = self._q_terms(out, labels)
-        st.acc.add('q_loss', bce.sum()); st.acc.add('q_acc', ((q >= 0) == ex)[has].sum()); st.acc.add('halted', has.sum())
+        st.acc.add('q_loss', bce.sum()); st.acc.add('q_acc', (((q >= 0) == ex) & has).sum()); st.acc.add('halted', has.sum())
     def record(self, st, r, dt):
         rec = super().record(st, r, dt)
         if r['halted'][0] > 0:

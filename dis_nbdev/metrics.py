@@ -39,14 +39,26 @@ class MetricSums:
         device = torch.device(device)
         self.dtype = torch.float32 if device.type == 'mps' else torch.float64
         self.shapes, self.device = dict(shapes), device; self.reset()
-    def reset(self): self.t = {k: torch.zeros(n, dtype=self.dtype, device=self.device) for k, n in self.shapes.items()}
+    def reset(self):
+        self.t = {k: torch.zeros(n, dtype=self.dtype, device=self.device) for k, n in self.shapes.items()}
+        self.pending = []       # sums whose exact value needs a host sync (boolean masks): done at the next `reduce`
     def add(self, k, v, idx=None):
+        "Add `v` to sum `k` (at slot `idx`: an int or a device index tensor); a host number is added without a copy."
+        if idx is None and not torch.is_tensor(v): self.t[k] += float(v); return
         v = torch.as_tensor(v, device=self.device).to(self.dtype).reshape(-1)
         if idx is None: self.t[k] += v
+        elif isinstance(idx, int): self.t[k][idx:idx + 1] += v
         else: self.t[k].index_add_(0, idx, v)
+    def later(self, fn, limit: int = 1000) -> None:
+        "Run `fn()` (adds that sync the host) at the next `reduce`, in order; at once past `limit` waiting."
+        self.pending.append(fn)
+        if len(self.pending) >= limit: self.flush()
+    def flush(self) -> None:
+        fns, self.pending = self.pending, []
+        for fn in fns: fn()
     def add_step(self, i: int, pred, labels, tgt, seq):
         "DIS: sums of supervision step `i` (0-based) against the label and the step's target frame."
-        idx = torch.tensor([i], device=self.device)
+        idx = i
         tok, ex, has = acc_stats(pred, labels); ttok, tex, _ = acc_stats(pred, tgt)
         for k, v in dict(seq=has.sum(), loss=seq.detach().sum(), tok=tok.sum(), exact=ex.sum(), ttok=ttok.sum(),
                          texact=tex.sum()).items(): self.add(k, v, idx)
@@ -56,16 +68,18 @@ class MetricSums:
         for k, v in dict(seq=has.double(), loss=seq.detach(), tok=tok, exact=ex.double(), ttok=tok, texact=ex.double()).items():
             self.add(k, v, idx)
         hv = halted & has
-        self.add('halted', hv.sum()); self.add('h_tok', tok[hv].sum()); self.add('h_exact', ex[hv].sum())
-        self.add('h_steps', steps[hv].sum()); self.add('q_acc', ((q >= 0) == ex)[hv].sum())
+        # counts are exact in any order, so no boolean-mask indexing (a host sync); the float sum waits for `reduce`
+        self.add('halted', hv.sum()); self.later(lambda: self.add('h_tok', tok[hv].sum())); self.add('h_exact', (ex & hv).sum())
+        self.add('h_steps', torch.where(hv, steps, 0).sum()); self.add('q_acc', (((q >= 0) == ex) & hv).sum())
         self.add('q_loss', bce.detach().sum()); self.add('lm_loss', lm.detach())
         self.add('loss_total', loss.detach()); self.add('opt_steps', 1)
     def reduce(self) -> dict:
         "The sums of every rank, as float64 numpy arrays."
+        self.flush()
         keys = sorted(self.t); flat = torch.cat([self.t[k] for k in keys])
         if dist.is_available() and dist.is_initialized(): dist.all_reduce(flat)
-        out, i = {}, 0
-        for k in keys: n = self.shapes[k]; out[k] = flat[i:i + n].cpu().double().numpy(); i += n
+        out, i, flat = {}, 0, flat.cpu().double().numpy()        # one device-to-host copy
+        for k in keys: n = self.shapes[k]; out[k] = flat[i:i + n]; i += n
         return out
     def pending_steps(self) -> int:
         "Optimizer steps summed since the last record (this rank)."

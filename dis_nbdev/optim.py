@@ -4,20 +4,21 @@
 
 # %% ../nbs/05b_optim.ipynb #4ac1c05c
 from __future__ import annotations
-import math
+import itertools, math
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
 
 from .core import DisError, ConfigError
 from .methods import get_method
 
 # %% auto #0
 __all__ = ['AdamATan2', 'SparseSignSGD', 'adam_atan2_backend_available', 'make_optimizer', 'optimizer_backend', 'lr_lambda',
-           'needs_state_on_param_device', 'place_optimizer_state', 'puzzle_params', 'make_ema', 'make_optimizers',
-           'averaged_model']
+           'needs_state_on_param_device', 'place_optimizer_state', 'puzzle_params', 'EMA', 'make_ema',
+           'make_optimizers', 'averaged_model']
 
 # %% ../nbs/05b_optim.ipynb #146f2f7b
 class AdamATan2(torch.optim.Optimizer):
@@ -67,6 +68,25 @@ def _all_gather_rows(ids: torch.Tensor, vals: torch.Tensor):
     keep = ids >= 0
     return ids[keep], vals[keep]
 
+def _all_gather_fixed(ids: torch.Tensor, vals: torch.Tensor):
+    "Concatenate (ids [n], vals [n,D]) of every rank in rank order, with ONE collective (every rank sends the same n)."
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1: return ids, vals
+    n, world = ids.numel(), dist.get_world_size()
+    packed = torch.cat([ids.long().reshape(n, 1).view(torch.uint8), vals.contiguous().view(torch.uint8)], 1)
+    parts = [torch.empty_like(packed) for _ in range(world)]; dist.all_gather(parts, packed)
+    out = torch.cat(parts)
+    return out[:, :8].contiguous().view(torch.int64).reshape(-1), out[:, 8:].contiguous().view(vals.dtype)
+
+def _segment_sums(ids: torch.Tensor, vals: torch.Tensor, init: float, stable: bool):
+    """Rows of `vals` sharing an id summed, at a fixed size (no host sync): (ids sorted, group of each, sums [n, D]; rows
+    past the last group stay `init`). With `stable=False` and `init=-0.0` the sums equal `coalesce`'s bit for bit on CPU
+    (same sort, same sequential order); `stable=True` keeps the order of occurrence (ranks in rank order)."""
+    sid, perm = torch.sort(ids, stable=stable)
+    new = torch.ones_like(sid, dtype=torch.bool); new[1:] = sid[1:] != sid[:-1]
+    grp = new.cumsum(0) - 1
+    return sid, grp, torch.full_like(vals, init).index_add_(0, grp, vals[perm])
+
+# %% ../nbs/05b_optim.ipynb #c40d6a40
 class SparseSignSGD(torch.optim.Optimizer):
     "signSGD with decoupled weight decay on the rows of an embedding table seen in the batch (rank-synchronised)."
     def __init__(self, params, lr: float = 1e-2, weight_decay: float = 0.1):
@@ -81,9 +101,9 @@ class SparseSignSGD(torch.optim.Optimizer):
                 if g is None:
                     if ids is None: continue
                     g = torch.zeros_like(p)  # still join the all_gather so ranks stay in step
-                if g.is_sparse:
-                    g = g.coalesce(); rows, vals = g.indices()[0], g.values()
-                else:
+                if g.is_sparse:     # the training path: fixed-size rows, one collective, no host sync
+                    self._sparse_update(p, g._indices()[0], g._values(), lr, wd); continue
+                else:               # a dense gradient (not the training path): the rows it touches
                     rows = (ids.to(p.device).unique() if ids is not None else g.abs().sum(-1).nonzero().squeeze(-1))
                     vals = g[rows]
                 rows, vals = _all_gather_rows(rows, vals)
@@ -92,6 +112,17 @@ class SparseSignSGD(torch.optim.Optimizer):
                 gsum = torch.zeros((urows.numel(),) + tuple(p.shape[1:]), dtype=vals.dtype, device=p.device).index_add_(0, inv, vals)
                 p[urows] = p[urows] * (1 - lr * wd) - lr * torch.sign(gsum).to(p.dtype)
         return None
+
+    @staticmethod
+    def _sparse_update(p, ids, vals, lr, wd):
+        "signSGD on the rows `ids` (with duplicates) of `p` from per-lookup gradients `vals`, summed over ranks."
+        if ids.numel() == 0: return
+        sid, grp, sums = _segment_sums(ids, vals, -0.0, stable=False)       # this rank's duplicates, as `coalesce` sums them
+        gid = torch.full_like(sid, -1).scatter_(0, grp, sid)                # group ids; unused slots -1
+        rows, grp, gsum = _segment_sums(*_all_gather_fixed(gid, sums), 0.0, stable=True)   # + every rank's, in rank order
+        pad = rows < 0      # unused slots sort first: point them at the last row, which they write with its own value
+        rows, grp = torch.where(pad, rows[-1], rows), torch.where(pad, grp[-1], grp)
+        p[rows] = p[rows] * (1 - lr * wd) - lr * torch.sign(gsum[grp]).to(p.dtype)
 
 # %% ../nbs/05b_optim.ipynb #a3ae3f33
 def adam_atan2_backend_available() -> bool:
@@ -153,9 +184,28 @@ def puzzle_params(model: nn.Module) -> list[nn.Parameter]:
     pe = getattr(model, 'puzzle_emb', None)
     return [p for p in pe.parameters() if p.requires_grad] if isinstance(pe, nn.Module) else []
 
+class EMA(AveragedModel):
+    "An `AveragedModel` whose update never reads its counter from the device (a host mirror of `n_averaged`)."
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs); self._n = 0
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs); self._n = None      # read once, at the next update
+    @torch.no_grad()
+    def update_parameters(self, model: nn.Module) -> None:
+        "`AveragedModel.update_parameters` (use_buffers, multi_avg_fn) with the counter's test on the host."
+        if self._n is None: self._n = int(self.n_averaged.item())
+        mine = [p.detach() for p in itertools.chain(self.module.parameters(), self.module.buffers())]
+        cur = [p.detach() for p in itertools.chain(model.parameters(), model.buffers())]
+        if self._n == 0:
+            for a, b in zip(mine, cur): a.copy_(b)
+        else:
+            for (_, _), ([a, b], _) in _group_tensors_by_device_and_dtype([mine, cur]).items():
+                self.multi_avg_fn(a, b, self.n_averaged)
+        self.n_averaged += 1; self._n += 1
+
 def make_ema(model: nn.Module, decay: float):
     "An `AveragedModel` EMA of `model` that skips the puzzle-embedding table."
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    ema = EMA(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
     skip = {p.data_ptr() for p in puzzle_params(ema.module)}
     base = get_ema_multi_avg_fn(decay)
     def avg(ema_params, cur_params, n):

@@ -95,7 +95,7 @@ class TrainState:
     def is_main(self) -> bool: return self.info.is_main
     def local(self, t: torch.Tensor, dim: int = 0) -> torch.Tensor:
         "This rank's slice of a global-batch tensor, on the training device."
-        return t.narrow(dim, self.info.rank * self.b, self.b).to(self.device)
+        return t.narrow(dim, self.info.rank * self.b, self.b).to(self.device, non_blocking=True)   # host to device: no sync
     def fire(self, event: str, *args) -> None:
         "Call `event` on every callback that has it."
         for cb in self.callbacks:
@@ -121,6 +121,10 @@ def make_state(cfg: TrainConfig, resume: bool = False) -> TrainState:
     info, device, created = setup_distributed(cfg.device)
     if cfg.global_batch_size % info.world_size:
         raise ConfigError(f'TrainConfig.global_batch_size {cfg.global_batch_size} is not divisible by world size {info.world_size}')
+    b = cfg.global_batch_size // info.world_size
+    if cfg.micro_batch_size is not None and b % cfg.micro_batch_size:
+        raise ConfigError(f'TrainConfig.micro_batch_size {cfg.micro_batch_size} does not divide the batch per rank {b} '
+                          f'(global_batch_size {cfg.global_batch_size} / world size {info.world_size})')
     check_start(cfg, info.world_size)   # what would fail hours in (eval batch vs world size, missing splits), now
     ckpt = RunDir(cfg.out_dir).checkpoint
     if not resume and ckpt.exists():
@@ -208,8 +212,10 @@ def resume_state(st: TrainState, path) -> None:
 def stop_reason(st: TrainState) -> str | None:
     "The first callback's stop reason, agreed across ranks ('peer' when another rank stops)."
     why = next((r for cb in st.callbacks if hasattr(cb, 'stop') and (r := cb.stop(st))), None)
-    flag = torch.tensor([0 if why is None else 1], device=st.device)
-    if st.world > 1: dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    if st.world == 1: return why
+    flag = torch.zeros(1, device=st.device)         # made on the device (no host copy); one read per batch
+    if why is not None: flag.fill_(1)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
     return 'peer' if flag.item() and why is None else why
 
 def fit(st: TrainState) -> dict:

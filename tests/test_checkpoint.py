@@ -109,7 +109,7 @@ def test_nonfinite_weights_are_refused_and_never_called_good(data_a, tmp_path):
     from dis_nbdev.callbacks import NanGuard
     st = NS(device=torch.device('cpu'), world=1, ckpt_path=ck, step=7, cfg=NS(name='r'))
     with pytest.raises(T.NonFiniteLossError) as e:
-        NanGuard().before_backward(st, torch.tensor(float('nan')))
+        NanGuard().after_backward(st, torch.tensor(float('nan')))
     assert 'step 8' in str(e.value) and 'no usable checkpoint' in str(e.value) and 'non-finite' in str(e.value)
 
 

@@ -174,3 +174,53 @@ def test_srun_without_torchrun_forms_one_process_group(tmp_path):
     outs = [p.communicate(timeout=120) for p in procs]
     assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
     assert sorted(o[0].split()[:4] for o in outs) == [['0', '2', '0', '1'], ['1', '2', '1', '1']]
+
+
+def test_two_nodes_train_one_run(tmp_path):
+    "`dis-run --nnodes 2`: node 0 runs the notebook and owns the folder, node 1 joins its training (here both on localhost)."
+    import socket
+    with socket.socket() as s: s.bind(('127.0.0.1', 0)); port = s.getsockname()[1]
+    out = tmp_path / 'runs'; d = out / 'ci_tiny'
+    base = [sys.executable, '-m', 'dis_nbdev.runner', str(CI), '--out', str(out), '--gpus', '1', '--quiet', '--nnodes', '2',
+            '--rdzv-endpoint', f'127.0.0.1:{port}', '--set', 'max_steps=12', '--set', 'evaluate=false']
+    procs = [subprocess.Popen(base + ['--node-rank', str(r)], cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for r in (0, 1)]
+    try: outs = [p.communicate(timeout=400) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None: p.kill()
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
+    assert 'node 1 of 2: joining the training' in outs[1][0]
+    summary = json.loads((d / 'summary.json').read_text())
+    assert summary['world_size'] == 2 and summary['state'] == 'finished' and summary['step'] == 12
+    assert json.loads((d / 'run.json').read_text())['status'] == 'finished'
+    assert '--nnodes=2' in (d / 'train.ipynb').read_text()
+
+
+FAKE_DIS_RUN = '''#!/bin/bash
+echo "dis-run $*" >> "$LOG"
+trap 'echo "dis-run got TERM" >> "$LOG"; sleep 0.3; exit 75' TERM
+for i in $(seq 1 ${FAKE_SECONDS:-100}); do sleep 0.1; done
+exit 0
+'''
+
+
+@pytest.mark.parametrize('sig, rc, requeued', [('USR1', 75, True), ('TERM', 75, True), (None, 0, False)])
+def test_sbatch_script_stops_dis_run_and_requeues_on_75(tmp_path, sig, rc, requeued):
+    "The job script's own logic, with `dis-run` and `scontrol` standing in: a signal becomes SIGTERM, exit 75 requeues."
+    bin_ = tmp_path / 'bin'; bin_.mkdir(); log = tmp_path / 'log'
+    (bin_ / 'dis-run').write_text(FAKE_DIS_RUN)
+    (bin_ / 'scontrol').write_text('#!/bin/bash\necho "scontrol $*" >> "$LOG"\n')
+    for f in bin_.iterdir(): f.chmod(0o755)
+    env = {**os.environ, 'PATH': f'{bin_}:{os.environ["PATH"]}', 'LOG': str(log), 'SLURM_JOB_ID': '4242',
+           'SLURM_GPUS_ON_NODE': '2', 'SLURM_SUBMIT_DIR': str(tmp_path), 'FAKE_SECONDS': '100' if sig else '3'}
+    p = subprocess.Popen(['bash', str(ROOT / 'papermill_runs' / 'slurm' / 'dis_run.sbatch'), 'cfg.yaml', '--out', 'runs'],
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    t0 = time.time()
+    while not (log.exists() and 'dis-run' in log.read_text()): assert time.time() - t0 < 30; time.sleep(0.05)
+    if sig: p.send_signal(getattr(signal, f'SIG{sig}'))
+    out, _ = p.communicate(timeout=60)
+    lines = log.read_text().splitlines()
+    assert p.returncode == rc, out
+    assert lines[0] == 'dis-run cfg.yaml --out runs --gpus 2 --grace 240'
+    assert ('dis-run got TERM' in lines) == bool(sig) and ('scontrol requeue 4242' in lines) == requeued

@@ -14,10 +14,10 @@ import numpy as np
 if TYPE_CHECKING: import torch
 
 # %% auto #0
-__all__ = ['EXIT_INTERRUPTED', 'TRUE_WORDS', 'FALSE_WORDS', 'BF16_CPU_COST', 'COMPILE_BREAK_EVEN_STEPS', 'DisError',
-           'ArcDataError', 'CheckpointError', 'ConfigError', 'LockError', 'parse_device', 'get_device',
+__all__ = ['EXIT_INTERRUPTED', 'STOP_GRACE_S', 'TRUE_WORDS', 'FALSE_WORDS', 'BF16_CPU_COST', 'COMPILE_BREAK_EVEN_STEPS',
+           'DisError', 'ArcDataError', 'CheckpointError', 'ConfigError', 'LockError', 'parse_device', 'get_device',
            'seed_everything', 'autocast_context', 'auto_bool', 'cpu_bf16_native', 'resolve_bf16', 'compile_support',
-           'resolve_compile', 'DistInfo', 'dist_info', 'local_device_index', 'cpu_threads']
+           'resolve_compile', 'launch_env', 'DistInfo', 'dist_info', 'local_device_index', 'cpu_threads']
 
 # %% ../nbs/00_core.ipynb #6b2294ca
 class DisError(ValueError):
@@ -38,7 +38,7 @@ class LockError(DisError):
 
 # %% ../nbs/00_core.ipynb #e38e014f
 EXIT_INTERRUPTED = 75
-
+STOP_GRACE_S = 240      # seconds torchrun workers get to checkpoint after a stop signal (`dis-run --grace`)
 
 # %% ../nbs/00_core.ipynb #f725d783
 _DEVICE_RE = re.compile(r'(auto|cpu|cuda|mps)(?::(\d+))?')
@@ -188,6 +188,41 @@ def resolve_compile(value, device, planned_steps: int | None, time_budget_s: flo
     return long_enough
 
 # %% ../nbs/00_core.ipynb #ce78a541
+def _first_host(nodelist: str) -> str | None:
+    "The first host of a Slurm node list: `'gpu[03-05,9],cpu1'` -> `'gpu03'`."
+    m = re.match(r'\s*([^,\[\s]+)(?:\[([^\]]+)\])?', nodelist or '')
+    return None if not m else m.group(1) + (re.split(r'[,-]', m.group(2))[0] if m.group(2) else '')
+
+def _env_int(env, name: str, lo: int = 0) -> int:
+    v = env.get(name)
+    try: n = int(v)
+    except (TypeError, ValueError): n = None
+    if n is None or n < lo: raise ConfigError(f'{name}={v!r}: expected an integer >= {lo} (set by the launcher of this process)')
+    return n
+
+def launch_env(environ=None) -> dict:
+    """This process's place in a distributed run, from whoever launched it: torchrun (`RANK`, `WORLD_SIZE`,
+    `LOCAL_RANK`) when it set them, else a Slurm step (`srun python -m dis_nbdev.train`: `SLURM_PROCID`,
+    `SLURM_STEP_NUM_TASKS`, `SLURM_LOCALID`; the rendezvous at the step's first node, port 20000 + job id mod
+    20000, unless `MASTER_ADDR` / `MASTER_PORT` say otherwise), else one process. A batch script is no step: its
+    `SLURM_NTASKS` counts the job's tasks, not processes started with it, so it is not read."""
+    env = os.environ if environ is None else environ
+    if 'RANK' in env or 'WORLD_SIZE' in env:
+        return dict(source='torchrun', rank=_env_int(env, 'RANK') if 'RANK' in env else 0,
+                    world_size=_env_int(env, 'WORLD_SIZE', 1) if 'WORLD_SIZE' in env else 1,
+                    local_rank=_env_int(env, 'LOCAL_RANK') if 'LOCAL_RANK' in env else 0)
+    if 'SLURM_STEP_NUM_TASKS' in env and 'SLURM_PROCID' in env:
+        world, rank = _env_int(env, 'SLURM_STEP_NUM_TASKS', 1), _env_int(env, 'SLURM_PROCID')
+        if rank >= world: raise ConfigError(f'SLURM_PROCID={rank}: not below SLURM_STEP_NUM_TASKS={world}')
+        host = _first_host(env.get('SLURM_STEP_NODELIST') or env.get('SLURM_JOB_NODELIST') or '')
+        port = env.get('MASTER_PORT') or str(20000 + _env_int(env, 'SLURM_JOB_ID') % 20000 if 'SLURM_JOB_ID' in env else 29500)
+        return dict(source='slurm', rank=rank, world_size=world,
+                    local_rank=_env_int(env, 'SLURM_LOCALID') if 'SLURM_LOCALID' in env else 0,
+                    master_addr=env.get('MASTER_ADDR') or host or env.get('SLURM_LAUNCH_NODE_IPADDR') or '127.0.0.1',
+                    master_port=port)
+    return dict(source='none', rank=0, world_size=1, local_rank=0)
+
+# %% ../nbs/00_core.ipynb #c0e10003
 @dataclasses.dataclass(frozen=True)
 class DistInfo:
     rank: int = 0
@@ -197,13 +232,16 @@ class DistInfo:
     def is_main(self) -> bool: return self.rank == 0
 
 def dist_info() -> DistInfo:
-    "Rank, world size and local rank of this process (from the process group, else torchrun's env)."
+    """Rank, world size and local rank of this process (from the process group, else `launch_env`). In a Slurm step
+    it also sets torch's variables (`RANK`, `WORLD_SIZE`, `LOCAL_RANK`, `MASTER_ADDR`, `MASTER_PORT`) where unset,
+    so `init_process_group()` finds its peers as under torchrun."""
     import torch
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return DistInfo(torch.distributed.get_rank(), torch.distributed.get_world_size(),
-                        int(os.environ.get('LOCAL_RANK', 0)))
-    return DistInfo(int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZE', 1)),
-                    int(os.environ.get('LOCAL_RANK', 0)))
+        return DistInfo(torch.distributed.get_rank(), torch.distributed.get_world_size(), launch_env()['local_rank'])
+    e = launch_env()
+    if e['source'] == 'slurm' and e['world_size'] > 1:
+        for k in ('rank', 'world_size', 'local_rank', 'master_addr', 'master_port'): os.environ.setdefault(k.upper(), str(e[k]))
+    return DistInfo(e['rank'], e['world_size'], e['local_rank'])
 
 def local_device_index(local_rank: int, device_count: int) -> int:
     "The GPU a worker uses: its local rank modulo the GPUs it can see (one GPU per worker, or shared when fewer)."

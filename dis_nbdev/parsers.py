@@ -6,7 +6,7 @@
 from __future__ import annotations
 import argparse, os
 from typing import Sequence
-from .core import EXIT_INTERRUPTED
+from .core import EXIT_INTERRUPTED, STOP_GRACE_S
 from .arc import MAX_SIDE
 
 # %% auto #0
@@ -104,6 +104,11 @@ def run_parser() -> argparse.ArgumentParser:
     p.add_argument('--force', action='store_true',
                    help='start over even where the run folder holds a run (it is moved to <name>.replaced-<time>/, not deleted)')
     p.add_argument('--notebook', default=None, help='the run notebook (default: papermill_runs/train.ipynb)')
+    p.add_argument('--grace', type=float, default=STOP_GRACE_S, metavar='SECONDS',
+                   help=f'after SIGTERM/SIGUSR1, how long torchrun workers may take to checkpoint before they are killed (default {STOP_GRACE_S})')
+    p.add_argument('--nnodes', type=int, default=1, help='nodes of a multi-node run (default 1: this node alone, torchrun --standalone)')
+    p.add_argument('--node-rank', type=int, default=0, help='this node: 0 runs the notebook and owns the run folder, the others join its training')
+    p.add_argument('--rdzv-endpoint', default=None, metavar='HOST:PORT', help='with --nnodes > 1: where the nodes meet (node 0, a free port)')
     p.add_argument('--kernel', default='python3')
     p.add_argument('--quiet', action='store_true', help="do not stream the notebook's output")
     return p

@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from .parsers import run_parser
-from .core import EXIT_INTERRUPTED, ConfigError, DisError, cpu_threads
+from .core import EXIT_INTERRUPTED, STOP_GRACE_S, ConfigError, DisError, cpu_threads
 from .files import (RunDir, atomic_write_json, atomic_write_text, check_name, clean_stale_temps, move_run_aside,
                              project_root, stash_attempt, summary_state)
 from .config import (apply_overrides, as_train_config, check_start, coerce_value, load_yaml,
@@ -21,14 +21,16 @@ from .dataset import build_arc_dataset, recover_dataset, verify_dataset
 from .checkpoint import load_trained, read_metrics, setup_distributed  # noqa: F401 (read_metrics: re-exported)
 from .evaluate import evaluate, run_defaults
 from .train import train
+from .callbacks import catch_signals_early
 from .boards import board_spec_problems, ensure_puzzle_dataset, evaluate_puzzle_run  # registers its target generators
 
 
 # %% auto #0
-__all__ = ['DATA_DEFAULTS', 'EVAL_DEFAULTS', 'DATA_TYPES', 'EVAL_TYPES', 'default_data_dir', 'RunSpec', 'load_run_spec',
-           'select_tasks', 'write_task_folder', 'prepare_data', 'train_config', 'torchrun_command', 'launch_training',
-           'eval_kwargs', 'run_evaluation', 'run_puzzle_evaluation', 'RunInterrupted', 'run_finished', 'check_finished',
-           'run_state', 'default_notebook', 'config_diff', 'execute_run', 'run_cli']
+__all__ = ['DATA_DEFAULTS', 'EVAL_DEFAULTS', 'DATA_TYPES', 'EVAL_TYPES', 'STOP_SIGNALS', 'default_data_dir', 'RunSpec',
+           'load_run_spec', 'select_tasks', 'write_task_folder', 'prepare_data', 'train_config', 'torchrun_command',
+           'torchrun_env', 'launch_training', 'eval_kwargs', 'run_evaluation', 'run_puzzle_evaluation',
+           'RunInterrupted', 'run_finished', 'check_finished', 'run_state', 'default_notebook', 'config_diff',
+           'execute_run', 'follow_run', 'run_cli']
 
 # %% ../nbs/09_runner.ipynb #730f27d9
 DATA_DEFAULTS = dict(
@@ -190,33 +192,89 @@ def train_config(spec: RunSpec):
     return as_train_config(spec.train, where)
 
 # %% ../nbs/09_runner.ipynb #75b9d49e
+STOP_SIGNALS = 'SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1'     # what torchrun handles: passed on to the workers, never fatal
+
 def _train_in_process(cfg: dict, resume: bool) -> dict:
     return train(cfg, resume=resume)
 
-def torchrun_command(config_path, nproc: int, resume: bool = False, mode: str = '--worker') -> list[str]:
-    "The command that runs `python -m dis_nbdev.runner <mode> config_path` on `nproc` local workers."
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={nproc}',
+def torchrun_command(config_path, nproc: int, resume: bool = False, mode: str = '--worker', nnodes: int = 1,
+                     node_rank: int = 0, rdzv_endpoint: str | None = None, run_id: str = 'dis') -> list[str]:
+    """The command that runs `python -m dis_nbdev.runner <mode> config_path` on `nproc` workers of this node: one
+    node alone (`--standalone`), or node `node_rank` of `nnodes` meeting at `rdzv_endpoint` (HOST:PORT, c10d)."""
+    if nnodes <= 1: where = ['--standalone']
+    else:
+        if not rdzv_endpoint: raise ConfigError(f'--rdzv-endpoint: a run on --nnodes {nnodes} needs HOST:PORT of a node of the job')
+        where = [f'--nnodes={nnodes}', f'--node_rank={node_rank}', '--rdzv_backend=c10d',
+                 f'--rdzv_endpoint={rdzv_endpoint}', f'--rdzv_id={run_id}']
+    cmd = [sys.executable, '-m', 'torch.distributed.run', *where, f'--nproc_per_node={nproc}',
            '-m', 'dis_nbdev.runner', mode, str(config_path)]
     return cmd + (['--resume'] if resume else [])
 
-def _run_torchrun(cmd: list[str], nproc: int, what: str, echo: bool = True) -> None:
-    "Run a torchrun command, echoing its output; raise with the last lines when it fails."
-    if echo: print('$', ' '.join(cmd[2:]) if cmd[0] == sys.executable else ' '.join(cmd), flush=True)
-    env = {**os.environ, 'PYTHONUNBUFFERED': '1'}
+def torchrun_env(nproc: int, grace_s: float = STOP_GRACE_S, environ=None) -> dict:
+    """torchrun's environment: it handles SIGUSR1 like SIGTERM (passes it on to the workers instead of dying) and
+    gives them `grace_s` seconds to checkpoint. Set through the environment, which older torch versions ignore."""
+    env = dict(os.environ if environ is None else environ)
+    env.update(PYTHONUNBUFFERED='1', TORCHELASTIC_SIGNALS_TO_HANDLE=STOP_SIGNALS, PET_SIGNALS_TO_HANDLE=STOP_SIGNALS,
+               TORCH_ELASTIC_SHUTDOWN_TIMEOUT=str(int(grace_s)), PET_SHUTDOWN_TIMEOUT=str(int(grace_s)))
     env.setdefault('OMP_NUM_THREADS', str(max(1, cpu_threads()//nproc)))     # the cores this job may use
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    return env
+
+# %% ../nbs/09_runner.ipynb #b1c0a004
+def _alive(pid: int) -> bool:
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: return True
+    try: return Path(f'/proc/{pid}/stat').read_text().split(')')[-1].split()[0] != 'Z'   # a zombie is gone
+    except OSError: return True
+
+def _reap(pids, timeout: float) -> list[int]:
+    "Wait up to `timeout` s for `pids` to end; SIGKILL whatever is left (no worker outlives its launcher). Returns those."
+    end = time.time() + timeout
+    while any(_alive(p) for p in pids) and time.time() < end: time.sleep(0.2)
+    left = [p for p in pids if _alive(p)]
+    for p in left:
+        try: os.kill(p, signal.SIGKILL)
+        except OSError: pass
+    return left
+
+def _run_torchrun(cmd: list[str], nproc: int, what: str, echo: bool = True, grace_s: float = STOP_GRACE_S) -> str | None:
+    """Run a torchrun command, echoing its output. A SIGTERM / SIGUSR1 / first Ctrl-C that reaches this process is
+    passed on to torchrun once, as SIGTERM: the workers checkpoint and stop; this waits for every one of them (then
+    kills what outlives `grace_s`) and returns the signal's name. Raises with the last lines when torchrun fails."""
+    if echo: print('$', ' '.join(cmd[2:]) if cmd[0] == sys.executable else ' '.join(cmd), flush=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=torchrun_env(nproc, grace_s))
+    got, old = {}, {}
+    def relay(signum, frame):
+        if got: return
+        got.update(name=signal.Signals(signum).name, t=time.time(), workers=_descendants(proc.pid))
+        try: proc.send_signal(signal.SIGTERM)
+        except OSError: pass
+    if threading.current_thread() is threading.main_thread():
+        for name in ('SIGTERM', 'SIGUSR1', 'SIGINT'): old[getattr(signal, name)] = signal.signal(getattr(signal, name), relay)
     tail = []
-    for line in proc.stdout:
-        tail = (tail + [line])[-40:]
-        if echo: print(line, end='', flush=True)
-    rc = proc.wait()
+    try:
+        for line in proc.stdout:
+            tail = (tail + [line])[-40:]
+            if echo: print(line, end='', flush=True)
+        rc = proc.wait()
+    finally:
+        for sig, h in old.items(): signal.signal(sig, h)
+    if got:
+        left = _reap(got['workers'], grace_s)
+        print(f'{what}: {got["name"]}: the {nproc} workers stopped {time.time() - got["t"]:.1f}s later (grace {grace_s:g}s)'
+              + (f'; killed {len(left)} that outlived it' if left else ''), file=sys.stderr, flush=True)
+        return got['name']
     if rc != 0:
         raise RuntimeError(f'torchrun with {nproc} workers failed (exit {rc}) while {what}; last output:\n' + ''.join(tail))
+    return None
 
 # %% ../nbs/09_runner.ipynb #3c387375
-def launch_training(spec: RunSpec, gpus: int = 1, echo: bool = True) -> dict:
-    "Train the run (in this process, or across `gpus` torchrun workers); returns `summary.json`'s content."
-    check_start(train_config(spec), gpus, str(spec.source_path or spec.name))   # validate here, where the notebook shows it
+def launch_training(spec: RunSpec, gpus: int = 1, echo: bool = True, grace_s: float = STOP_GRACE_S, nnodes: int = 1,
+                    node_rank: int = 0, rdzv_endpoint: str | None = None) -> dict:
+    """Train the run (in this process, or across `gpus` torchrun workers on each of `nnodes` nodes); returns
+    `summary.json`'s content. Whether the run finished is read from that summary, never from torchrun's exit status
+    (which is 1 after a signal): a stopped run comes back with `state: interrupted`."""
+    check_start(train_config(spec), gpus * nnodes, str(spec.source_path or spec.name))   # validate here, where the notebook shows it
     rd = RunDir(spec.run_dir).check_writable(f'run {spec.name}')
     rd.path.mkdir(parents=True, exist_ok=True)
     resume = rd.checkpoint.exists()
@@ -224,13 +282,16 @@ def launch_training(spec: RunSpec, gpus: int = 1, echo: bool = True) -> dict:
     if not resume and rd.metrics.exists():     # an attempt killed before its first checkpoint: its records start over
         rd.truncate_metrics(0)
         if echo: print(f'no checkpoint yet: the records of an earlier attempt in {rd.metrics.name} start over')
-    if gpus <= 1: return _train_in_process(spec.train, resume)
+    if gpus <= 1 and nnodes <= 1: return _train_in_process(spec.train, resume)
     cfg_path = atomic_write_text(spec.run_dir/'train_config.yaml', yaml.safe_dump(spec.train, sort_keys=False))
-    _run_torchrun(torchrun_command(cfg_path, gpus, resume), gpus, f'training run {spec.name}', echo)
+    _run_torchrun(torchrun_command(cfg_path, gpus, resume, nnodes=nnodes, node_rank=node_rank,
+                                 rdzv_endpoint=rdzv_endpoint, run_id=f'{spec.name}-train'),
+                  gpus, f'training run {spec.name}', echo, grace_s)
     return rd.read_json(rd.SUMMARY) or {}
 
 def _worker_main(argv) -> None:
     "Entry point of one torchrun worker: `python -m dis_nbdev.runner --worker train_config.yaml [--resume]`."
+    catch_signals_early()       # a stop signal while the worker still imports and loads: an interrupted run, not a dead worker
     p = argparse.ArgumentParser(prog='dis_nbdev.runner --worker')
     p.add_argument('config'); p.add_argument('--resume', action='store_true')
     a = p.parse_args(argv)
@@ -252,7 +313,8 @@ def run_evaluation(spec: RunSpec, device: str = 'auto', gpus: int = 1, echo: boo
     if summary is not None: check_finished(summary, spec.run_dir)       # never score a partial model
     if gpus > 1:
         args = atomic_write_json(spec.run_dir/'eval_args.json', dict(spec=spec.to_dict(), run_dir=str(spec.run_dir), device=device))
-        _run_torchrun(torchrun_command(args, gpus, mode='--eval-worker'), gpus, f'evaluating run {spec.name}', echo)
+        got = _run_torchrun(torchrun_command(args, gpus, mode='--eval-worker'), gpus, f'evaluating run {spec.name}', echo)
+        if got: raise RunInterrupted(f'{spec.run_dir}: evaluation stopped by {got}; run the same command again to evaluate')
         return rd.read_json(rd.EVAL)
     model, cfg = load_trained(spec.run_dir, use_ema=True, device=device)
     return evaluate(model, spec.data_dir, **eval_kwargs(spec, cfg, device))
@@ -320,23 +382,26 @@ def config_diff(old: dict, new: dict) -> list[str]:
             if norm(old.get(k, miss)) != norm(new.get(k, miss))]
 
 # %% ../nbs/09_runner.ipynb #0f679a05
-def _descendants(pid: int) -> list[int]:
-    "Process ids of every descendant of `pid` (POSIX `ps`; empty where it is unavailable)."
+def _descendants(pid: int, depth: int | None = None) -> list[int]:
+    "Process ids of the descendants of `pid` (`depth=1`: its children; POSIX `ps`; empty where it is unavailable)."
     try: out = subprocess.run(['ps', '-A', '-o', 'pid=', '-o', 'ppid='], capture_output=True, text=True, timeout=10).stdout
     except (OSError, subprocess.SubprocessError): return []
     kids: dict[int, list[int]] = {}
     for line in out.splitlines():
         parts = line.split()
         if len(parts) == 2 and all(x.isdigit() for x in parts): kids.setdefault(int(parts[1]), []).append(int(parts[0]))
-    found, todo = [], [pid]
+    found, todo = [], [(pid, 0)]
     while todo:
-        for c in kids.get(todo.pop(), []): found.append(c); todo.append(c)
+        p, d = todo.pop()
+        if depth is not None and d >= depth: continue
+        for c in kids.get(p, []): found.append(c); todo.append((c, d + 1))
     return found
 
 class _SignalForwarder:
-    """While executing a notebook: SIGTERM/SIGUSR1 (and a first Ctrl-C, passed on as SIGTERM) are noted and passed on
-    to the kernel (and its workers), which checkpoint and stop; the notebook then ends with `RunInterrupted` instead
-    of this process dying mid-write. A second Ctrl-C interrupts at once."""
+    """While executing a notebook: SIGTERM/SIGUSR1 (and a first Ctrl-C) are noted and passed on, as SIGTERM, to the
+    kernel alone (this process's children): the trainer there, or the torchrun launcher there (`_run_torchrun`), stops
+    its workers with a checkpoint; the notebook then ends with `RunInterrupted` instead of this process dying
+    mid-write. USR1 never travels on as USR1 (a process without a handler dies of it). A second Ctrl-C interrupts at once."""
     SIGNALS = ('SIGTERM', 'SIGUSR1', 'SIGINT')
     def __init__(self): self.received, self._old = None, {}
     def __enter__(self):
@@ -350,10 +415,11 @@ class _SignalForwarder:
             if self.received == 'SIGINT': raise KeyboardInterrupt
             print('\nCtrl-C: stopping after the current batch with a checkpoint (Ctrl-C again to abort at once)',
                   file=sys.stderr, flush=True)
+        first = self.received is None
         self.received = signal.Signals(signum).name
-        fwd = signal.SIGTERM if signum == signal.SIGINT else signum
-        for pid in _descendants(os.getpid()):
-            try: os.kill(pid, fwd)
+        if not first: return                      # passed on once: a second TERM could cut torchrun's shutdown short
+        for pid in _descendants(os.getpid(), depth=1):
+            try: os.kill(pid, signal.SIGTERM)
             except OSError: pass
     def __exit__(self, *exc):
         for sig, h in self._old.items(): signal.signal(sig, h)
@@ -389,8 +455,9 @@ def _config_snapshot(rd: RunDir, merged: dict | None, diff: list[str], path: Pat
 
 # %% ../nbs/09_runner.ipynb #e61b589e
 def execute_run(config, out='runs', gpus: int = 1, overrides=None, notebook=None, kernel: str = 'python3',
-                stream: bool = False, echo: bool = True, force: bool = False) -> dict:
-    "Execute the run notebook for one config; returns {'name', 'run_dir', 'status', 'error', 'notebook'}."
+                stream: bool = False, echo: bool = True, force: bool = False, launch: dict | None = None) -> dict:
+    """Execute the run notebook for one config; returns {'name', 'run_dir', 'status', 'error', 'notebook'}.
+    `launch`: `launch_training`'s keywords for this launch (`grace_s`, `nnodes`, `node_rank`, `rdzv_endpoint`)."""
     import papermill as pm   # a dev requirement: only `dis-run` needs it
     path = Path(config)
     load_yaml(path); parse_overrides(overrides, f'{config}: --set')   # an unreadable file or a bad --set: fail at once
@@ -419,7 +486,8 @@ def execute_run(config, out='runs', gpus: int = 1, overrides=None, notebook=None
         with _SignalForwarder() as sigs:
             try:
                 pm.execute_notebook(str(notebook or default_notebook()), str(rd/rd.NOTEBOOK),
-                                    parameters=dict(config_path=cfg_param, run_dir=str(run_dir.resolve()), gpus=int(gpus)),
+                                    parameters=dict(config_path=cfg_param, run_dir=str(run_dir.resolve()), gpus=int(gpus),
+                                                    launch=dict(launch or {})),
                                     kernel_name=kernel, cwd=str(Path.cwd()), progress_bar=False,
                                     stdout_file=sys.stdout if stream else None, stderr_file=sys.stderr if stream else None,
                                     extra_arguments=['--IPKernelApp.log_level=ERROR'])   # no ipykernel "running over TCP without encryption" warning
@@ -444,18 +512,46 @@ def execute_run(config, out='runs', gpus: int = 1, overrides=None, notebook=None
     finally:
         lock.release()
 
+# %% ../nbs/09_runner.ipynb #b1c0a006
+def follow_run(config, out='runs', gpus: int = 1, overrides=None, grace_s: float = STOP_GRACE_S, nnodes: int = 2,
+               node_rank: int = 1, rdzv_endpoint: str | None = None, wait_s: float = 3600, echo: bool = True) -> dict:
+    """`dis-run --node-rank R` (R > 0) of a multi-node run: node 0 owns the run folder (lock, notebook, dataset,
+    evaluation; a filesystem shared by the nodes); this node waits for node 0's `train_config.yaml` and joins the
+    training with `gpus` workers. The status comes from the run's summary, like node 0's."""
+    spec = load_run_spec(config, overrides=overrides, out=out)
+    rd = RunDir(spec.run_dir); cfg_path = spec.run_dir/'train_config.yaml'
+    res = dict(name=spec.name, run_dir=str(spec.run_dir), status='', error=None, notebook=None)
+    t0 = time.time()
+    while not cfg_path.exists():
+        if time.time() - t0 > wait_s:
+            raise DisError(f'{cfg_path}: node 0 did not start run {spec.name} within {wait_s:g}s '
+                           '(is `dis-run --node-rank 0` running, on a filesystem these nodes share?)')
+        time.sleep(1)
+    if echo: print(f'[{spec.name}] node {node_rank} of {nnodes}: joining the training at {rdzv_endpoint} (workers: {gpus})', flush=True)
+    got = _run_torchrun(torchrun_command(cfg_path, gpus, True, nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint,
+                                         run_id=f'{spec.name}-train'), gpus, f'training run {spec.name}', echo, grace_s)
+    state = summary_state(rd.read_json(rd.SUMMARY) or {})
+    if got or state != 'finished': return {**res, 'status': 'interrupted', 'error': f'signal {got}' if got else 'training stopped early'}
+    return {**res, 'status': 'finished'}
+
 # %% ../nbs/09_runner.ipynb #a9b44bef
 def run_cli(argv=None) -> int:
-    "dis-run CONFIG.yaml [CONFIG.yaml ...] [--gpus N] [--out runs] [--set key=value ...] [--force]"
+    """dis-run CONFIG.yaml [CONFIG.yaml ...] [--gpus N] [--out runs] [--set key=value ...] [--force] [--grace S]
+    [--nnodes N --node-rank R --rdzv-endpoint HOST:PORT]"""
     p = run_parser()
     a = p.parse_args(argv)
     if a.gpus < 1: p.error('--gpus must be >= 1')
     if a.out == '' or (Path(a.out).exists() and not Path(a.out).is_dir()):
         p.error(f'--out {a.out!r}: {"empty" if a.out == "" else "is a file"}; name the folder that holds the run folders')
+    if a.grace <= 0: p.error('--grace must be > 0 seconds')
+    if a.nnodes < 1 or not 0 <= a.node_rank < a.nnodes: p.error(f'--node-rank {a.node_rank}: must be in 0..{a.nnodes - 1} (--nnodes {a.nnodes})')
+    if a.nnodes > 1 and not a.rdzv_endpoint: p.error(f'--rdzv-endpoint: --nnodes {a.nnodes} needs HOST:PORT of a node of the job')
+    launch = dict(grace_s=a.grace, nnodes=a.nnodes, node_rank=a.node_rank, rdzv_endpoint=a.rdzv_endpoint)
     results = []
     for c in a.configs:
         try: results.append(execute_run(c, out=a.out, gpus=a.gpus, overrides=a.overrides, notebook=a.notebook,
-                                        kernel=a.kernel, stream=not a.quiet, force=a.force))
+                                        kernel=a.kernel, stream=not a.quiet, force=a.force, launch=launch)
+                            if a.node_rank == 0 else follow_run(c, out=a.out, gpus=a.gpus, overrides=a.overrides, **launch))
         except DisError as e:
             print(f'[{Path(c).stem}] FAILED: {e}', file=sys.stderr); results.append(dict(name=Path(c).stem, status='failed', error=str(e)))
         if results[-1]['status'] == 'interrupted':      # preempted: leave the remaining configs for the requeued job

@@ -142,3 +142,15 @@ def test_search_works_from_disk(tmp_path, browser):
     (site / 'assets' / 'iframe-worker.js').unlink()    # without the shim the browser refuses the search worker on file://
     n, errors = check_site.check_search_from_disk(site, 'recursion', chromium=browser, timeout_ms=4000)
     assert n == 0 and any('no result' in e for e in errors), errors
+
+
+def test_docs_pages_become_guides_and_links_to_them_follow(tmp_path):
+    root = _project(tmp_path, '# proj\n\nSee the [guide](docs/howto.md#one).\n', 'Two times `x`.')
+    (root / 'nbs' / '00_a.ipynb').write_text(json.dumps(_nb([_md('# a\n\n[guide](../docs/howto.md)'), _code('#| default_exp a')])))
+    (root / 'docs').mkdir(); (root / 'docs' / 'job.sh').write_text('echo hi\n')
+    (root / 'docs' / 'howto.md').write_text('# How to\n\n## one\n\nSee [a](../nbs/00_a.ipynb) and [the script](job.sh).\n')
+    site = build_docs.build(root, tmp_path / 'site')
+    guide = (site / 'guides' / 'howto.html').read_text()
+    assert 'href="../notebooks/00_a.html"' in guide and 'href="../assets/job.sh"' in guide
+    assert 'href="guides/howto.html#one"' in (site / 'index.html').read_text()
+    assert 'href="../guides/howto.html"' in (site / 'notebooks' / '00_a.html').read_text()

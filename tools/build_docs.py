@@ -4,6 +4,7 @@ Every run starts from nothing: `_site_src/docs/` is rewritten from
   - `README.md`                 -> `index.md` (links to `nbs/X.ipynb` and `docs/` files made site-relative),
   - `nbs/*.ipynb`               -> `notebooks/<name>.md` (prose, code, saved outputs; figures as image files),
   - `dis_nbdev/*.py` (public)   -> `api/<module>.md` (an mkdocstrings `:::` block: signatures and docstrings),
+  - `docs/*.md`                 -> `guides/<name>.md` (hand-written guides; links to them from anywhere follow),
 and MkDocs builds `mkdocs.yml` with a nav made from those files into `_site/`. Nothing is listed by hand: a notebook or
 module added later gets its pages on the next build.
 
@@ -119,6 +120,9 @@ def localise(text: str, base: Path, page_dir: Path, link_map) -> str:
         p = (base / path).resolve()
         if p.suffix == '.ipynb' and p.stem in link_map:
             return f'{bang}[{label}]({link_map[p.stem](page_dir)}{"#" + frag if frag else ""})'
+        if p in GUIDES:                       # a page of docs/: its rendered guide page
+            rel = f'guides/{p.name}' if page_dir == SRC else f'../guides/{p.name}'
+            return f'{bang}[{label}]({rel}{"#" + frag if frag else ""})'
         if p.is_file():
             assets = SRC / 'assets'
             assets.mkdir(parents=True, exist_ok=True)
@@ -160,12 +164,14 @@ def readme_index(readme: Path, nb_stems: list[str], link_map) -> str:
 
 
 SRC = ROOT / '_site_src' / 'docs'
+GUIDES: set = set()                           # the docs/*.md pages, resolved: links to them become guide pages
 
 
 def generate(root: Path = ROOT) -> list:
     "Write the Markdown sources; returns the MkDocs nav."
-    global SRC
+    global SRC, GUIDES
     SRC = root / '_site_src' / 'docs'
+    GUIDES = {p.resolve() for p in (root / 'docs').glob('*.md')}
     if SRC.parent.exists(): shutil.rmtree(SRC.parent)
     (SRC / 'notebooks').mkdir(parents=True); (SRC / 'api').mkdir(); (SRC / 'assets').mkdir()
     for f in (Path(__file__).parent / 'docs_assets').iterdir():      # notebook.css, iframe-worker.js (search from disk)
@@ -187,8 +193,17 @@ def generate(root: Path = ROOT) -> list:
         if src_nb: head += f'Source notebook: [{src_nb}](../notebooks/{src_nb}.md)\n\n'
         (SRC / 'api' / f'{m}.md').write_text(head + f'::: dis_nbdev.{m}\n', encoding='utf-8')
         nav_api.append({m: f'api/{m}.md'})
+    nav_guides = []
+    if GUIDES: (SRC / 'guides').mkdir()
+    guide_links = {s: (lambda stem: (lambda page_dir: f'../notebooks/{stem}.md'))(s) for s in stems}
+    for p in sorted(GUIDES):                  # docs/*.md: hand-written guides, their links made site-relative
+        text = p.read_text(encoding='utf-8')
+        (SRC / 'guides' / p.name).write_text(localise(text, p.parent, SRC / 'guides', guide_links), encoding='utf-8')
+        title = next((line.lstrip('# ').strip() for line in text.splitlines() if line.startswith('# ')), p.stem)
+        nav_guides.append({title: f'guides/{p.name}'})
     (SRC / 'index.md').write_text(readme_index(root / 'README.md', stems, link_map), encoding='utf-8')
-    return [{'Home': 'index.md'}, {'Notebooks': nav_nbs}, {'API reference': nav_api}]
+    return [{'Home': 'index.md'}, *([{'Guides': nav_guides}] if nav_guides else []), {'Notebooks': nav_nbs},
+            {'API reference': nav_api}]
 
 
 def _usage_brackets(record) -> bool:

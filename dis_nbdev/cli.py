@@ -24,7 +24,7 @@ COMMANDS: dict[str, tuple[str, str, Callable[[], argparse.ArgumentParser]]] = {
     'dis-eval': ('evaluate', 'eval_cli', eval_parser),
     'dis-run': ('runner', 'run_cli', run_parser),
     'dis-figures': ('figures', 'figures_cli', figures_parser),
-    'dis-grid': ('grid_report', 'grid_cli', grid_parser),
+    'dis-grid': ('grid_submit', 'grid_cli', grid_parser),
     'dis-study': ('studies', 'study_cli', study_parser)}
 
 def _entry(command: str) -> Callable[[], int]:

@@ -30,7 +30,7 @@ __all__ = ['TASK_KEYS', 'BUDGET_KEYS', 'EVAL_KEYS', 'GRID_KEYS', 'Cell', 'grid_p
 TASK_KEYS = ('puzzle', 'data_dir', 'targets', 'train', 'budget', 'eval')
 BUDGET_KEYS = ('compute', 'flops', 'steps', 'evals', 'warmup')
 EVAL_KEYS = ('split', 'also', 'limit', 'n_steps')
-GRID_KEYS = ('name', 'out', 'seeds', 'budget', 'eval', 'base', 'tasks', 'arms', 'baseline', 'sweep', 'target', 'note', 'extends')
+GRID_KEYS = ('name', 'out', 'seeds', 'budget', 'eval', 'base', 'tasks', 'arms', 'baseline', 'sweep', 'target', 'note', 'extends', 'slurm')
 
 @dataclass
 class Cell:

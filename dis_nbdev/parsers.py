@@ -134,6 +134,11 @@ def grid_parser() -> argparse.ArgumentParser:
     ap.add_argument('--only', nargs='*', help='run only cells whose key (task/arm/seedN) starts with one of these')
     ap.add_argument('--report', action='store_true', help='only rebuild the table and figures from finished points')
     ap.add_argument('--list', action='store_true', help='print the cells, their budgets and state, then stop')
+    ap.add_argument('--submit', choices=('slurm', 'local'), default=None,
+                    help='submit each unfinished cell as a submitit job (requeued on preemption) instead of the local pool')
+    ap.add_argument('--slurm', nargs='*', default=[], metavar='KEY=VALUE',
+                    help="override the grid's slurm: fields (partition, time, gpus_per_task, cpus, mem, account, ...)")
+    ap.add_argument('--jobs', action='store_true', help='print each cell with its submitted job and state, then stop')
     ap.add_argument('--cell', help=argparse.SUPPRESS)   # a worker: run this one cell
     return ap
 

@@ -427,10 +427,10 @@ def planned_steps(cfg: TrainConfig, n_examples: float) -> int:
     if cfg.max_steps is not None: return int(cfg.max_steps)
     return max(1, int(cfg.epochs * n_examples / cfg.global_batch_size))
 
-def step_flops(mcfg, n_params: int, global_batch: int) -> float:
-    "Rough FLOPs of one supervision step: the last cycle with gradient (6 x params x token), the others forward only (2 x)."
-    tokens, calls = global_batch * mcfg.total_len, mcfg.n + 1
-    return n_params * tokens * (2.0 * (mcfg.T - 1) * calls + 6.0 * calls)
+def step_flops(mcfg, global_batch: int) -> float:
+    "FLOPs of one supervision step on the global batch, attention included: `model.step_flops`, the one definition."
+    from dis_nbdev.model import step_flops as flops   # the model module owns the count (imported late: no cycle)
+    return flops(mcfg, global_batch)
 
 # %% ../nbs/00b_config.ipynb #4df0c98e
 def describe_plan(cfg: TrainConfig, n_examples: float, n_sup: int, flops_per_step: float | None = None,

@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_model.ipynb #d2109214
 from __future__ import annotations
-import dataclasses, math
+import dataclasses, functools, math, warnings
 from dataclasses import dataclass
 from typing import Iterator, NamedTuple
 
@@ -16,9 +16,10 @@ from .core import ConfigError
 from .arc import IGNORE_LABEL, PAD
 
 # %% auto #0
-__all__ = ['POS_ENCODINGS', 'PRESETS', 'ModelConfig', 'model_config', 'trunc_normal_', 'rope_tables', 'rope2d_tables',
-           'rotate_half', 'rms_norm', 'Attention', 'SwiGLU', 'Block', 'Net', 'Carry', 'StepOutput', 'RecursiveModel',
-           'count_parameters']
+__all__ = ['POS_ENCODINGS', 'PRESETS', 'CUDA_FUSED_OPS', 'ModelConfig', 'model_config', 'trunc_normal_', 'rope_tables',
+           'rope2d_tables', 'rotate_half', 'rms_norm', 'cuda_fused', 'apply_rope', 'add_rms_norm', 'Attention',
+           'SwiGLU', 'Block', 'Net', 'Carry', 'StepOutput', 'RecursiveModel', 'count_parameters', 'net_call_flops',
+           'step_flops']
 
 # %% ../nbs/03_model.ipynb #6b6d5c05
 POS_ENCODINGS = ('rope', 'learned', 'none', 'rope2d')
@@ -185,6 +186,37 @@ def rms_norm(h: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     "Weightless RMSNorm, computed in fp32, returned in the input dtype."
     return F.rms_norm(h.float(), (h.shape[-1],), eps=eps).to(h.dtype)
 
+# %% ../nbs/03_model.ipynb #f5a10002
+CUDA_FUSED_OPS = True      # compile RoPE and residual+RMSNorm on CUDA in eager mode (False: plain eager everywhere)
+
+def cuda_fused(fn):
+    "`fn`, run through a `torch.compile`d copy on CUDA tensors in eager mode (`fn` itself elsewhere). `.eager` is `fn`."
+    state = {'compiled': None, 'failed': False}
+    @functools.wraps(fn)
+    def wrapper(x, *args):
+        if not (x.is_cuda and CUDA_FUSED_OPS) or state['failed'] or torch.compiler.is_compiling(): return fn(x, *args)
+        if state['compiled'] is None: state['compiled'] = torch.compile(fn, dynamic=True, fullgraph=True)
+        try: return state['compiled'](x, *args)
+        except Exception as e:      # no working compiler here: eager from now on, said once
+            state['failed'] = True
+            warnings.warn(f'{fn.__name__}: the fused CUDA path failed ({type(e).__name__}: {e}); running eager', stacklevel=2)
+            return fn(x, *args)
+    wrapper.eager = fn
+    return wrapper
+
+@cuda_fused
+def apply_rope(qk: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    "RoPE on queries and keys together (`[B, S, 2, H, d]`) with tables `[>=S, d]`: in fp32, returned in `qk`'s dtype."
+    S = qk.shape[1]
+    c, s = cos[:S, None, None, :], sin[:S, None, None, :]     # broadcast over (q|k, head)
+    x = qk.to(c.dtype)                                       # a no-op in fp32 runs
+    return (x * c + rotate_half(x) * s).to(qk.dtype)
+
+@cuda_fused
+def add_rms_norm(h: torch.Tensor, r: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    "`rms_norm(h + r)`: the post-norm residual step (one kernel on the fused CUDA path)."
+    return rms_norm(h + r, eps)
+
 # %% ../nbs/03_model.ipynb #9ff47685
 class Attention(nn.Module):
     "Non-causal multi-head self-attention: fused QKV, RoPE, `scaled_dot_product_attention`."
@@ -198,10 +230,7 @@ class Attention(nn.Module):
         B, S, D = h.shape
         qkv = self.qkv(h).view(B, S, 3, self.num_heads, self.head_dim)
         qk, v = qkv.split([2, 1], dim=2)                     # split: its backward is a cat, not zero-fill + copy
-        if cos is not None:                                  # RoPE (1-D or 2-D tables); None: no rotation
-            c, s = cos[:S, None, None, :], sin[:S, None, None, :]   # broadcast over (q|k, head)
-            x = qk.to(c.dtype)                               # RoPE in fp32 (a no-op in fp32 runs)
-            qk = (x * c + rotate_half(x) * s).to(qkv.dtype)
+        if cos is not None: qk = apply_rope(qk, cos, sin)    # RoPE (1-D or 2-D tables); None: no rotation
         q, k = (t.transpose(1, 2) for t in qk.unbind(2))              # [B, H, S, d]
         o = F.scaled_dot_product_attention(q, k, v.squeeze(2).transpose(1, 2).to(q.dtype), is_causal=False)
         return self.out(o.transpose(1, 2).reshape(B, S, D))
@@ -231,10 +260,10 @@ class Block(nn.Module):
     def forward(self, h, cos, sin):
         if hasattr(self, 'mlp_t'):             # [B, S, D] -> [B, D, S]: residual and norm over positions
             t = h.transpose(1, 2)
-            h = rms_norm(t + self.mlp_t(t), self.eps).transpose(1, 2)
+            h = add_rms_norm(t, self.mlp_t(t), self.eps).transpose(1, 2)
         else:
-            h = rms_norm(h + self.attn(h, cos, sin), self.eps)
-        return rms_norm(h + self.mlp(h), self.eps)
+            h = add_rms_norm(h, self.attn(h, cos, sin), self.eps)
+        return add_rms_norm(h, self.mlp(h), self.eps)
 
 class Net(nn.Module):
     "The one shared net: `net(h, injection) = blocks(h + injection)`."
@@ -392,6 +421,22 @@ def count_parameters(model: nn.Module) -> int:
     "Trainable parameters, excluding the puzzle-embedding table."
     skip = getattr(getattr(model, 'puzzle_emb', None), 'weight', None)
     return sum(p.numel() for p in model.parameters() if p.requires_grad and p is not skip)
+
+# %% ../nbs/03_model.ipynb #f5a10006
+def net_call_flops(config: ModelConfig) -> float:
+    "Matmul FLOPs of one net call on one sample (all layers): projections, attention (or the MLP across positions), SwiGLU."
+    c = config; S, D = c.total_len, c.hidden_size
+    mix = 6 * D * S * c.mlp_t_size if c.mlp_t else 8 * S * D * D + 4 * S * S * D
+    return float(c.num_layers * (mix + 6 * S * D * c.ffn_size))
+
+def step_flops(config: ModelConfig, batch: int = 1, train: bool = True) -> float:
+    """FLOPs of one supervision step on `batch` samples: every net call forward, the last cycle's `n+1` calls and the
+    heads also backward (2x forward) when `train`. Evaluation (`train=False`) is forward only."""
+    c = config
+    head = 2 * c.seq_len * c.hidden_size * c.vocab_size + 2 * c.hidden_size * 2      # lm_head on answers + Q head
+    fwd = c.net_calls_per_step * net_call_flops(c) + head
+    bwd = 2 * ((c.n + 1) * net_call_flops(c) + head) if train else 0.0
+    return float(batch * (fwd + bwd))
 
 # %% ../nbs/03_model.ipynb #17280ded
 from .steps import guided_logits, rollout   # noqa: F401 (re-exported: the roll-out lives in `steps`)

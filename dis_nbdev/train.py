@@ -107,7 +107,7 @@ def _wrap_ddp(model: nn.Module, table: list, device) -> nn.Module:
     "DDP over the dense parameters; the puzzle table stays outside (broadcast once from rank 0)."
     ids = {id(p) for p in table}
     DDP._set_params_and_buffers_to_ignore_for_model(model, [n for n, p in model.named_parameters() if id(p) in ids])
-    net = DDP(model, device_ids=[device.index] if device.type == 'cuda' else None)
+    net = DDP(model, device_ids=[device.index] if device.type == 'cuda' else None, broadcast_buffers=False)   # constant buffers: synced once
     with torch.no_grad():
         for p in table: dist.broadcast(p.data, 0)
     return net
@@ -254,9 +254,9 @@ class Trainer:
             if st.is_main:
                 st.run_dir.mkdir(parents=True, exist_ok=True)
                 atomic_write_json(RunDir(st.run_dir).config, {**dataclasses.asdict(cfg), 'bf16_resolved': st.bf16, 'compile_resolved': st.compile})
-                flops = step_flops(st.mcfg, count_parameters(st.model), cfg.global_batch_size)
+                flops = step_flops(st.mcfg, cfg.global_batch_size)
                 print(describe_plan(cfg, reference_examples(st.split.metadata), st.n_sup, flops), file=sys.stderr)
-                print(f'{cfg.name}: optimizer {optimizer_backend(st.optimizers[0])}', file=sys.stderr)
+                print(f'{cfg.name}: optimizer {optimizer_backend(st.optimizers[0])}; {count_parameters(st.model):,} parameters', file=sys.stderr)
             return fit(st)
         finally:
             if st.created_pg and dist.is_initialized(): dist.destroy_process_group()

@@ -18,8 +18,7 @@ from .arc import IGNORE_LABEL, PAD
 # %% auto #0
 __all__ = ['POS_ENCODINGS', 'PRESETS', 'CUDA_FUSED_OPS', 'ModelConfig', 'model_config', 'trunc_normal_', 'rope_tables',
            'rope2d_tables', 'rotate_half', 'rms_norm', 'cuda_fused', 'apply_rope', 'add_rms_norm', 'Attention',
-           'SwiGLU', 'Block', 'Net', 'Carry', 'StepOutput', 'RecursiveModel', 'count_parameters', 'net_call_flops',
-           'step_flops']
+           'SwiGLU', 'Block', 'Net', 'Carry', 'StepOutput', 'RecursiveModel', 'count_parameters']
 
 # %% ../nbs/03_model.ipynb #6b6d5c05
 POS_ENCODINGS = ('rope', 'learned', 'none', 'rope2d')
@@ -422,21 +421,6 @@ def count_parameters(model: nn.Module) -> int:
     skip = getattr(getattr(model, 'puzzle_emb', None), 'weight', None)
     return sum(p.numel() for p in model.parameters() if p.requires_grad and p is not skip)
 
-# %% ../nbs/03_model.ipynb #f5a10006
-def net_call_flops(config: ModelConfig) -> float:
-    "Matmul FLOPs of one net call on one sample (all layers): projections, attention (or the MLP across positions), SwiGLU."
-    c = config; S, D = c.total_len, c.hidden_size
-    mix = 6 * D * S * c.mlp_t_size if c.mlp_t else 8 * S * D * D + 4 * S * S * D
-    return float(c.num_layers * (mix + 6 * S * D * c.ffn_size))
-
-def step_flops(config: ModelConfig, batch: int = 1, train: bool = True) -> float:
-    """FLOPs of one supervision step on `batch` samples: every net call forward, the last cycle's `n+1` calls and the
-    heads also backward (2x forward) when `train`. Evaluation (`train=False`) is forward only."""
-    c = config
-    head = 2 * c.seq_len * c.hidden_size * c.vocab_size + 2 * c.hidden_size * 2      # lm_head on answers + Q head
-    fwd = c.net_calls_per_step * net_call_flops(c) + head
-    bwd = 2 * ((c.n + 1) * net_call_flops(c) + head) if train else 0.0
-    return float(batch * (fwd + bwd))
-
 # %% ../nbs/03_model.ipynb #17280ded
 from .steps import guided_logits, rollout   # noqa: F401 (re-exported: the roll-out lives in `steps`)
+from .flops import net_call_flops, step_flops   # noqa: F401 (re-exported: the one FLOP definition)

@@ -104,12 +104,15 @@ class TrainState:
 
 # %% ../nbs/05_train.ipynb #b1a6991e
 def _wrap_ddp(model: nn.Module, table: list, device) -> nn.Module:
-    "DDP over the dense parameters; the puzzle table stays outside (broadcast once from rank 0)."
+    "DDP over the dense parameters; the puzzle table stays outside and the constant buffers are not re-sent (both broadcast once from rank 0)."
+    import inspect
     ids = {id(p) for p in table}
     DDP._set_params_and_buffers_to_ignore_for_model(model, [n for n, p in model.named_parameters() if id(p) in ids])
-    net = DDP(model, device_ids=[device.index] if device.type == 'cuda' else None, broadcast_buffers=False)   # constant buffers: synced once
+    # the buffers (y0, z0, RoPE tables) are constant: broadcast once below, not before every forward
+    flag = 'forward_sync_buffers' if 'forward_sync_buffers' in inspect.signature(DDP).parameters else 'broadcast_buffers'
+    net = DDP(model, device_ids=[device.index] if device.type == 'cuda' else None, **{flag: False})
     with torch.no_grad():
-        for p in table: dist.broadcast(p.data, 0)
+        for p in [*table, *model.buffers()]: dist.broadcast(p.data, 0)
     return net
 
 def make_state(cfg: TrainConfig, resume: bool = False) -> TrainState:

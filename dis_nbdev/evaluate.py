@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_evaluate.ipynb #279464d5
 from __future__ import annotations
-import contextlib, json, math, sys, time
+import json, math, sys, time
 from pathlib import Path
 from typing import Sequence
 
@@ -12,13 +12,13 @@ import numpy as np
 import torch
 
 from .parsers import ABLATIONS, eval_parser
-from .core import (ArcDataError, ConfigError, DisError, COMPILE_BREAK_EVEN_STEPS, autocast_context, dist_info,
-                            get_device, resolve_bf16)
+from .core import ArcDataError, ConfigError, DisError, autocast_context, dist_info, get_device
 from .files import atomic_write_json
 from .arc import IGNORE_LABEL, parse_variant_name
 from .dataset import TestLoader, open_split
 from .steps import check_injection, guided_logits, next_inputs, rollout, supervision_step
-from .model import StepOutput
+from .model import (EVAL_COMPILE_MIN_BATCH_STEPS, EVAL_PRECISIONS, StepOutput, compiled_net,  # noqa: F401
+                             eval_precision, precision_context)
 from .methods import get_method
 from .checkpoint import check_data_fingerprint, load_trained, setup_distributed
 from .vote import (CONFIDENCES, DEFAULT_KS, Candidate, VoteTable, VoteRecords, StepPredictions,  # noqa: F401
@@ -26,11 +26,10 @@ from .vote import (CONFIDENCES, DEFAULT_KS, Candidate, VoteTable, VoteRecords, S
                             score_candidates, step_answers, vote, vote_batch, vote_confidences, vote_rows)
 
 # %% auto #0
-__all__ = ['EVAL_PRECISIONS', 'EVAL_COMPILE_MIN_BATCH_STEPS', 'validate_submission', 'make_submission', 'write_submission',
-           'score_submission', 'predict_steps', 'parse_ks', 'check_eval_options', 'eval_precision', 'precision_context',
-           'compiled_net', 'load_test_puzzles', 'solutions_of', 'EvalState', 'gather_state', 'step_rows', 'score_steps',
-           'shuffled_identifiers', 'ablation_rollout', 'format_eval_table', 'plot_improvement', 'evaluate',
-           'run_defaults', 'eval_cli', 'ABLATIONS']
+__all__ = ['validate_submission', 'make_submission', 'write_submission', 'score_submission', 'predict_steps', 'parse_ks',
+           'check_eval_options', 'load_test_puzzles', 'solutions_of', 'EvalState', 'gather_state', 'step_rows',
+           'score_steps', 'shuffled_identifiers', 'ablation_rollout', 'format_eval_table', 'plot_improvement',
+           'evaluate', 'run_defaults', 'eval_cli', 'ABLATIONS']
 
 # %% ../nbs/06_evaluate.ipynb #56fdc60f
 def _check_grid(g, where: str):
@@ -153,49 +152,6 @@ def check_eval_options(batch_size, ks, n_steps, cfg_weight, out_dir, early_exit=
         if str(out_dir) == '': raise ConfigError('out_dir: empty path')
         if p.exists() and not p.is_dir(): raise ConfigError(f'out_dir: {p} is a file, not a folder')
     return parse_ks(ks)
-
-# %% ../nbs/06_evaluate.ipynb #e5a10002
-EVAL_PRECISIONS = ('auto', 'fp32', 'tf32', 'bf16')
-EVAL_COMPILE_MIN_BATCH_STEPS = {k: 3 * v for k, v in COMPILE_BREAK_EVEN_STEPS.items()}
-
-def _sm80(dev: torch.device) -> bool:
-    return dev.type == 'cuda' and torch.cuda.is_available() and torch.cuda.get_device_capability(dev) >= (8, 0)
-
-def eval_precision(precision: str = 'auto', bf16=None, device='cpu') -> str:
-    "What evaluation computes in on `device`: 'fp32', 'tf32' (fp32 with TF32 matmuls, CUDA only) or 'bf16' (autocast)."
-    if precision not in EVAL_PRECISIONS: raise ConfigError(f'precision: {precision!r} is not one of {list(EVAL_PRECISIONS)}')
-    dev = torch.device(device)
-    if bf16 is not None:                                   # the older switch decides bf16 when given
-        b = resolve_bf16(bf16, dev)
-        if b and precision in ('fp32', 'tf32') or not b and precision == 'bf16' and bf16 != 'auto':
-            raise ConfigError(f'precision={precision!r} contradicts bf16={bf16!r}; give one of them')
-        if b: return 'bf16'
-        if precision == 'bf16': precision = 'auto'
-    elif precision == 'auto' and dev.type == 'cuda' and resolve_bf16('auto', dev): return 'bf16'
-    if precision == 'auto': precision = 'tf32' if _sm80(dev) else 'fp32'
-    return 'fp32' if precision == 'tf32' and dev.type != 'cuda' else precision
-
-@contextlib.contextmanager
-def precision_context(precision: str, device):
-    "TF32 matmuls on CUDA while inside for 'tf32' (the previous setting restored after); nothing otherwise."
-    if precision != 'tf32' or torch.device(device).type != 'cuda':
-        yield; return
-    m = torch.backends.cuda.matmul
-    key = 'fp32_precision' if hasattr(m, 'fp32_precision') else 'allow_tf32'
-    old = getattr(m, key)
-    setattr(m, key, 'tf32' if key == 'fp32_precision' else True)
-    try: yield
-    finally: setattr(m, key, old)
-
-@contextlib.contextmanager
-def compiled_net(model, on: bool):
-    "`model.net` compiled in place while inside (dynamic shapes: the last batch is smaller), as it was after."
-    net = getattr(model, 'net', None)
-    if not on or net is None or getattr(net, '_compiled_call_impl', None) is not None:
-        yield; return
-    net.compile(dynamic=True)
-    try: yield
-    finally: net._compiled_call_impl = None
 
 # %% ../nbs/06_evaluate.ipynb #119b592f
 def load_test_puzzles(data_dir) -> dict[str, dict]:

@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_model.ipynb #d2109214
 from __future__ import annotations
-import dataclasses, functools, math, warnings
+import contextlib, dataclasses, functools, math, warnings
 from dataclasses import dataclass
 from typing import Iterator, NamedTuple
 
@@ -12,13 +12,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import ConfigError
+from .core import COMPILE_BREAK_EVEN_STEPS, ConfigError, resolve_bf16
 from .arc import IGNORE_LABEL, PAD
 
 # %% auto #0
-__all__ = ['POS_ENCODINGS', 'PRESETS', 'CUDA_FUSED_OPS', 'ModelConfig', 'model_config', 'trunc_normal_', 'rope_tables',
-           'rope2d_tables', 'rotate_half', 'rms_norm', 'cuda_fused', 'apply_rope', 'add_rms_norm', 'Attention',
-           'SwiGLU', 'Block', 'Net', 'Carry', 'StepOutput', 'RecursiveModel', 'count_parameters']
+__all__ = ['POS_ENCODINGS', 'PRESETS', 'CUDA_FUSED_OPS', 'EVAL_PRECISIONS', 'EVAL_COMPILE_MIN_BATCH_STEPS', 'ModelConfig',
+           'model_config', 'trunc_normal_', 'rope_tables', 'rope2d_tables', 'rotate_half', 'rms_norm', 'cuda_fused',
+           'apply_rope', 'add_rms_norm', 'Attention', 'SwiGLU', 'Block', 'Net', 'Carry', 'StepOutput', 'RecursiveModel',
+           'count_parameters', 'eval_precision', 'precision_context', 'compiled_net']
 
 # %% ../nbs/03_model.ipynb #6b6d5c05
 POS_ENCODINGS = ('rope', 'learned', 'none', 'rope2d')
@@ -424,3 +425,46 @@ def count_parameters(model: nn.Module) -> int:
 # %% ../nbs/03_model.ipynb #17280ded
 from .steps import guided_logits, rollout   # noqa: F401 (re-exported: the roll-out lives in `steps`)
 from .flops import net_call_flops, step_flops   # noqa: F401 (re-exported: the one FLOP definition)
+
+# %% ../nbs/03_model.ipynb #e5a10002
+EVAL_PRECISIONS = ('auto', 'fp32', 'tf32', 'bf16')
+EVAL_COMPILE_MIN_BATCH_STEPS = {k: 3 * v for k, v in COMPILE_BREAK_EVEN_STEPS.items()}
+
+def _sm80(dev: torch.device) -> bool:
+    return dev.type == 'cuda' and torch.cuda.is_available() and torch.cuda.get_device_capability(dev) >= (8, 0)
+
+def eval_precision(precision: str = 'auto', bf16=None, device='cpu') -> str:
+    "What evaluation computes in on `device`: 'fp32', 'tf32' (fp32 with TF32 matmuls, CUDA only) or 'bf16' (autocast)."
+    if precision not in EVAL_PRECISIONS: raise ConfigError(f'precision: {precision!r} is not one of {list(EVAL_PRECISIONS)}')
+    dev = torch.device(device)
+    if bf16 is not None:                                   # the older switch decides bf16 when given
+        b = resolve_bf16(bf16, dev)
+        if b and precision in ('fp32', 'tf32') or not b and precision == 'bf16' and bf16 != 'auto':
+            raise ConfigError(f'precision={precision!r} contradicts bf16={bf16!r}; give one of them')
+        if b: return 'bf16'
+        if precision == 'bf16': precision = 'auto'
+    elif precision == 'auto' and dev.type == 'cuda' and resolve_bf16('auto', dev): return 'bf16'
+    if precision == 'auto': precision = 'tf32' if _sm80(dev) else 'fp32'
+    return 'fp32' if precision == 'tf32' and dev.type != 'cuda' else precision
+
+@contextlib.contextmanager
+def precision_context(precision: str, device):
+    "TF32 matmuls on CUDA while inside for 'tf32' (the previous setting restored after); nothing otherwise."
+    if precision != 'tf32' or torch.device(device).type != 'cuda':
+        yield; return
+    m = torch.backends.cuda.matmul
+    key = 'fp32_precision' if hasattr(m, 'fp32_precision') else 'allow_tf32'
+    old = getattr(m, key)
+    setattr(m, key, 'tf32' if key == 'fp32_precision' else True)
+    try: yield
+    finally: setattr(m, key, old)
+
+@contextlib.contextmanager
+def compiled_net(model, on: bool):
+    "`model.net` compiled in place while inside (dynamic shapes: the last batch is smaller), as it was after."
+    net = getattr(model, 'net', None)
+    if not on or net is None or getattr(net, '_compiled_call_impl', None) is not None:
+        yield; return
+    net.compile(dynamic=True)
+    try: yield
+    finally: net._compiled_call_impl = None

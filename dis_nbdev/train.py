@@ -18,7 +18,7 @@ from .core import (DisError, ConfigError, EXIT_INTERRUPTED, seed_everything, res
 from .files import RunDir, FolderLock, clean_stale_temps, atomic_write_json, atomic_write_text
 from .config import check_start, from_dict, load_yaml
 from .dataset import TrainLoader, dataset_fingerprint, open_split
-from .model import RecursiveModel, count_parameters, model_config
+from .model import RecursiveModel, count_parameters, model_config   # noqa: F401 (count_parameters: the examples)
 from .methods import get_method
 from .checkpoint import (TrainConfig, as_train_config, planned_steps, describe_plan, reference_examples,
                                   step_flops, load_state, read_metrics, setup_distributed, truncate_metrics)
@@ -259,7 +259,7 @@ class Trainer:
                 atomic_write_json(RunDir(st.run_dir).config, {**dataclasses.asdict(cfg), 'bf16_resolved': st.bf16, 'compile_resolved': st.compile})
                 flops = step_flops(st.mcfg, cfg.global_batch_size)
                 print(describe_plan(cfg, reference_examples(st.split.metadata), st.n_sup, flops), file=sys.stderr)
-                print(f'{cfg.name}: optimizer {optimizer_backend(st.optimizers[0])}; {count_parameters(st.model):,} parameters', file=sys.stderr)
+                print(f'{cfg.name}: optimizer {optimizer_backend(st.optimizers[0])}', file=sys.stderr)
             return fit(st)
         finally:
             if st.created_pg and dist.is_initialized(): dist.destroy_process_group()

@@ -114,7 +114,7 @@ def test_flops_attention_share_at_the_arc_canvas():
 
 # ------------------------------------------------------------------------------------------- evaluation precision
 def test_eval_precision_resolution(monkeypatch):
-    import dis_nbdev.evaluate as E
+    E = M                                     # the helpers live in the model module; evaluate imports them
     assert E.eval_precision('auto', None, 'cpu') == 'fp32' and E.eval_precision('auto', False, 'cpu') == 'fp32'
     monkeypatch.setattr(E, '_sm80', lambda dev: dev.type == 'cuda')
     monkeypatch.setattr(E, 'resolve_bf16', lambda v, dev: v is True or v == 'auto' and dev.type == 'cuda')
@@ -127,7 +127,7 @@ def test_eval_precision_resolution(monkeypatch):
 
 
 def test_compiled_net_context_restores_the_model():
-    from dis_nbdev.evaluate import compiled_net
+    from dis_nbdev.model import compiled_net
     m = RecursiveModel(tiny_cfg())
     with compiled_net(m, False): assert m.net._compiled_call_impl is None
     with compiled_net(m, True): assert m.net._compiled_call_impl is not None

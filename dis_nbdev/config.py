@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .core import ConfigError, FALSE_WORDS, TRUE_WORDS, auto_bool, parse_device
+from .flops import step_flops as _step_flops
 from .yamlio import MAX_YAML_NODES, load_yaml, parse_yaml   # noqa: F401 (re-exported: the one YAML reader)
 _all_ = ['MAX_YAML_NODES', 'parse_yaml', 'load_yaml']
 
@@ -425,10 +426,9 @@ def planned_steps(cfg: TrainConfig, n_examples: float) -> int:
     if cfg.max_steps is not None: return int(cfg.max_steps)
     return max(1, int(cfg.epochs * n_examples / cfg.global_batch_size))
 
-def step_flops(mcfg, n_params: int, global_batch: int) -> float:
-    "Rough FLOPs of one supervision step: the last cycle with gradient (6 x params x token), the others forward only (2 x)."
-    tokens, calls = global_batch * mcfg.total_len, mcfg.n + 1
-    return n_params * tokens * (2.0 * (mcfg.T - 1) * calls + 6.0 * calls)
+def step_flops(mcfg, global_batch: int) -> float:
+    "FLOPs of one supervision step on the global batch, attention included (`flops.step_flops`, the one definition)."
+    return _step_flops(mcfg, global_batch)
 
 # %% ../nbs/00b_config.ipynb #4df0c98e
 def describe_plan(cfg: TrainConfig, n_examples: float, n_sup: int, flops_per_step: float | None = None,

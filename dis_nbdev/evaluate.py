@@ -12,12 +12,13 @@ import numpy as np
 import torch
 
 from .parsers import ABLATIONS, eval_parser
-from .core import ArcDataError, ConfigError, DisError, autocast_context, dist_info, get_device, resolve_bf16
+from .core import ArcDataError, ConfigError, DisError, autocast_context, dist_info, get_device
 from .files import atomic_write_json
 from .arc import IGNORE_LABEL, parse_variant_name
 from .dataset import TestLoader, open_split
 from .steps import check_injection, guided_logits, next_inputs, rollout, supervision_step
-from .model import StepOutput
+from .model import (EVAL_COMPILE_MIN_BATCH_STEPS, EVAL_PRECISIONS, StepOutput, compiled_net,  # noqa: F401
+                             eval_precision, precision_context)
 from .methods import get_method
 from .checkpoint import check_data_fingerprint, cpu_group, load_trained, setup_distributed
 from .vote import (CONFIDENCES, DEFAULT_KS, Candidate, VoteTable, VoteRecords, StepPredictions,  # noqa: F401
@@ -345,6 +346,7 @@ def _finish(state, puzzles, ks, n_steps: int, kept: int, o: dict, info: dict, ou
               'world_size': info['world_size'], 'time_s': info['time_s'],
               'predictions_per_s': n_pred / max(info['time_s'], 1e-9)}
     if o['ablation'] is not None: result['ablation'] = o['ablation']
+    if info.get('precision', 'fp32') != 'fp32': result['precision'] = info['precision']
     if o['early_exit'] is not None:
         result['early_exit'] = o['early_exit']
         result['calls_saved'] = 1 - state.steps_run / max(state.steps_full, 1)    # supervision steps not run
@@ -361,22 +363,25 @@ def _finish(state, puzzles, ks, n_steps: int, kept: int, o: dict, info: dict, ou
 # %% ../nbs/06_evaluate.ipynb #a6ec01e1
 def evaluate(model, data_dir, batch_size: int = 64, device='auto', cfg_weight: float | None = None,
              ks: Sequence[int] = DEFAULT_KS, out_dir=None, n_steps: int | None = None,
-             injection: str = 'prev_argmax', confidence: str = 'q_halt', bf16: bool | str = False,
+             injection: str = 'prev_argmax', confidence: str = 'q_halt', bf16: bool | str | None = None,
              progress: bool = False, per_step: bool = True, check_data: bool = True,
-             ablation: str | None = None, early_exit: int | None = None, keep_votes: bool | str = 'last') -> dict | None:
+             ablation: str | None = None, early_exit: int | None = None, keep_votes: bool | str = 'last',
+             precision: str = 'auto', compile: bool | str = False) -> dict | None:
     """Score `model` on the test split of the built dataset `data_dir` (augmentation vote, pass@k per step).
     `batch_size` is per process (per GPU): under torchrun each of N ranks scores `batch_size` inputs at a time, N x
     `batch_size` together (any world size divides it).
     Returns the results on rank 0 (None elsewhere); writes `out_dir/eval.json`, `out_dir/submission.json` and
     `out_dir/votes.npz`: every copy's answer of the last step (`keep_votes='last'`), of every kept step ('all'), or
     nothing (False), to redo the vote without the network (`vote.load_vote_records`).
-    `bf16`: False (exact fp32, the default), True, or 'auto' (`core.resolve_bf16`). `per_step=False` reads out,
+    `precision` ('auto': bf16/TF32 on CUDA, exact fp32 on the CPU; 'fp32' forces it), `bf16` (True / False / 'auto',
+    decides bf16 when given) and `compile` (True, False, 'auto'): see `eval_precision`. `per_step=False` reads out,
     votes and scores only the last step (same score and submission; `per_step` then holds that step alone).
     `ablation` (one of `ABLATIONS`) and `early_exit` (stop a copy once its answer has not changed for that many
     steps) are studies, off by default (see `ablation_rollout`); the result then says which, and the calls saved.
     A model from `load_trained` must come with the dataset it was trained on (`check_data=False` skips that check)."""
     ks = check_eval_options(batch_size, ks, n_steps, cfg_weight, out_dir, early_exit, ablation)
     if keep_votes not in (True, False, 'last', 'all'): raise ConfigError(f"keep_votes: {keep_votes!r} is not 'last', 'all' or False")
+    if compile not in (True, False, 'auto'): raise ConfigError(f"compile: {compile!r} is not True, False or 'auto'")
     if check_data: check_data_fingerprint(getattr(model, 'data_fingerprint', None), data_dir, 'evaluate(model)')
     check_injection(injection)
     if confidence not in CONFIDENCES: raise ConfigError(f'confidence: {confidence!r} is not one of {CONFIDENCES}')
@@ -388,7 +393,7 @@ def evaluate(model, data_dir, batch_size: int = 64, device='auto', cfg_weight: f
     ctx = dict(names=split.identifiers, side=split.side, in_index=input_index(puzzles),
                pid_map=shuffled_identifiers(split.identifiers) if ablation == 'puzzle_shuffled' else None)
     n_steps = int(n_steps or model.config.n_sup)
-    bf16 = resolve_bf16(bf16, device)
+    precision = eval_precision(precision, bf16, device); bf16 = precision == 'bf16'
     kept = n_steps if per_step else 1                   # the last `kept` steps are read out and voted
     w = None if cfg_weight is None or float(cfg_weight) == 1.0 else float(cfg_weight)   # w=1 is the plain model
     o = dict(n_steps=n_steps, injection=injection, w=w, confidence=confidence, ablation=ablation, early_exit=early_exit)
@@ -401,13 +406,15 @@ def evaluate(model, data_dir, batch_size: int = 64, device='auto', cfg_weight: f
         loader = tqdm(loader, desc='evaluate', total=len(loader) if hasattr(loader, '__len__') else None)
     t0 = time.time()
     try:
-        for batch in loader: _run_batch(state, model, batch, device, bf16, o, kept, inverses, ctx)
+        big = len(loader) * n_steps >= EVAL_COMPILE_MIN_BATCH_STEPS.get(device.type, math.inf)
+        with precision_context(precision, device), compiled_net(model, compile is True or compile == 'auto' and big):
+            for batch in loader: _run_batch(state, model, batch, device, bf16, o, kept, inverses, ctx)
     finally:
         model.train(was_training)
     elapsed = time.time() - t0
     state = gather_state(state, di.rank, di.world_size)
     if state is None: return None
-    return _finish(state, puzzles, ks, n_steps, kept, o, dict(cfg_weight=cfg_weight, confidence=confidence, bf16=bf16,
+    return _finish(state, puzzles, ks, n_steps, kept, o, dict(cfg_weight=cfg_weight, confidence=confidence, bf16=bf16, precision=precision,
                                                                  world_size=di.world_size, time_s=elapsed), out_dir)
 
 # %% ../nbs/06_evaluate.ipynb #e4f9089c
@@ -437,7 +444,8 @@ def eval_cli(argv: Sequence[str] | None = None) -> dict | None:
         injection = a.injection or dflt.get('injection') or 'prev_argmax'
         res = evaluate(model, a.data, batch_size=a.batch_size, device=device, cfg_weight=a.cfg_weight, ks=ks,
                        out_dir=out, n_steps=a.n_steps if a.n_steps is not None else dflt.get('n_steps'), injection=injection,
-                       confidence=a.confidence or 'q_halt', bf16=a.bf16, progress=True, per_step=not a.last_step_only,
+                       confidence=a.confidence or 'q_halt', bf16=a.bf16, precision=a.precision,
+                       compile={'on': True, 'off': False}.get(a.compile, a.compile), progress=True, per_step=not a.last_step_only,
                        check_data=not a.skip_data_check, ablation=a.ablation, early_exit=a.early_exit, keep_votes=not a.no_votes)
         if res is not None:
             print(format_eval_table(res, ks))

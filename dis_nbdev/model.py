@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_model.ipynb #d2109214
 from __future__ import annotations
-import dataclasses, math
+import contextlib, dataclasses, functools, math, warnings
 from dataclasses import dataclass
 from typing import Iterator, NamedTuple
 
@@ -12,13 +12,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import ConfigError
+from .core import COMPILE_BREAK_EVEN_STEPS, ConfigError, resolve_bf16
 from .arc import IGNORE_LABEL, PAD
 
 # %% auto #0
-__all__ = ['POS_ENCODINGS', 'PRESETS', 'ModelConfig', 'model_config', 'trunc_normal_', 'rope_tables', 'rope2d_tables',
-           'rotate_half', 'rms_norm', 'Attention', 'SwiGLU', 'Block', 'Net', 'Carry', 'StepOutput', 'RecursiveModel',
-           'count_parameters']
+__all__ = ['POS_ENCODINGS', 'PRESETS', 'CUDA_FUSED_OPS', 'EVAL_PRECISIONS', 'EVAL_COMPILE_MIN_BATCH_STEPS', 'ModelConfig',
+           'model_config', 'trunc_normal_', 'rope_tables', 'rope2d_tables', 'rotate_half', 'rms_norm', 'cuda_fused',
+           'apply_rope', 'add_rms_norm', 'Attention', 'SwiGLU', 'Block', 'Net', 'Carry', 'StepOutput', 'RecursiveModel',
+           'count_parameters', 'eval_precision', 'precision_context', 'compiled_net']
 
 # %% ../nbs/03_model.ipynb #6b6d5c05
 POS_ENCODINGS = ('rope', 'learned', 'none', 'rope2d')
@@ -185,6 +186,37 @@ def rms_norm(h: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     "Weightless RMSNorm, computed in fp32, returned in the input dtype."
     return F.rms_norm(h.float(), (h.shape[-1],), eps=eps).to(h.dtype)
 
+# %% ../nbs/03_model.ipynb #f5a10002
+CUDA_FUSED_OPS = True      # compile RoPE and residual+RMSNorm on CUDA in eager mode (False: plain eager everywhere)
+
+def cuda_fused(fn):
+    "`fn`, run through a `torch.compile`d copy on CUDA tensors in eager mode (`fn` itself elsewhere). `.eager` is `fn`."
+    state = {'compiled': None, 'failed': False}
+    @functools.wraps(fn)
+    def wrapper(x, *args):
+        if not (x.is_cuda and CUDA_FUSED_OPS) or state['failed'] or torch.compiler.is_compiling(): return fn(x, *args)
+        if state['compiled'] is None: state['compiled'] = torch.compile(fn, dynamic=True, fullgraph=True)
+        try: return state['compiled'](x, *args)
+        except Exception as e:      # no working compiler here: eager from now on, said once
+            state['failed'] = True
+            warnings.warn(f'{fn.__name__}: the fused CUDA path failed ({type(e).__name__}: {e}); running eager', stacklevel=2)
+            return fn(x, *args)
+    wrapper.eager = fn
+    return wrapper
+
+@cuda_fused
+def apply_rope(qk: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    "RoPE on queries and keys together (`[B, S, 2, H, d]`) with tables `[>=S, d]`: in fp32, returned in `qk`'s dtype."
+    S = qk.shape[1]
+    c, s = cos[:S, None, None, :], sin[:S, None, None, :]     # broadcast over (q|k, head)
+    x = qk.to(c.dtype)                                       # a no-op in fp32 runs
+    return (x * c + rotate_half(x) * s).to(qk.dtype)
+
+@cuda_fused
+def add_rms_norm(h: torch.Tensor, r: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    "`rms_norm(h + r)`: the post-norm residual step (one kernel on the fused CUDA path)."
+    return rms_norm(h + r, eps)
+
 # %% ../nbs/03_model.ipynb #9ff47685
 class Attention(nn.Module):
     "Non-causal multi-head self-attention: fused QKV, RoPE, `scaled_dot_product_attention`."
@@ -198,10 +230,7 @@ class Attention(nn.Module):
         B, S, D = h.shape
         qkv = self.qkv(h).view(B, S, 3, self.num_heads, self.head_dim)
         qk, v = qkv.split([2, 1], dim=2)                     # split: its backward is a cat, not zero-fill + copy
-        if cos is not None:                                  # RoPE (1-D or 2-D tables); None: no rotation
-            c, s = cos[:S, None, None, :], sin[:S, None, None, :]   # broadcast over (q|k, head)
-            x = qk.to(c.dtype)                               # RoPE in fp32 (a no-op in fp32 runs)
-            qk = (x * c + rotate_half(x) * s).to(qkv.dtype)
+        if cos is not None: qk = apply_rope(qk, cos, sin)    # RoPE (1-D or 2-D tables); None: no rotation
         q, k = (t.transpose(1, 2) for t in qk.unbind(2))              # [B, H, S, d]
         o = F.scaled_dot_product_attention(q, k, v.squeeze(2).transpose(1, 2).to(q.dtype), is_causal=False)
         return self.out(o.transpose(1, 2).reshape(B, S, D))
@@ -231,10 +260,10 @@ class Block(nn.Module):
     def forward(self, h, cos, sin):
         if hasattr(self, 'mlp_t'):             # [B, S, D] -> [B, D, S]: residual and norm over positions
             t = h.transpose(1, 2)
-            h = rms_norm(t + self.mlp_t(t), self.eps).transpose(1, 2)
+            h = add_rms_norm(t, self.mlp_t(t), self.eps).transpose(1, 2)
         else:
-            h = rms_norm(h + self.attn(h, cos, sin), self.eps)
-        return rms_norm(h + self.mlp(h), self.eps)
+            h = add_rms_norm(h, self.attn(h, cos, sin), self.eps)
+        return add_rms_norm(h, self.mlp(h), self.eps)
 
 class Net(nn.Module):
     "The one shared net: `net(h, injection) = blocks(h + injection)`."
@@ -395,3 +424,47 @@ def count_parameters(model: nn.Module) -> int:
 
 # %% ../nbs/03_model.ipynb #17280ded
 from .steps import guided_logits, rollout   # noqa: F401 (re-exported: the roll-out lives in `steps`)
+from .flops import net_call_flops, step_flops   # noqa: F401 (re-exported: the one FLOP definition)
+
+# %% ../nbs/03_model.ipynb #e5a10002
+EVAL_PRECISIONS = ('auto', 'fp32', 'tf32', 'bf16')
+EVAL_COMPILE_MIN_BATCH_STEPS = {k: 3 * v for k, v in COMPILE_BREAK_EVEN_STEPS.items()}
+
+def _sm80(dev: torch.device) -> bool:
+    return dev.type == 'cuda' and torch.cuda.is_available() and torch.cuda.get_device_capability(dev) >= (8, 0)
+
+def eval_precision(precision: str = 'auto', bf16=None, device='cpu') -> str:
+    "What evaluation computes in on `device`: 'fp32', 'tf32' (fp32 with TF32 matmuls, CUDA only) or 'bf16' (autocast)."
+    if precision not in EVAL_PRECISIONS: raise ConfigError(f'precision: {precision!r} is not one of {list(EVAL_PRECISIONS)}')
+    dev = torch.device(device)
+    if bf16 is not None:                                   # the older switch decides bf16 when given
+        b = resolve_bf16(bf16, dev)
+        if b and precision in ('fp32', 'tf32') or not b and precision == 'bf16' and bf16 != 'auto':
+            raise ConfigError(f'precision={precision!r} contradicts bf16={bf16!r}; give one of them')
+        if b: return 'bf16'
+        if precision == 'bf16': precision = 'auto'
+    elif precision == 'auto' and dev.type == 'cuda' and resolve_bf16('auto', dev): return 'bf16'
+    if precision == 'auto': precision = 'tf32' if _sm80(dev) else 'fp32'
+    return 'fp32' if precision == 'tf32' and dev.type != 'cuda' else precision
+
+@contextlib.contextmanager
+def precision_context(precision: str, device):
+    "TF32 matmuls on CUDA while inside for 'tf32' (the previous setting restored after); nothing otherwise."
+    if precision != 'tf32' or torch.device(device).type != 'cuda':
+        yield; return
+    m = torch.backends.cuda.matmul
+    key = 'fp32_precision' if hasattr(m, 'fp32_precision') else 'allow_tf32'
+    old = getattr(m, key)
+    setattr(m, key, 'tf32' if key == 'fp32_precision' else True)
+    try: yield
+    finally: setattr(m, key, old)
+
+@contextlib.contextmanager
+def compiled_net(model, on: bool):
+    "`model.net` compiled in place while inside (dynamic shapes: the last batch is smaller), as it was after."
+    net = getattr(model, 'net', None)
+    if not on or net is None or getattr(net, '_compiled_call_impl', None) is not None:
+        yield; return
+    net.compile(dynamic=True)
+    try: yield
+    finally: net._compiled_call_impl = None

@@ -80,8 +80,12 @@ def eval_parser() -> argparse.ArgumentParser:
     ap.add_argument('--device', default='auto')
     ap.add_argument('--no-ema', action='store_true', help='use the raw weights even when the run has EMA weights')
     ap.add_argument('--skip-data-check', action='store_true', help='evaluate even when --data is not the dataset the run was trained on')
-    ap.add_argument('--bf16', nargs='?', const='on', default='off', metavar='auto|on|off',
-                    help='bf16 autocast: off (exact fp32, the default), on, or auto (on where the device computes bf16 natively)')
+    ap.add_argument('--bf16', nargs='?', const='on', default=None, metavar='auto|on|off',
+                    help='bf16 autocast: on, off, or auto (on where the device computes bf16 natively); default: --precision decides')
+    ap.add_argument('--precision', choices=('auto', 'fp32', 'tf32', 'bf16'), default='auto',
+                    help='auto (the default): bf16 or TF32 on CUDA, exact fp32 on the CPU; fp32 forces exact fp32')
+    ap.add_argument('--compile', choices=('auto', 'on', 'off'), default='off',
+                    help='compile the net for the evaluation (auto: on CUDA when the evaluation is long enough)')
     ap.add_argument('--last-step-only', action='store_true', help='read out and vote only the last step (same score, less work)')
     ap.add_argument('--ks', default=','.join(map(str, DEFAULT_KS)), help='comma-separated k of pass@k')
     ap.add_argument('--ablation', choices=ABLATIONS, default=None,

@@ -18,7 +18,7 @@ from .core import (DisError, ConfigError, EXIT_INTERRUPTED, seed_everything, res
 from .files import RunDir, FolderLock, clean_stale_temps, atomic_write_json, atomic_write_text
 from .config import check_start, from_dict, load_yaml
 from .dataset import TrainLoader, dataset_fingerprint, open_split
-from .model import RecursiveModel, count_parameters, model_config
+from .model import RecursiveModel, count_parameters, model_config   # noqa: F401 (count_parameters: the examples)
 from .methods import get_method
 from .checkpoint import (TrainConfig, as_train_config, planned_steps, describe_plan, reference_examples,
                                   step_flops, load_state, read_checkpoint_all, read_metrics, setup_distributed,
@@ -105,12 +105,15 @@ class TrainState:
 
 # %% ../nbs/05_train.ipynb #b1a6991e
 def _wrap_ddp(model: nn.Module, table: list, device) -> nn.Module:
-    "DDP over the dense parameters; the puzzle table stays outside (broadcast once from rank 0)."
+    "DDP over the dense parameters; the puzzle table stays outside and the constant buffers are not re-sent (both broadcast once from rank 0)."
+    import inspect
     ids = {id(p) for p in table}
     DDP._set_params_and_buffers_to_ignore_for_model(model, [n for n, p in model.named_parameters() if id(p) in ids])
-    net = DDP(model, device_ids=[device.index] if device.type == 'cuda' else None)
+    # the buffers (y0, z0, RoPE tables) are constant: broadcast once below, not before every forward
+    flag = 'forward_sync_buffers' if 'forward_sync_buffers' in inspect.signature(DDP).parameters else 'broadcast_buffers'
+    net = DDP(model, device_ids=[device.index] if device.type == 'cuda' else None, **{flag: False})
     with torch.no_grad():
-        for p in table: dist.broadcast(p.data, 0)
+        for p in [*table, *model.buffers()]: dist.broadcast(p.data, 0)
     return net
 
 def make_state(cfg: TrainConfig, resume: bool = False) -> TrainState:
@@ -261,7 +264,7 @@ class Trainer:
             if st.is_main:
                 st.run_dir.mkdir(parents=True, exist_ok=True)
                 atomic_write_json(RunDir(st.run_dir).config, {**dataclasses.asdict(cfg), 'bf16_resolved': st.bf16, 'compile_resolved': st.compile})
-                flops = step_flops(st.mcfg, count_parameters(st.model), cfg.global_batch_size)
+                flops = step_flops(st.mcfg, cfg.global_batch_size)
                 print(describe_plan(cfg, reference_examples(st.split.metadata), st.n_sup, flops), file=sys.stderr)
                 print(f'{cfg.name}: optimizer {optimizer_backend(st.optimizers[0])}', file=sys.stderr)
             return fit(st)

@@ -13,12 +13,13 @@ from .yamlio import MAX_YAML_NODES, load_yaml, parse_yaml   # noqa: F401 (re-exp
 _all_ = ['MAX_YAML_NODES', 'parse_yaml', 'load_yaml']
 
 # %% auto #0
-__all__ = ['CHOICES', 'MODEL_SCHEMA', 'METHOD_SCHEMA', 'TRAIN_RANGES', 'parse_value', 'parse_overrides', 'deep_merge',
-           'apply_overrides', 'coerce_value', 'field_hints', 'unknown_keys', 'dict_problems', 'build_problems',
-           'config_error', 'from_dict', 'check_ranges', 'TrainConfig', 'register_choices', 'register_method_schema',
-           'method_of', 'register_model_schema', 'train_config_problems', 'as_train_config', 'start_problems',
-           'check_start', 'reference_examples', 'planned_steps', 'step_flops', 'describe_plan', 'MAX_YAML_NODES',
-           'parse_yaml', 'load_yaml']
+__all__ = ['CHOICES', 'MODEL_SCHEMA', 'METHOD_SCHEMA', 'TRAIN_RANGES', 'MEMORY_HEADROOM', 'parse_value', 'parse_overrides',
+           'deep_merge', 'apply_overrides', 'coerce_value', 'field_hints', 'unknown_keys', 'dict_problems',
+           'build_problems', 'config_error', 'from_dict', 'check_ranges', 'TrainConfig', 'register_choices',
+           'register_method_schema', 'method_of', 'register_model_schema', 'train_config_problems', 'as_train_config',
+           'start_problems', 'check_start', 'reference_examples', 'planned_steps', 'step_flops', 'describe_plan',
+           'activation_bytes', 'memory_plan', 'describe_memory', 'check_memory', 'MAX_YAML_NODES', 'parse_yaml',
+           'load_yaml']
 
 # %% ../nbs/00b_config.ipynb #e4801ff8
 _KEY_RE = re.compile(r'[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*')
@@ -451,3 +452,63 @@ def describe_plan(cfg: TrainConfig, n_examples: float, n_sup: int, flops_per_ste
             f'epochs of {n_examples:,.0f} examples as the references count them; warm-up {cfg.lr_warmup_steps:,})')
     if flops_per_step: line += f'; roughly {steps * flops_per_step / (tflops * 1e12) / 3600:,.1f} GPU-hours at {tflops:g} TFLOP/s'
     return line
+
+# %% ../nbs/00b_config.ipynb #h3cf0002
+def activation_bytes(mcfg, bf16: bool = False) -> int:
+    "Estimated bytes autograd saves per sample for one supervision step of the model config `mcfg` (fp32, or bf16 autocast)."
+    a, D, S, H = (2 if bf16 else 4), mcfg.hidden_size, mcfg.total_len, mcfg.num_heads
+    F, calls = mcfg.ffn_size, mcfg.n + 1                       # the net calls of the last cycle (with gradient)
+    if getattr(mcfg, 'mlp_t', False):                          # a SwiGLU across the S positions instead of attention
+        Ft = mcfg.mlp_t_size
+        mix = a * (S * D + 4 * Ft * D + S * D) + 4 * S * D     # per sample: in, gate/up/product, transposed copy; norm
+    else:                                                      # attention: in, rotated q+k, qkv, out; norm; log-sum-exp
+        rot = 2 * D if getattr(mcfg, 'pos_encodings', 'rope') in ('rope', 'rope2d') else 0   # unrotated q, k: views of qkv
+        mix = S * (a * (5 * D + rot) + 4 * D + 4 * H)
+    block = mix + S * (a * (D + 4 * F) + 4 * D)                # + SwiGLU
+    head = S * mcfg.hidden_size * a + mcfg.seq_len * mcfg.vocab_size * (a + 4 * 4)   # lm_head input, logits, the loss
+    return int(calls * mcfg.num_layers * block + head)
+
+
+# %% ../nbs/00b_config.ipynb #h3cf0005
+MEMORY_HEADROOM = 0.92      # share of a GPU's memory a plan may fill
+
+def memory_plan(cfg: TrainConfig, mcfg, n_params: int, world_size: int = 1, bf16: bool = False) -> dict:
+    "Bytes per GPU of the run `cfg` with model config `mcfg` (`n_params` dense parameters) on `world_size` GPUs."
+    b = cfg.global_batch_size // max(world_size, 1)
+    micro = getattr(cfg, 'micro_batch_size', None)              # gradient accumulation (a TrainConfig field when present)
+    rows = min(int(micro), b) if micro else b
+    per_sample = activation_bytes(mcfg, bf16)
+    out = dict(rows_per_forward=rows, rows_per_gpu=b, activation_per_sample=per_sample,
+               activations=rows * per_sample,
+               carry=2 * b * mcfg.total_len * mcfg.hidden_size * 4,
+               weights_and_grads=2 * 4 * n_params,
+               optimizer=2 * 4 * n_params,
+               ema=4 * n_params if cfg.ema else 0,
+               puzzle_table=4 * mcfg.num_puzzle_identifiers * getattr(mcfg, 'puzzle_emb_ndim', 0))
+    out['total'] = sum(v for k, v in out.items() if k not in ('rows_per_forward', 'rows_per_gpu', 'activation_per_sample'))
+    return out
+
+def _gib(n: float) -> str: return f'{n / 2**30:,.1f} GiB' if n >= 2**30 else f'{n / 2**20:,.1f} MiB'
+
+def describe_memory(cfg: TrainConfig, plan: dict, device_bytes: int | None = None) -> str:
+    "One line: the plan's memory per GPU, part by part, and the device's when known."
+    line = (f'{cfg.name}: memory per GPU {_gib(plan["total"])} = activations {_gib(plan["activations"])} '
+            f'({plan["rows_per_forward"]} rows x {_gib(plan["activation_per_sample"])} per sample and supervision step) '
+            f'+ carry {_gib(plan["carry"])} + weights and grads {_gib(plan["weights_and_grads"])} + optimizer '
+            f'{_gib(plan["optimizer"])} + EMA {_gib(plan["ema"])} + puzzle table {_gib(plan["puzzle_table"])}')
+    if device_bytes: line += f'; the device has {_gib(device_bytes)}'
+    return line
+
+def check_memory(cfg: TrainConfig, plan: dict, device_bytes: int, where: str = 'TrainConfig') -> None:
+    "ConfigError naming global_batch_size / micro_batch_size / preset when `plan` cannot fit `device_bytes`."
+    if plan['total'] <= MEMORY_HEADROOM * device_bytes: return
+    fixed = plan['total'] - plan['activations']
+    room = MEMORY_HEADROOM * device_bytes - fixed
+    fit = int(room // plan['activation_per_sample']) if room > 0 else 0
+    hint = (f'at most {fit} rows per forward fit: set micro_batch_size <= {fit} (gradient accumulation) or lower '
+            f'global_batch_size' if fit >= 1 else 'not even one row fits: choose a smaller preset')
+    raise ConfigError(f'{where}: global_batch_size={cfg.global_batch_size}, micro_batch_size='
+                      f'{getattr(cfg, "micro_batch_size", None)}, preset={cfg.preset!r} need {_gib(plan["total"])} per GPU '
+                      f'(activations {_gib(plan["activations"])}), more than {MEMORY_HEADROOM:.0%} of the device\'s '
+                      f'{_gib(device_bytes)}; {hint}')
+

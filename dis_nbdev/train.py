@@ -17,7 +17,7 @@ from .parsers import train_parser
 from .core import (DisError, ConfigError, EXIT_INTERRUPTED, seed_everything, resolve_bf16, resolve_compile,
                             dist_info)
 from .files import RunDir, FolderLock, clean_stale_temps, atomic_write_json, atomic_write_text
-from .config import check_start, from_dict, load_yaml
+from .config import check_memory, check_start, describe_memory, from_dict, load_yaml, memory_plan
 from .dataset import TrainLoader, dataset_fingerprint, open_split
 from .model import RecursiveModel, count_parameters, model_config
 from .methods import get_method
@@ -83,6 +83,7 @@ class TrainState:
     compile: bool = False               # whether the shared net was compiled (cfg.compile may say 'auto')
     method: object = None               # the run's `methods.Method` (how a batch is spent, what is recorded)
     prefetch: bool = True               # prepare the next batch in a background thread while this one trains
+    memory: dict | None = None          # the plan's bytes per GPU (`config.memory_plan`)
 
     @property
     def world(self) -> int: return self.info.world_size
@@ -115,6 +116,9 @@ def _wrap_ddp(model: nn.Module, table: list, device) -> nn.Module:
         for p in table: dist.broadcast(p.data, 0)
     return net
 
+def _device_bytes(device) -> int | None:
+    return torch.cuda.get_device_properties(device).total_memory if device.type == 'cuda' else None
+
 def make_state(cfg: TrainConfig, resume: bool = False) -> TrainState:
     "A fresh (or resumed) training state for `cfg`."
     if not cfg.data_dir: raise ConfigError('TrainConfig.data_dir: empty; point it at a folder built by dis-build-arc')
@@ -132,6 +136,8 @@ def make_state(cfg: TrainConfig, resume: bool = False) -> TrainState:
     tg = method.target_generator(cfg)
     seed_everything(cfg.seed)
     model, mcfg = build_model(cfg, split.metadata, int(getattr(tg, 'extra_vocab', 0)))
+    memory = memory_plan(cfg, mcfg, count_parameters(model), info.world_size, resolve_bf16(cfg.bf16, device))
+    if device.type == 'cuda': check_memory(cfg, memory, _device_bytes(device))   # refused before anything is allocated
     model.to(device)
     n_sup = method.steps_per_batch(int(mcfg.n_sup))
     gen = torch.Generator().manual_seed(cfg.seed + 12345)
@@ -149,7 +155,7 @@ def make_state(cfg: TrainConfig, resume: bool = False) -> TrainState:
     st = TrainState(cfg, mcfg, model, net, optimizers, schedulers, ema, loader, split, tg, gen, device, info, n_sup,
                     method.weights(cfg, n_sup), table, total, method.metric_sums(cfg, mcfg, device),
                     created_pg=created, data_fingerprint=dataset_fingerprint(cfg.data_dir), bf16=bf16, compile=compiled,
-                    method=method)
+                    method=method, memory=memory)
     if resume and ckpt.exists(): resume_state(st, ckpt)
     elif info.is_main: truncate_metrics(st.run_dir, 0)   # records of an attempt killed before its first checkpoint
     return st
@@ -315,6 +321,7 @@ class Trainer:
                 atomic_write_json(RunDir(st.run_dir).config, {**dataclasses.asdict(cfg), 'bf16_resolved': st.bf16, 'compile_resolved': st.compile})
                 flops = step_flops(st.mcfg, count_parameters(st.model), cfg.global_batch_size)
                 print(describe_plan(cfg, reference_examples(st.split.metadata), st.n_sup, flops), file=sys.stderr)
+                if st.memory: print(describe_memory(cfg, st.memory, _device_bytes(st.device)), file=sys.stderr)
                 print(f'{cfg.name}: optimizer {optimizer_backend(st.optimizers[0])}', file=sys.stderr)
             return fit(st)
         finally:

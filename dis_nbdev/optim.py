@@ -204,15 +204,22 @@ class EMA(AveragedModel):
         self.n_averaged += 1; self._n += 1
 
 def make_ema(model: nn.Module, decay: float):
-    "An `AveragedModel` EMA of `model` that skips the puzzle-embedding table."
-    ema = EMA(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
-    skip = {p.data_ptr() for p in puzzle_params(ema.module)}
+    "An `AveragedModel` EMA of `model` that shares its live puzzle-embedding table (no copy; never averaged)."
+    table, pe = puzzle_params(model), getattr(model, 'puzzle_emb', None)
+    if table: model.puzzle_emb = None       # copy everything but the table (~2 GB fp32 at ARC scale)
+    try: ema = EMA(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    finally:
+        if table: model.puzzle_emb = pe
+    if table: ema.module.puzzle_emb = pe     # the same module, in the same place: parameter order unchanged
+    skip = {p.data_ptr() for p in table}
     base = get_ema_multi_avg_fn(decay)
     def avg(ema_params, cur_params, n):
         keep = [i for i, p in enumerate(ema_params) if p.data_ptr() not in skip and p.is_floating_point()]
         if keep: base([ema_params[i] for i in keep], [cur_params[i] for i in keep], n)
     ema.multi_avg_fn = avg
-    for p in ema.parameters(): p.requires_grad_(False)
+    shared = {id(p) for p in table}
+    for p in ema.parameters():
+        if id(p) not in shared: p.requires_grad_(False)
     return ema
 
 def make_optimizers(model: nn.Module, cfg) -> tuple[list, list[nn.Parameter]]:
@@ -225,9 +232,10 @@ def make_optimizers(model: nn.Module, cfg) -> tuple[list, list[nn.Parameter]]:
     return opts, table
 
 def averaged_model(model: nn.Module, ema: nn.Module | None) -> nn.Module:
-    "The EMA model with the live puzzle table of `model` copied in, or `model` itself without EMA."
+    "The EMA model with the live puzzle table of `model` (shared by `make_ema`'s EMA, else copied in), or `model` without EMA."
     if ema is None: return model
     m = ema.module
-    with torch.no_grad():   # the EMA copy's parameters are frozen (requires_grad False): take its table by name
-        for pe, pm in zip(m.puzzle_emb.parameters() if puzzle_params(model) else (), puzzle_params(model)): pe.copy_(pm)
+    with torch.no_grad():   # an EMA loaded or made elsewhere may hold a copy of the table: take the live one by name
+        for pe, pm in zip(m.puzzle_emb.parameters() if puzzle_params(model) else (), puzzle_params(model)):
+            if pe is not pm: pe.copy_(pm)
     return m

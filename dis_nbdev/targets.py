@@ -16,7 +16,7 @@ from .arc import COLOUR_OFFSET, IGNORE_LABEL, VOCAB_SIZE, draw_grid, pairs_to_to
 # %% auto #0
 __all__ = ['N_COLOURS', 'BASE_VOCAB', 'MASK_ID', 'random_ranks', 'reveal_counts', 'input_to_label_path', 'corrupt_label_path',
            'replacement_colours', 'uniform_scores', 'TargetGenerator', 'InputToLabel', 'CorruptLabel', 'LabelOnly',
-           'finalize_frames', 'validate_frames', 'FunctionTargetGenerator', 'register_target_generator',
+           'local_frames', 'finalize_frames', 'validate_frames', 'FunctionTargetGenerator', 'register_target_generator',
            'target_generator_names', 'get_target_generator', 'reading_order_path', 'hamming_to_label',
            'frames_to_grids', 'label_box', 'plot_tokens', 'plot_target_paths', 'arc_token_batch']
 
@@ -92,12 +92,24 @@ class TargetGenerator:
     name: str = 'target_generator'
     extra_vocab: int = 0
 
+    row_local: bool = False     # True: `draws` + `frames_from`; a row's frames depend on its own row and draws only
+
     def __call__(self, inputs: torch.Tensor, labels: torch.Tensor, n_steps: int,
                  generator: torch.Generator | None = None) -> torch.Tensor:
         _check_batch(inputs, labels, n_steps)
         return self.frames(inputs.long(), labels.long(), n_steps, generator)
 
     def frames(self, inputs, labels, n_steps, generator):
+        if not self.row_local: raise NotImplementedError
+        draws = self.draws(tuple(labels.shape), generator, _rng_device(generator, labels))
+        return self.frames_from(inputs, labels, n_steps, [d.to(labels.device) for d in draws])
+
+    def draws(self, shape: tuple, generator: torch.Generator | None, device) -> list[torch.Tensor]:
+        "Row-local generators: the random tensors (rows first) of a batch of `shape` [B, L], drawn on `device`."
+        return []
+
+    def frames_from(self, inputs, labels, n_steps, draws):
+        "Row-local generators: the frames of `inputs`/`labels` [b, L] from the matching rows of `draws`."
         raise NotImplementedError
 
     def __repr__(self):
@@ -108,9 +120,11 @@ class TargetGenerator:
 class InputToLabel(TargetGenerator):
     "The DIS code's targets: a random path from the input to the label (see `input_to_label_path`)."
     name = 'input_to_label'
+    row_local = True
     def __init__(self, ignored_in_path: bool = True): self.ignored_in_path = bool(ignored_in_path)
-    def frames(self, inputs, labels, n_steps, generator):
-        return input_to_label_path(inputs, labels, n_steps, uniform_scores(labels, generator), self.ignored_in_path)
+    def draws(self, shape, generator, device): return [torch.rand(shape, generator=generator, device=device)]
+    def frames_from(self, inputs, labels, n_steps, draws):
+        return input_to_label_path(inputs, labels, n_steps, draws[0], self.ignored_in_path)
 
 class CorruptLabel(TargetGenerator):
     "The DIS paper's targets: y* with a linearly decreasing share of its colour cells masked or replaced."
@@ -119,20 +133,37 @@ class CorruptLabel(TargetGenerator):
         if not 0.0 <= float(max_rate) <= 1.0: raise ConfigError(f"targets: max_rate must be in [0, 1], got {max_rate!r}")
         self.mode, self.max_rate, self.exact, self.allow_same = mode, float(max_rate), bool(exact), bool(allow_same)
         self.name, self.extra_vocab = mode, (1 if mode == 'mask' else 0)
-    def frames(self, inputs, labels, n_steps, generator):
-        scores = uniform_scores(labels, generator)
-        if self.mode == 'mask': noise = torch.full_like(labels, MASK_ID)
-        else:
-            lo = 0 if self.allow_same else 1
-            offs = torch.randint(lo, N_COLOURS, labels.shape, generator=generator, device=_rng_device(generator, labels))
-            noise = replacement_colours(labels, offs.to(labels.device), self.allow_same)
-        return corrupt_label_path(labels, n_steps, scores, noise, self.max_rate, self.exact)
+    row_local = True
+    def draws(self, shape, generator, device):
+        out = [torch.rand(shape, generator=generator, device=device)]      # the order of the draws is part of the result
+        if self.mode == 'replace':
+            out.append(torch.randint(0 if self.allow_same else 1, N_COLOURS, shape, generator=generator, device=device))
+        return out
+    def frames_from(self, inputs, labels, n_steps, draws):
+        noise = torch.full_like(labels, MASK_ID) if self.mode == 'mask' else replacement_colours(labels, draws[1], self.allow_same)
+        return corrupt_label_path(labels, n_steps, draws[0], noise, self.max_rate, self.exact)
 
 class LabelOnly(TargetGenerator):
     "TRM-style deep supervision: every step is trained on the final label."
-    name = 'label'
-    def frames(self, inputs, labels, n_steps, generator):
+    name, row_local = 'label', True
+    def frames_from(self, inputs, labels, n_steps, draws):
         return labels[None].expand(n_steps, *labels.shape).clone()
+
+# %% ../nbs/04_targets.ipynb #h3tg0002
+def local_frames(gen: TargetGenerator, inputs: torch.Tensor, labels: torch.Tensor, n_steps: int,
+                 generator: torch.Generator | None, start: int, global_batch: int) -> torch.Tensor:
+    """Long[n_steps,b,L]: the frames of rows `start..start+b` of a global batch of `global_batch` rows, equal to
+    `gen(global inputs, global labels, n_steps, generator)[:, start:start+b]`, from those rows only (a row-local `gen`).
+    The draws come from `generator` (its device) and are sliced before they move to `labels`' device."""
+    _check_batch(inputs, labels, n_steps)
+    b = labels.shape[0]
+    if not getattr(gen, 'row_local', False):
+        raise ConfigError(f"target generator {getattr(gen, 'name', gen)!r} is not row-local: compute it on the global batch")
+    if not 0 <= start <= global_batch - b:
+        raise ConfigError(f"target generator: rows {start}..{start + b} outside a global batch of {global_batch}")
+    draws = gen.draws((global_batch, labels.shape[1]), generator, _rng_device(generator, labels))
+    return gen.frames_from(inputs.long(), labels.long(), n_steps, [d[start:start + b].to(labels.device) for d in draws])
+
 
 # %% ../nbs/04_targets.ipynb #209c55bd
 def finalize_frames(frames: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

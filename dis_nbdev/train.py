@@ -4,7 +4,8 @@
 
 # %% ../nbs/05_train.ipynb #868eeeae
 from __future__ import annotations
-import dataclasses, json, os, sys
+import contextlib, copy, dataclasses, json, os, sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -16,7 +17,7 @@ from .parsers import train_parser
 from .core import (DisError, ConfigError, EXIT_INTERRUPTED, seed_everything, resolve_bf16, resolve_compile,
                             dist_info)
 from .files import RunDir, FolderLock, clean_stale_temps, atomic_write_json, atomic_write_text
-from .config import check_start, from_dict, load_yaml
+from .config import check_memory, check_start, describe_memory, from_dict, load_yaml, memory_plan
 from .dataset import TrainLoader, dataset_fingerprint, open_split
 from .model import RecursiveModel, count_parameters, model_config   # noqa: F401 (count_parameters: the examples)
 from .methods import get_method
@@ -36,7 +37,7 @@ import dis_nbdev.boards  # noqa: F401  (registers the board target generators: s
 
 # %% auto #0
 __all__ = ['RESUME_APPLIED', 'RESUME_FIXED', 'build_model', 'TrainState', 'make_state', 'changed_settings', 'check_resumable',
-           'apply_changed_settings', 'resume_state', 'stop_reason', 'fit', 'Trainer', 'train', 'train_cli']
+           'apply_changed_settings', 'resume_state', 'BatchFeed', 'stop_reason', 'fit', 'Trainer', 'train', 'train_cli']
 
 # %% ../nbs/05_train.ipynb #b3c59590
 def build_model(cfg: TrainConfig, metadata=None, extra_vocab: int = 0):
@@ -82,6 +83,8 @@ class TrainState:
     bf16: bool = False                  # the resolved precision (cfg.bf16 may say 'auto')
     compile: bool = False               # whether the shared net was compiled (cfg.compile may say 'auto')
     method: object = None               # the run's `methods.Method` (how a batch is spent, what is recorded)
+    prefetch: bool = True               # prepare the next batch in a background thread while this one trains
+    memory: dict | None = None          # the plan's bytes per GPU (`config.memory_plan`)
 
     @property
     def world(self) -> int: return self.info.world_size
@@ -94,7 +97,8 @@ class TrainState:
     @property
     def is_main(self) -> bool: return self.info.is_main
     def local(self, t: torch.Tensor, dim: int = 0) -> torch.Tensor:
-        "This rank's slice of a global-batch tensor, on the training device."
+        "This rank's slice of a global-batch tensor (one already of the local size is this rank's), on the training device."
+        if t.shape[dim] != self.cfg.global_batch_size: return t.to(self.device, non_blocking=True)
         return t.narrow(dim, self.info.rank * self.b, self.b).to(self.device, non_blocking=True)   # host to device: no sync
     def fire(self, event: str, *args) -> None:
         "Call `event` on every callback that has it."
@@ -115,6 +119,9 @@ def _wrap_ddp(model: nn.Module, table: list, device) -> nn.Module:
     with torch.no_grad():
         for p in [*table, *model.buffers()]: dist.broadcast(p.data, 0)
     return net
+
+def _device_bytes(device) -> int | None:
+    return torch.cuda.get_device_properties(device).total_memory if device.type == 'cuda' else None
 
 def make_state(cfg: TrainConfig, resume: bool = False) -> TrainState:
     "A fresh (or resumed) training state for `cfg`."
@@ -137,6 +144,8 @@ def make_state(cfg: TrainConfig, resume: bool = False) -> TrainState:
     tg = method.target_generator(cfg)
     seed_everything(cfg.seed)
     model, mcfg = build_model(cfg, split.metadata, int(getattr(tg, 'extra_vocab', 0)))
+    memory = memory_plan(cfg, mcfg, count_parameters(model), info.world_size, resolve_bf16(cfg.bf16, device))
+    if device.type == 'cuda': check_memory(cfg, memory, _device_bytes(device))   # refused before anything is allocated
     model.to(device)
     n_sup = method.steps_per_batch(int(mcfg.n_sup))
     gen = torch.Generator().manual_seed(cfg.seed + 12345)
@@ -154,7 +163,7 @@ def make_state(cfg: TrainConfig, resume: bool = False) -> TrainState:
     st = TrainState(cfg, mcfg, model, net, optimizers, schedulers, ema, loader, split, tg, gen, device, info, n_sup,
                     method.weights(cfg, n_sup), table, total, method.metric_sums(cfg, mcfg, device),
                     created_pg=created, data_fingerprint=dataset_fingerprint(cfg.data_dir), bf16=bf16, compile=compiled,
-                    method=method)
+                    method=method, memory=memory)
     if resume and ckpt.exists(): resume_state(st, ckpt)
     elif info.is_main: truncate_metrics(st.run_dir, 0)   # records of an attempt killed before its first checkpoint
     return st
@@ -211,6 +220,61 @@ def resume_state(st: TrainState, path) -> None:
         keep = [r for r in read_metrics(st.run_dir) if 'loss' not in r or r.get('step', 0) <= last]
         atomic_write_text(RunDir(st.run_dir).metrics, ''.join(json.dumps(r) + '\n' for r in keep))
 
+# %% ../nbs/05_train.ipynb #h3tr0002
+def _to_device(t, device, pin: bool):
+    if not isinstance(t, torch.Tensor) or t.device == device: return t
+    return (t.pin_memory() if pin else t).to(device, non_blocking=pin)
+
+class BatchFeed:
+    "Iterator of the prepared batches of `st`, one made ahead in a background thread (`thread=False`: in line)."
+    def __init__(self, st: TrainState, thread: bool = True):
+        self.st, self.cuda = st, st.device.type == 'cuda'
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix='dis-batch-feed') if thread else None
+        self.stream = torch.cuda.Stream(st.device) if self.cuda and thread else None
+        self.pending = None
+        self._sync()
+
+    def _sync(self) -> None:
+        "Read ahead from where the run's loader and generator stand now."
+        self.loader = copy.copy(self.st.loader)
+        self.gen = torch.Generator().manual_seed(0); self.gen.set_state(self.st.gen.get_state())
+
+    def _make(self) -> dict:
+        st = self.st
+        pos, g0 = self.loader.position, self.gen.get_state()
+        rows = self.loader.next_rows()
+        if not st.method.global_rows(st): rows = rows[st.info.rank * st.b:(st.info.rank + 1) * st.b]
+        raw, event = st.split.batch(rows), None
+        with torch.cuda.device(st.device) if self.cuda else contextlib.nullcontext(), \
+             torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext():
+            raw = {k: _to_device(v, st.device, self.cuda) for k, v in raw.items()}
+            batch = st.method.prepare_batch(st, raw, self.gen)       # on the device: the frames' argsort too
+            if self.stream is not None: event = torch.cuda.Event(); event.record(self.stream)
+        g1 = self.gen.get_state()
+        return dict(batch=batch, pos=pos[:2], g0=g0, after=self.loader.position, g1=None if torch.equal(g0, g1) else g1, event=event)
+
+    def __iter__(self): return self
+
+    def __next__(self) -> dict:
+        st = self.st
+        p = self.pending.result() if self.pending is not None else self._make()
+        self.pending = None
+        if p['pos'] != st.loader.position[:2] or (p['g1'] is not None and not torch.equal(p['g0'], st.gen.get_state())):
+            self._sync(); p = self._make()          # the loader or generator moved outside the feed: read again
+        st.loader.position = p['after']
+        if p['g1'] is not None: st.gen.set_state(p['g1'])
+        if p['event'] is not None:
+            cur = torch.cuda.current_stream(st.device); cur.wait_event(p['event'])
+            for v in p['batch'].values():
+                if isinstance(v, torch.Tensor) and v.is_cuda: v.record_stream(cur)
+        if self.pool is not None: self.pending = self.pool.submit(self._make)
+        return p['batch']
+
+    def close(self) -> None:
+        "Wait for the batch in the making (its result is dropped) and stop the thread."
+        if self.pool is not None: self.pool.shutdown(wait=True, cancel_futures=True)
+        self.pending = None
+
 # %% ../nbs/05_train.ipynb #e5beb4d3
 def stop_reason(st: TrainState) -> str | None:
     "The first callback's stop reason, agreed across ranks ('peer' when another rank stops)."
@@ -225,9 +289,10 @@ def fit(st: TrainState) -> dict:
     "Run until a stop rule fires; returns the run's summary."
     st.model.train()
     st.fire('before_fit')
+    feed = BatchFeed(st, thread=st.prefetch)
     try:
         while not (reason := stop_reason(st)):
-            batch = next(st.loader)
+            batch = next(feed)
             st.method.spend_batch(st, batch)
             st.fire('after_batch')
         st.stop_reason = reason
@@ -239,6 +304,7 @@ def fit(st: TrainState) -> dict:
         if st.is_main: atomic_write_json(RunDir(st.run_dir).summary, summary)
         return summary
     finally:
+        feed.close()
         st.fire('cleanup')
 
 # %% ../nbs/05_train.ipynb #210db52c
@@ -266,6 +332,7 @@ class Trainer:
                 atomic_write_json(RunDir(st.run_dir).config, {**dataclasses.asdict(cfg), 'bf16_resolved': st.bf16, 'compile_resolved': st.compile})
                 flops = step_flops(st.mcfg, cfg.global_batch_size)
                 print(describe_plan(cfg, reference_examples(st.split.metadata), st.n_sup, flops), file=sys.stderr)
+                if st.memory: print(describe_memory(cfg, st.memory, _device_bytes(st.device)), file=sys.stderr)
                 print(f'{cfg.name}: optimizer {optimizer_backend(st.optimizers[0])}', file=sys.stderr)
             return fit(st)
         finally:

@@ -25,8 +25,8 @@ from .grid_report import grid_report
 __all__ = ['QUICK_RUNS', 'NET_CALLS', 'DEFAULT_STEPS', 'SMOKE_STEPS', 'SMOKE', 'SUDOKU_SMOKE', 'PART1_GRID', 'TARGETS_ARMS',
            'TRM_ARM', 'STEP_CPU_S', 'PART1_STEP_CPU_S', 'PART1_EVAL_CPU_S', 'PART1_DATA_CPU_S', 'PART1_CPU_S_PER_SEED',
            'PART2_OTHER_S', 'configs_dir', 'quick_steps', 'quick_spec', 'data_summary', 'baselines', 'sudoku_grid',
-           'run_sudoku', 'run_quick', 'run_facts', 'plot_quick', 'sudoku_answer', 'expected_minutes', 'print_table',
-           'demo_parser', 'main', 'cli']
+           'run_sudoku', 'run_quick', 'run_facts', 'plot_quick', 'sudoku_answer', 'expected_minutes', 'arc_answer',
+           'print_table', 'demo_parser', 'main', 'cli']
 
 # %% ../nbs/11_demo.ipynb #871c6ee1
 QUICK_RUNS = {'cpu_quick_dis': 'DIS-compact (T1 n2, 6 steps)',
@@ -230,6 +230,12 @@ def _sign(c: dict) -> int:
     if any(i is None or i['low'] != i['low'] for i in ivs): return 0
     return 1 if all(i['low'] > 0 for i in ivs) else -1 if all(i['high'] < 0 for i in ivs) else 0
 
+def _note(c: dict) -> str:
+    "Why an interval pair does not separate, where only the bootstrap excludes 0."
+    b = c['boot']
+    return (f" (the bootstrap alone excludes 0; the paired t over {len(c['seeds'])} seeds does not)"
+            if _sign(c) == 0 and b and (b['low'] > 0 or b['high'] < 0) else '')
+
 def _diff(c: dict, what: str) -> str:
     b, t = c['boot'], c['t']
     boot = f"bootstrap over seeds x puzzles [{b['low']:+.3f}, {b['high']:+.3f}]" if b else 'no bootstrap (no per-puzzle records)'
@@ -241,16 +247,16 @@ def sudoku_answer(cmps: list[dict], steps: int | None = None, a_steps: int | Non
     arm, ctl = TARGETS_ARMS
     say = {1: 'the wave targets help', -1: 'the wave targets hurt', 0: 'not separated at this budget and these seeds'}
     lines = []
-    for e, what in (('final', 'exact (mean of the last 2 points)'), ('auc', 'area under exact vs compute')):
+    for e, head, what in (('final', f'Per-step targets ({arm} minus {ctl}, which differ in the targets only):', 'exact (mean of the last 2 points)'),
+                          ('auc', 'The same difference,', 'area under exact vs compute')):
         c = _find(cmps, arm, ctl, e)
         if c is None: return [f'(no finished seed of both {arm} and {ctl}: no answer to the targets question)']
-        lines.append(f"Targets ({arm} minus {ctl}), {_diff(c, what)}: {say[_sign(c)]}.")
-    lines[0] = 'Per-step targets: ' + lines[0]
+        lines.append(f"{head} {_diff(c, what)}: {say[_sign(c)]}{_note(c)}.")
     c = _find(cmps, TRM_ARM, ctl, 'final')
     if c is not None:
         ref = {1: f'{TRM_ARM} is ahead', -1: f'{ctl} is ahead', 0: 'not separated at this budget and these seeds'}
         lines.append(f"Reference line: {TRM_ARM} (TRM, ACT halting, label) minus {ctl}, {_diff(c, 'exact (mean of the last 2 points)')}: "
-                     f"{ref[_sign(c)]}.")
+                     f"{ref[_sign(c)]}{_note(c)}.")
     n = len(_find(cmps, arm, ctl, 'final')['seeds'])
     if smoke: lines.append(f'Caveat: --smoke (a tiny network, {steps} optimizer steps, {SUDOKU_SMOKE["train"]} training puzzles): these lines check the '
                            'mechanics; their numbers mean nothing.')
@@ -277,6 +283,31 @@ def expected_minutes(part: str = 'all', steps: int = DEFAULT_STEPS, runs=tuple(Q
         out['sudoku'] = (PART1_CPU_S_PER_SEED * seeds / max(1, min(workers, 2, 3 * seeds)) + PART1_DATA_CPU_S) / 60
     if part in ('all', 'arc'): out['arc'] = (sum(quick_steps(r, steps) * STEP_CPU_S[r] for r in runs) + PART2_OTHER_S) / 60
     return {k: round(v, 1) for k, v in out.items()}
+
+def arc_answer(results: dict, base: dict, facts: dict | None = None) -> list[str]:
+    "The closing lines of part 2: what the measured numbers say (per-step gain, ARC score against the baselines)."
+    facts = facts or {}
+    p2 = lambda r: float(r['pass@k'].get(2, r['pass@k'].get('2', 0)))
+    curve = {n: [s['token_acc'] for s in r['per_step']] for n, r in results.items()}
+    gain = {n: c[-1] - c[0] for n, c in curve.items()}
+    lines = ['Per supervision step (test token accuracy, first -> last step): ' + '; '.join(
+        f"{QUICK_RUNS.get(n, n).split(' (')[0]} {c[0]:.2f} -> {c[-1]:.2f} ({gain[n]:+.2f}, {facts.get(n, {}).get('optimizer_steps', '?')} steps)"
+        for n, c in curve.items()) + '.']
+    best = max(gain, key=gain.get)
+    if gain[best] > 0.005:
+        lines.append(f"The answer improves most from step to step in {QUICK_RUNS.get(best, best).split(' (')[0]} ({gain[best]:+.2f})"
+                     + ('; the other runs gain less.' if len(gain) > 1 else '.'))
+    else: lines.append('No run improves its answer across supervision steps at this budget (every gain <= 0.005).')
+    top = max(results, key=lambda n: p2(results[n]))
+    b_name, b = max(base.items(), key=lambda kv: kv[1]['pass@2'])
+    beat = [n for n in results if p2(results[n]) > b['pass@2']]
+    lines.append(f"ARC score: best pass@2 {p2(results[top]):.3f} "
+                 + (f"({QUICK_RUNS.get(top, top).split(' (')[0]}) " if p2(results[top]) > 0 else '(no run solves a test pair) ')
+                 + f"against "
+                 f"{b['pass@2']:.3f} for the '{b_name}' baseline: " + (
+                     f"{', '.join(QUICK_RUNS.get(n, n).split(' (')[0] for n in beat)} beat(s) the trivial baseline."
+                     if beat else 'no run beats the trivial baseline at this budget, so ARC does not rank the methods here.'))
+    return lines
 
 # %% ../nbs/11_demo.ipynb #71686432
 def print_table(results: dict, base: dict, facts: dict | None = None) -> None:

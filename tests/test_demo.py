@@ -113,8 +113,8 @@ def test_part1_smoke_answers_from_its_comparison_rows(tmp_path):
         assert f"paired t over 2 seeds [{t['low']:+.3f}, {t['high']:+.3f}]" in line, line
         sep = (b['low'] > 0 and t['low'] > 0) or (b['high'] < 0 and t['high'] < 0)
         assert ('not separated at this budget and these seeds' in line) != sep, line
-    assert ans[0].startswith('Per-step targets: Targets (dis_waves_x minus dis_label_x), exact (mean of the last 2 points) ')
-    assert ans[1].startswith('Targets (dis_waves_x minus dis_label_x), area under exact vs compute ')
+    assert ans[0].startswith('Per-step targets (dis_waves_x minus dis_label_x, which differ in the targets only): exact (mean of the last 2 points) ')
+    assert ans[1].startswith('The same difference, area under exact vs compute ')
     assert ans[2].startswith('Reference line: trm_T1n2 (TRM, ACT halting, label) minus dis_label_x, exact')
     assert ans[3] == 'Caveat: --smoke (a tiny network, 12 optimizer steps, 64 training puzzles): these lines check the mechanics; their numbers mean nothing.'
     assert (out / 'targets_smoke' / 'report.md').exists() and all(os.path.exists(f) for f in s['figures'])
@@ -127,6 +127,8 @@ def test_part1_says_help_only_where_both_intervals_exclude_zero():
     both = sudoku_answer(rows((0.05, 0.15), (0.01, 0.2)), steps=600, a_steps=1200)
     assert both[0].endswith('the wave targets help.') and 'Caveat: 2 seeds and 600 optimizer steps (50% of experiment A' in both[-1]
     assert sudoku_answer(rows((-0.3, -0.1), (-0.4, -0.01)))[0].endswith('the wave targets hurt.')
-    assert sudoku_answer(rows((0.05, 0.15), (-0.5, 0.7)))[0].endswith('not separated at this budget and these seeds.')
-    assert sudoku_answer(rows((0.05, 0.15), (float('nan'), float('nan'))))[0].endswith('not separated at this budget and these seeds.')
+    assert sudoku_answer(rows((0.05, 0.15), (-0.5, 0.7)))[0].endswith(
+        'not separated at this budget and these seeds (the bootstrap alone excludes 0; the paired t over 2 seeds does not).')
+    assert sudoku_answer(rows((-0.05, 0.15), (-0.5, 0.7)))[0].endswith('not separated at this budget and these seeds.')
+    assert 'not separated at this budget and these seeds' in sudoku_answer(rows((0.05, 0.15), (float('nan'), float('nan'))))[0]
     assert 'no answer' in sudoku_answer([])[0]

@@ -258,8 +258,8 @@ def sudoku_answer(cmps: list[dict], steps: int | None = None, a_steps: int | Non
         lines.append(f"Reference line: {TRM_ARM} (TRM, ACT halting, label) minus {ctl}, {_diff(c, 'exact (mean of the last 2 points)')}: "
                      f"{ref[_sign(c)]}{_note(c)}.")
     n = len(_find(cmps, arm, ctl, 'final')['seeds'])
-    if smoke: lines.append(f'Caveat: --smoke (a tiny network, {steps} optimizer steps, {SUDOKU_SMOKE["train"]} training puzzles): these lines check the '
-                           'mechanics; their numbers mean nothing.')
+    if smoke: lines.append(f'Caveat: --smoke (a tiny network, {steps} optimizer steps, {SUDOKU_SMOKE["train"]} training puzzles): '
+                           'these lines check the mechanics; their numbers mean nothing.')
     else: lines.append(f"Caveat: {n} seed{'s' * (n != 1)} and {steps} optimizer steps"
                        + (f' ({steps / a_steps:.0%} of experiment A\'s {a_steps})' if steps and a_steps else '')
                        + ": a demonstration of the comparison, not the evidence; the README's experiment A "

@@ -113,7 +113,8 @@ def test_part1_smoke_answers_from_its_comparison_rows(tmp_path):
         assert f"paired t over 2 seeds [{t['low']:+.3f}, {t['high']:+.3f}]" in line, line
         sep = (b['low'] > 0 and t['low'] > 0) or (b['high'] < 0 and t['high'] < 0)
         assert ('not separated at this budget and these seeds' in line) != sep, line
-    assert ans[0].startswith('Per-step targets (dis_waves_x minus dis_label_x, which differ in the targets only): exact (mean of the last 2 points) ')
+    assert ans[0].startswith('Per-step targets (dis_waves_x minus dis_label_x, which differ in the targets only): '
+                             'exact (mean of the last 2 points) ')
     assert ans[1].startswith('The same difference, area under exact vs compute ')
     assert ans[2].startswith('Reference line: trm_T1n2 (TRM, ACT halting, label) minus dis_label_x, exact')
     assert ans[3] == 'Caveat: --smoke (a tiny network, 12 optimizer steps, 64 training puzzles): these lines check the mechanics; their numbers mean nothing.'

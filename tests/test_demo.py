@@ -117,7 +117,8 @@ def test_part1_smoke_answers_from_its_comparison_rows(tmp_path):
                              'exact (mean of the last 2 points) ')
     assert ans[1].startswith('The same difference, area under exact vs compute ')
     assert ans[2].startswith('Reference line: trm_T1n2 (TRM, ACT halting, label) minus dis_label_x, exact')
-    assert ans[3] == 'Caveat: --smoke (a tiny network, 12 optimizer steps, 64 training puzzles): these lines check the mechanics; their numbers mean nothing.'
+    assert ans[3] == ('Caveat: --smoke (a tiny network, 12 optimizer steps, 64 training puzzles): these lines check the mechanics; '
+                      'their numbers mean nothing.')
     assert (out / 'targets_smoke' / 'report.md').exists() and all(os.path.exists(f) for f in s['figures'])
 
 

@@ -156,7 +156,7 @@ def step_rule(cfg) -> StepRule:
     if cfg is None: return StepRule('prev_argmax', None)
     return get_method(getattr(cfg, 'method', 'dis')).step_rule(cfg)
 
-# %% ../nbs/04a_methods.ipynb #9b873162
+# %% ../nbs/04a_methods.ipynb #0658fa9e
 def dis_prepare_batch(st, batch: dict, gen: torch.Generator, global_rows: bool = True) -> dict:
     """A DIS batch made ready to spend: this rank's inputs, labels, puzzle ids, frames [N, b, L] and drop flags. The
     random draws are the global batch's (the same frames for a sample at any world size); with `global_rows=False` the

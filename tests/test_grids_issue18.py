@@ -46,7 +46,8 @@ def test_experiment_B_varies_only_the_training_set_size():
     assert sizes == {'train100': 100, 'train300': 300, 'train1000': 1000}
     rest = [{k: v for k, v in s['puzzle'].items() if k != 'train'} for s in g['tasks'].values()]
     assert all(r == rest[0] for r in rest) and rest[0]['remove'] == [18, 24] and rest[0]['test'] == 500
-    assert {c.train['max_steps'] for c in cells} == {600} and len({c.train['data_dir'] for c in cells}) == 3
+    assert {c.train['max_steps'] for c in cells} == {300} and len({c.train['data_dir'] for c in cells}) == 3
+    assert {tuple(c.points) for c in cells} == {(60, 120, 180, 240, 300)}, 'DIS and TRM evaluated at the same compute'
     assert all(c.eval['also'] == ['train'] for c in cells) and {r['test_seed'] for r in rest} == {1}
 
 

@@ -23,7 +23,7 @@ Checks (each one's failure is a row of the table; the others still run):
   grid-submit a dis-grid cell as a submitit job on the device, preempted mid-training and resumed by its checkpoint()
   feed        train.BatchFeed on CUDA (pinned, non_blocking, a side stream, frames made on the device): the same batches
               as the CPU path, and the host wait per batch of 512 on the critical path, thread vs in line
-  memory-plan the plan's activation estimate (config.activation_bytes + working set) against the measured peak of one
+  memory-plan the plan's activation estimate (memory.activation_bytes + working set) against the measured peak of one
               DIS supervision step (bf16, batch 64), and the refusal of a plan that cannot fit this GPU
 On a machine without CUDA (and without --cpu) it prints 'no CUDA device' and exits 0.
 """
@@ -532,7 +532,8 @@ def check_batch_feed(dev, a):
 
 def check_memory_plan(dev, a):
     "Measured peak of one DIS supervision step (bf16, batch 64) vs the plan's estimate; the plan refuses what cannot fit."
-    from dis_nbdev.config import TrainConfig, activation_bytes, block_bytes, check_memory, memory_plan
+    from dis_nbdev.config import TrainConfig
+    from dis_nbdev.memory import activation_bytes, block_bytes, check_memory, memory_plan
     from dis_nbdev.core import ConfigError
     from dis_nbdev.steps import sequence_loss
     out, B = [], 64

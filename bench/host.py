@@ -21,7 +21,7 @@ from types import SimpleNamespace as NS
 
 import torch
 
-from dis_nbdev.config import activation_bytes, block_bytes
+from dis_nbdev.memory import activation_bytes, block_bytes
 from dis_nbdev.dataset import build_arc_dataset, open_split
 from dis_nbdev.loaders import TrainLoader
 from dis_nbdev.methods import get_method
@@ -171,7 +171,7 @@ def main(argv=None):
     for r in out['memory']:
         print(f'{r["preset"]:<12} {r["rows"]:>4} {r["precision"]:<14} {r["estimate"] / 2**20:>9.1f} {r["census"] / 2**20:>9.1f} '
               f'{(r["estimate"] + r["working"]) / 2**20:>9.1f} {r["peak_fwd"] / 2**20:>9.1f} {r["peak"] / 2**20:>9.1f}')
-    print('estimate: config.activation_bytes; saved: a census of the storages autograd keeps; +working: the estimate plus the '
+    print('estimate: memory.activation_bytes; saved: a census of the storages autograd keeps; +working: the estimate plus the '
           'working set memory_plan adds; peak fwd / f+b: the process\'s peak resident memory growth over the forward / '
           'forward + backward of one supervision step')
     if a.json:

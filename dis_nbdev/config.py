@@ -14,12 +14,11 @@ from .yamlio import MAX_YAML_NODES, load_yaml, parse_yaml   # noqa: F401 (re-exp
 _all_ = ['MAX_YAML_NODES', 'parse_yaml', 'load_yaml']
 
 # %% auto #0
-__all__ = ['CHOICES', 'MODEL_SCHEMA', 'METHOD_SCHEMA', 'TRAIN_RANGES', 'MEMORY_HEADROOM', 'parse_value', 'parse_overrides',
-           'deep_merge', 'apply_overrides', 'coerce_value', 'field_hints', 'unknown_keys', 'dict_problems',
-           'build_problems', 'config_error', 'from_dict', 'check_ranges', 'TrainConfig', 'register_choices',
-           'register_method_schema', 'method_of', 'register_model_schema', 'train_config_problems', 'as_train_config',
-           'start_problems', 'check_start', 'reference_examples', 'planned_steps', 'step_flops', 'describe_plan',
-           'block_bytes', 'activation_bytes', 'memory_plan', 'describe_memory', 'check_memory', 'MAX_YAML_NODES',
+__all__ = ['CHOICES', 'MODEL_SCHEMA', 'METHOD_SCHEMA', 'TRAIN_RANGES', 'parse_value', 'parse_overrides', 'deep_merge',
+           'apply_overrides', 'coerce_value', 'field_hints', 'unknown_keys', 'dict_problems', 'build_problems',
+           'config_error', 'from_dict', 'check_ranges', 'TrainConfig', 'register_choices', 'register_method_schema',
+           'method_of', 'register_model_schema', 'train_config_problems', 'as_train_config', 'start_problems',
+           'check_start', 'reference_examples', 'planned_steps', 'step_flops', 'describe_plan', 'MAX_YAML_NODES',
            'parse_yaml', 'load_yaml']
 
 # %% ../nbs/00b_config.ipynb #e4801ff8
@@ -450,67 +449,3 @@ def describe_plan(cfg: TrainConfig, n_examples: float, n_sup: int, flops_per_ste
             f'epochs of {n_examples:,.0f} examples as the references count them; warm-up {cfg.lr_warmup_steps:,})')
     if flops_per_step: line += f'; roughly {steps * flops_per_step / (tflops * 1e12) / 3600:,.1f} GPU-hours at {tflops:g} TFLOP/s'
     return line
-
-# %% ../nbs/00b_config.ipynb #h3cf0002
-def block_bytes(mcfg, bf16: bool = False) -> int:
-    "Estimated bytes autograd saves per sample for one block in one net call of the model config `mcfg`."
-    a, D, S, H, F = (2 if bf16 else 4), mcfg.hidden_size, mcfg.total_len, mcfg.num_heads, mcfg.ffn_size
-    if getattr(mcfg, 'mlp_t', False):                          # a SwiGLU across the S positions instead of attention
-        Ft = mcfg.mlp_t_size
-        mix = a * (S * D + 4 * Ft * D + S * D) + 4 * S * D     # per sample: in, gate/up/product, transposed copy; norm
-    else:                                                      # attention: in, rotated q+k, qkv, out; norm; log-sum-exp
-        rot = 2 * D if getattr(mcfg, 'pos_encodings', 'rope') in ('rope', 'rope2d') else 0   # unrotated q, k: views of qkv
-        mix = S * (a * (5 * D + rot) + 4 * D + 4 * H)
-    return int(mix + S * (a * (D + 4 * F) + 4 * D))            # + SwiGLU
-
-def activation_bytes(mcfg, bf16: bool = False) -> int:
-    "Estimated bytes autograd saves per sample for one supervision step of `mcfg` (fp32, or bf16 autocast)."
-    a, calls = (2 if bf16 else 4), mcfg.n + 1                  # the net calls of the last cycle (with gradient)
-    head = mcfg.total_len * mcfg.hidden_size * a + mcfg.seq_len * mcfg.vocab_size * (a + 4 * 4)   # lm_head in, logits, loss
-    return int(calls * mcfg.num_layers * block_bytes(mcfg, bf16) + head)
-
-
-# %% ../nbs/00b_config.ipynb #h3cf0005
-MEMORY_HEADROOM = 0.92      # share of a GPU's memory a plan may fill
-
-def memory_plan(cfg: TrainConfig, mcfg, n_params: int, world_size: int = 1, bf16: bool = False) -> dict:
-    "Bytes per GPU of the run `cfg` with model config `mcfg` (`n_params` dense parameters) on `world_size` GPUs."
-    b = cfg.global_batch_size // max(world_size, 1)
-    micro = getattr(cfg, 'micro_batch_size', None)              # gradient accumulation (a TrainConfig field when present)
-    rows = min(int(micro), b) if micro else b
-    per_sample = activation_bytes(mcfg, bf16)
-    out = dict(rows_per_forward=rows, rows_per_gpu=b, activation_per_sample=per_sample,
-               activations=rows * per_sample, working=rows * 2 * block_bytes(mcfg, bf16),
-               carry=2 * b * mcfg.total_len * mcfg.hidden_size * 4,
-               weights_and_grads=2 * 4 * n_params,
-               optimizer=2 * 4 * n_params,
-               ema=4 * n_params if cfg.ema else 0,
-               puzzle_table=4 * mcfg.num_puzzle_identifiers * getattr(mcfg, 'puzzle_emb_ndim', 0))
-    out['total'] = sum(v for k, v in out.items() if k not in ('rows_per_forward', 'rows_per_gpu', 'activation_per_sample'))
-    return out
-
-def _gib(n: float) -> str: return f'{n / 2**30:,.1f} GiB' if n >= 2**30 else f'{n / 2**20:,.1f} MiB'
-
-def describe_memory(cfg: TrainConfig, plan: dict, device_bytes: int | None = None) -> str:
-    "One line: the plan's memory per GPU, part by part, and the device's when known."
-    line = (f'{cfg.name}: memory per GPU {_gib(plan["total"])} = activations {_gib(plan["activations"])} '
-            f'({plan["rows_per_forward"]} rows x {_gib(plan["activation_per_sample"])} per sample and supervision step) '
-            f'+ working set {_gib(plan["working"])} + carry {_gib(plan["carry"])} + weights and grads {_gib(plan["weights_and_grads"])} + optimizer '
-            f'{_gib(plan["optimizer"])} + EMA {_gib(plan["ema"])} + puzzle table {_gib(plan["puzzle_table"])}')
-    if device_bytes: line += f'; the device has {_gib(device_bytes)}'
-    return line
-
-def check_memory(cfg: TrainConfig, plan: dict, device_bytes: int, where: str = 'TrainConfig') -> None:
-    "ConfigError naming global_batch_size / micro_batch_size / preset when `plan` cannot fit `device_bytes`."
-    if plan['total'] <= MEMORY_HEADROOM * device_bytes: return
-    row = (plan['activations'] + plan['working']) / plan['rows_per_forward']
-    room = MEMORY_HEADROOM * device_bytes - (plan['total'] - plan['activations'] - plan['working'])
-    fit = int(room // row) if room > 0 else 0
-    hint = (f'at most {fit} rows per forward fit: set micro_batch_size <= {fit} (gradient accumulation) or lower '
-            f'global_batch_size' if fit >= 1 else 'not even one row fits: choose a smaller preset')
-    raise ConfigError(f'{where}: global_batch_size={cfg.global_batch_size}, micro_batch_size='
-                      f'{getattr(cfg, "micro_batch_size", None)}, preset={cfg.preset!r} need {_gib(plan["total"])} per GPU '
-                      f'(activations and their working set {_gib(plan["activations"] + plan["working"])}), '
-                      f'more than {MEMORY_HEADROOM:.0%} of the device\'s '
-                      f'{_gib(device_bytes)}; {hint}')
-

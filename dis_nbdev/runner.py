@@ -4,14 +4,14 @@
 
 # %% ../nbs/09_runner.ipynb #9a544faf
 from __future__ import annotations
-import argparse, dataclasses, hashlib, json, math, os, signal, subprocess, sys, threading, time
+import argparse, dataclasses, hashlib, json, math, os, signal, sys, threading, time
 from pathlib import Path
 
 import torch
 import yaml
 
 from .parsers import run_parser
-from .core import EXIT_INTERRUPTED, STOP_GRACE_S, ConfigError, DisError, cpu_threads
+from .core import EXIT_INTERRUPTED, STOP_GRACE_S, ConfigError, DisError
 from .files import (RunDir, atomic_write_json, atomic_write_text, check_name, clean_stale_temps, move_run_aside,
                              project_root, stash_attempt, summary_state)
 from .config import (apply_overrides, as_train_config, check_start, coerce_value, load_yaml,
@@ -20,17 +20,18 @@ from .arc import check_task_id, fits, load_subsets
 from .dataset import build_arc_dataset, recover_dataset, verify_dataset
 from .checkpoint import load_trained, read_metrics, setup_distributed  # noqa: F401 (read_metrics: re-exported)
 from .evaluate import evaluate, run_defaults
-from .train import train
+from .train import train  # noqa: F401 (re-exported)
+from .launch import (STOP_SIGNALS, _descendants, _run_torchrun, _train_in_process,  # noqa: F401 (re-exported)
+                             torchrun_command, torchrun_env)
 from .callbacks import catch_signals_early
 from .boards import board_spec_problems, ensure_puzzle_dataset, evaluate_puzzle_run  # registers its target generators
 
 
 # %% auto #0
-__all__ = ['DATA_DEFAULTS', 'EVAL_DEFAULTS', 'DATA_TYPES', 'EVAL_TYPES', 'STOP_SIGNALS', 'default_data_dir', 'RunSpec',
-           'load_run_spec', 'select_tasks', 'write_task_folder', 'prepare_data', 'train_config', 'torchrun_command',
-           'torchrun_env', 'launch_training', 'eval_kwargs', 'run_evaluation', 'run_puzzle_evaluation',
-           'RunInterrupted', 'run_finished', 'check_finished', 'run_state', 'default_notebook', 'config_diff',
-           'execute_run', 'follow_run', 'run_cli']
+__all__ = ['DATA_DEFAULTS', 'EVAL_DEFAULTS', 'DATA_TYPES', 'EVAL_TYPES', 'default_data_dir', 'RunSpec', 'load_run_spec',
+           'select_tasks', 'write_task_folder', 'prepare_data', 'train_config', 'launch_training', 'eval_kwargs',
+           'run_evaluation', 'run_puzzle_evaluation', 'RunInterrupted', 'run_finished', 'check_finished', 'run_state',
+           'default_notebook', 'config_diff', 'execute_run', 'follow_run', 'run_cli']
 
 # %% ../nbs/09_runner.ipynb #730f27d9
 DATA_DEFAULTS = dict(
@@ -191,83 +192,6 @@ def train_config(spec: RunSpec):
     where = str(spec.source_path) if spec.source_path else spec.name
     return as_train_config(spec.train, where)
 
-# %% ../nbs/09_runner.ipynb #75b9d49e
-STOP_SIGNALS = 'SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1'     # what torchrun handles: passed on to the workers, never fatal
-
-def _train_in_process(cfg: dict, resume: bool) -> dict:
-    return train(cfg, resume=resume)
-
-def torchrun_command(config_path, nproc: int, resume: bool = False, mode: str = '--worker', nnodes: int = 1,
-                     node_rank: int = 0, rdzv_endpoint: str | None = None, run_id: str = 'dis') -> list[str]:
-    """The command that runs `python -m dis_nbdev.runner <mode> config_path` on `nproc` workers of this node: one
-    node alone (`--standalone`), or node `node_rank` of `nnodes` meeting at `rdzv_endpoint` (HOST:PORT, c10d)."""
-    if nnodes <= 1: where = ['--standalone']
-    else:
-        if not rdzv_endpoint: raise ConfigError(f'--rdzv-endpoint: a run on --nnodes {nnodes} needs HOST:PORT of a node of the job')
-        where = [f'--nnodes={nnodes}', f'--node_rank={node_rank}', '--rdzv_backend=c10d',
-                 f'--rdzv_endpoint={rdzv_endpoint}', f'--rdzv_id={run_id}']
-    cmd = [sys.executable, '-m', 'torch.distributed.run', *where, f'--nproc_per_node={nproc}',
-           '-m', 'dis_nbdev.runner', mode, str(config_path)]
-    return cmd + (['--resume'] if resume else [])
-
-def torchrun_env(nproc: int, grace_s: float = STOP_GRACE_S, environ=None) -> dict:
-    """torchrun's environment: it handles SIGUSR1 like SIGTERM (passes it on to the workers instead of dying) and
-    gives them `grace_s` seconds to checkpoint. Set through the environment, which older torch versions ignore."""
-    env = dict(os.environ if environ is None else environ)
-    env.update(PYTHONUNBUFFERED='1', TORCHELASTIC_SIGNALS_TO_HANDLE=STOP_SIGNALS, PET_SIGNALS_TO_HANDLE=STOP_SIGNALS,
-               TORCH_ELASTIC_SHUTDOWN_TIMEOUT=str(int(grace_s)), PET_SHUTDOWN_TIMEOUT=str(int(grace_s)))
-    env.setdefault('OMP_NUM_THREADS', str(max(1, cpu_threads()//nproc)))     # the cores this job may use
-    return env
-
-# %% ../nbs/09_runner.ipynb #b1c0a004
-def _alive(pid: int) -> bool:
-    try: os.kill(pid, 0)
-    except ProcessLookupError: return False
-    except PermissionError: return True
-    try: return Path(f'/proc/{pid}/stat').read_text().split(')')[-1].split()[0] != 'Z'   # a zombie is gone
-    except OSError: return True
-
-def _reap(pids, timeout: float) -> list[int]:
-    "Wait up to `timeout` s for `pids` to end; SIGKILL whatever is left (no worker outlives its launcher). Returns those."
-    end = time.time() + timeout
-    while any(_alive(p) for p in pids) and time.time() < end: time.sleep(0.2)
-    left = [p for p in pids if _alive(p)]
-    for p in left:
-        try: os.kill(p, signal.SIGKILL)
-        except OSError: pass
-    return left
-
-def _run_torchrun(cmd: list[str], nproc: int, what: str, echo: bool = True, grace_s: float = STOP_GRACE_S) -> str | None:
-    """Run a torchrun command, echoing its output. A SIGTERM / SIGUSR1 / first Ctrl-C that reaches this process is
-    passed on to torchrun once, as SIGTERM: the workers checkpoint and stop; this waits for every one of them (then
-    kills what outlives `grace_s`) and returns the signal's name. Raises with the last lines when torchrun fails."""
-    if echo: print('$', ' '.join(cmd[2:]) if cmd[0] == sys.executable else ' '.join(cmd), flush=True)
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=torchrun_env(nproc, grace_s))
-    got, old = {}, {}
-    def relay(signum, frame):
-        if got: return
-        got.update(name=signal.Signals(signum).name, t=time.time(), workers=_descendants(proc.pid))
-        try: proc.send_signal(signal.SIGTERM)
-        except OSError: pass
-    if threading.current_thread() is threading.main_thread():
-        for name in ('SIGTERM', 'SIGUSR1', 'SIGINT'): old[getattr(signal, name)] = signal.signal(getattr(signal, name), relay)
-    tail = []
-    try:
-        for line in proc.stdout:
-            tail = (tail + [line])[-40:]
-            if echo: print(line, end='', flush=True)
-        rc = proc.wait()
-    finally:
-        for sig, h in old.items(): signal.signal(sig, h)
-    if got:
-        left = _reap(got['workers'], grace_s)
-        print(f'{what}: {got["name"]}: the {nproc} workers stopped {time.time() - got["t"]:.1f}s later (grace {grace_s:g}s)'
-              + (f'; killed {len(left)} that outlived it' if left else ''), file=sys.stderr, flush=True)
-        return got['name']
-    if rc != 0:
-        raise RuntimeError(f'torchrun with {nproc} workers failed (exit {rc}) while {what}; last output:\n' + ''.join(tail))
-    return None
-
 # %% ../nbs/09_runner.ipynb #3c387375
 def launch_training(spec: RunSpec, gpus: int = 1, echo: bool = True, grace_s: float = STOP_GRACE_S, nnodes: int = 1,
                     node_rank: int = 0, rdzv_endpoint: str | None = None) -> dict:
@@ -382,21 +306,6 @@ def config_diff(old: dict, new: dict) -> list[str]:
             if norm(old.get(k, miss)) != norm(new.get(k, miss))]
 
 # %% ../nbs/09_runner.ipynb #0f679a05
-def _descendants(pid: int, depth: int | None = None) -> list[int]:
-    "Process ids of the descendants of `pid` (`depth=1`: its children; POSIX `ps`; empty where it is unavailable)."
-    try: out = subprocess.run(['ps', '-A', '-o', 'pid=', '-o', 'ppid='], capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError): return []
-    kids: dict[int, list[int]] = {}
-    for line in out.splitlines():
-        parts = line.split()
-        if len(parts) == 2 and all(x.isdigit() for x in parts): kids.setdefault(int(parts[1]), []).append(int(parts[0]))
-    found, todo = [], [(pid, 0)]
-    while todo:
-        p, d = todo.pop()
-        if depth is not None and d >= depth: continue
-        for c in kids.get(p, []): found.append(c); todo.append((c, d + 1))
-    return found
-
 class _SignalForwarder:
     """While executing a notebook: SIGTERM/SIGUSR1 (and a first Ctrl-C) are noted and passed on, as SIGTERM, to the
     kernel alone (this process's children): the trainer there, or the torchrun launcher there (`_run_torchrun`), stops

@@ -17,7 +17,8 @@ from .parsers import train_parser
 from .core import (DisError, ConfigError, EXIT_INTERRUPTED, seed_everything, resolve_bf16, resolve_compile,
                             dist_info)
 from .files import RunDir, FolderLock, clean_stale_temps, atomic_write_json, atomic_write_text
-from .config import check_memory, check_start, describe_memory, from_dict, load_yaml, memory_plan
+from .config import check_start, from_dict, load_yaml
+from .memory import check_memory, describe_memory, memory_plan
 from .dataset import TrainLoader, dataset_fingerprint, open_split
 from .model import RecursiveModel, count_parameters, model_config   # noqa: F401 (count_parameters: the examples)
 from .methods import get_method
@@ -84,7 +85,7 @@ class TrainState:
     compile: bool = False               # whether the shared net was compiled (cfg.compile may say 'auto')
     method: object = None               # the run's `methods.Method` (how a batch is spent, what is recorded)
     prefetch: bool = True               # prepare the next batch in a background thread while this one trains
-    memory: dict | None = None          # the plan's bytes per GPU (`config.memory_plan`)
+    memory: dict | None = None          # the plan's bytes per GPU (`memory.memory_plan`)
 
     @property
     def world(self) -> int: return self.info.world_size

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 import dis_nbdev.train as T
-from dis_nbdev.config import TrainConfig, activation_bytes, check_memory, describe_memory, memory_plan
+from dis_nbdev.config import TrainConfig
+from dis_nbdev.memory import activation_bytes, check_memory, describe_memory, memory_plan
 from dis_nbdev.core import ConfigError
 from dis_nbdev.model import RecursiveModel, count_parameters, model_config
 from dis_nbdev.steps import sequence_loss

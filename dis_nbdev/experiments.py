@@ -14,6 +14,7 @@ import torch
 from .parsers import grid_parser
 from .core import DisError, ConfigError
 from .files import FolderLock, RunDir, append_jsonl, atomic_write_json, check_name, read_jsonl
+from .runner import config_diff
 from .config import as_train_config, coerce_value, deep_merge, load_yaml, unknown_keys
 from .model import model_config
 from .methods import get_method
@@ -24,7 +25,8 @@ from .boards import board_spec, board_spec_problems, ensure_puzzle_dataset, eval
 
 # %% auto #0
 __all__ = ['TASK_KEYS', 'BUDGET_KEYS', 'EVAL_KEYS', 'GRID_KEYS', 'Cell', 'grid_problems', 'load_grid', 'expand_grid',
-           'prepare_grid_data', 'cell_dir', 'read_evals', 'cell_done', 'run_cell', 'run_grid', 'cell_cli']
+           'prepare_grid_data', 'cell_dir', 'read_evals', 'cell_done', 'cell_changes', 'check_cells', 'run_cell',
+           'run_grid', 'cell_cli']
 
 # %% ../nbs/14_experiments.ipynb #35d0eac4
 TASK_KEYS = ('puzzle', 'data_dir', 'targets', 'train', 'budget', 'eval')
@@ -226,7 +228,7 @@ def prepare_grid_data(grid) -> dict:
         out[t] = ensure_puzzle_dataset(dd, task['puzzle'])
     return out
 
-# %% ../nbs/14_experiments.ipynb #e2000001
+# %% ../nbs/14_experiments.ipynb #e2000011
 def cell_dir(grid: dict, cell: Cell) -> Path: return Path(grid['out'])/'runs'/cell.task/cell.arm/f'seed{cell.seed}'
 
 def read_evals(d: Path) -> list[dict]:
@@ -235,6 +237,28 @@ def read_evals(d: Path) -> list[dict]:
 
 def cell_done(grid: dict, cell: Cell) -> bool: return (cell_dir(grid, cell)/'done.json').exists()
 
+def cell_changes(grid: dict, cell: Cell) -> list[str]:
+    """What a started cell ran with that the grid no longer asks (`['lr: 0.001 -> 0.002']`; [] for a new or unchanged
+    cell): its saved run config against the cell's training fields, and the split its records scored."""
+    rd, out = RunDir(cell.train['out_dir']), []
+    if (old := rd.read_json(rd.CONFIG)) is not None:
+        keys = [k for k in cell.train if k in old and k not in ('device', 'stop_at_step')]   # set per call, not per cell
+        out += config_diff({k: old[k] for k in keys}, {k: cell.train[k] for k in keys})
+    ev, split = read_evals(cell_dir(grid, cell)), cell.eval.get('split', 'test')
+    if ev and ev[0].get('split', 'test') != split: out.append(f"eval.split: {ev[0].get('split', 'test')!r} -> {split!r}")
+    return out
+
+def check_cells(grid: dict, cells: Sequence[Cell]) -> None:
+    """ConfigError naming every started cell whose settings differ from the grid's now: a finished cell would be
+    skipped and a half-finished one resumed under other settings, so its results would be reported as ones it never had."""
+    bad = {c.key: ch for c in cells if (ch := cell_changes(grid, c))}
+    if bad:
+        raise ConfigError(f"{grid['_where']}: {len(bad)} cell(s) already ran with other settings: "
+                          + '; '.join(f"{k} ({', '.join(v)})" for k, v in list(bad.items())[:4]) + (' ...' if len(bad) > 4 else '')
+                          + f"; restore the grid's values, give the changed arm a new name, or move {Path(grid['out'])/'runs'} aside")
+
+
+# %% ../nbs/14_experiments.ipynb #e2000001
 def _cpu_s() -> float:
     "CPU seconds of this process (all threads)."
     return time.process_time()
@@ -246,6 +270,7 @@ def run_cell(grid, cell: Cell, device: str = 'cpu', max_points: int | None = Non
     if threads: torch.set_num_threads(int(threads))
     d = cell_dir(g, cell)
     with FolderLock(d/'.cell.lock', f'grid cell {cell.key}'):
+        check_cells(g, [cell])
         evals = read_evals(d)
         done = {r['opt_steps'] for r in evals}
         prev = evals[-1] if evals else dict(train_cpu_s=0.0, train_wall_s=0.0, eval_cpu_s=0.0)
@@ -298,6 +323,7 @@ def run_grid(grid, workers: int = 1, device: str = 'cpu', threads: int = 1, only
                           + ', '.join(c.key for c in every[:6]) + (' ...' if len(every) > 6 else ''))
     gpath = atomic_write_json(out/'grid.json', {k: v for k, v in g.items() if k != '_where'})
     prepare_grid_data(g)
+    check_cells(g, cells)
     skipped = [c.key for c in cells if cell_done(g, c)]
     order = {t: i for i, t in enumerate(g['tasks'])}           # seed-major: a stopped grid still has every arm
     todo = sorted((c for c in cells if not cell_done(g, c)), key=lambda c: (order[c.task], c.seed))

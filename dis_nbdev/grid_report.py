@@ -14,7 +14,7 @@ import yaml
 from .core import DisError
 from .files import atomic_write_text
 from .parsers import grid_parser
-from .experiments import load_grid, expand_grid, cell_dir, read_evals, cell_done, cell_cli, run_grid, _arm_variants
+from .experiments import load_grid, expand_grid, cell_dir, check_cells, read_evals, cell_done, cell_cli, run_grid, _arm_variants
 from . import stats as S
 from .targets import get_target_generator
 from .boards.data import load_puzzle_split
@@ -38,8 +38,9 @@ class ReportError(DisError):
 def collect_runs(grid) -> dict:
     "{(task, arm, seed): {'cell', 'recs' (step order), 'done'}} of every cell of a grid that has written a record."
     g = grid if '_where' in grid else load_grid(grid)
-    out = {}
-    for c in expand_grid(g):
+    out, cells = {}, expand_grid(g)
+    check_cells(g, cells)                 # no record of other settings reported as this grid's
+    for c in cells:
         recs = sorted(read_evals(cell_dir(g, c)), key=lambda r: r['opt_steps'])
         if recs: out[(c.task, c.arm, c.seed)] = dict(cell=c, recs=recs, done={r['opt_steps'] for r in recs} >= set(c.points))
     return out

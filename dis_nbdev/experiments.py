@@ -237,12 +237,15 @@ def read_evals(d: Path) -> list[dict]:
 
 def cell_done(grid: dict, cell: Cell) -> bool: return (cell_dir(grid, cell)/'done.json').exists()
 
+# where a cell runs, not what it runs: a grid folder moved or named otherwise keeps its cells
+_NOT_SETTINGS = ('device', 'stop_at_step', 'out_dir', 'data_dir', 'name')
+
 def cell_changes(grid: dict, cell: Cell) -> list[str]:
     """What a started cell ran with that the grid no longer asks (`['lr: 0.001 -> 0.002']`; [] for a new or unchanged
     cell): its saved run config against the cell's training fields, and the split its records scored."""
     rd, out = RunDir(cell.train['out_dir']), []
     if (old := rd.read_json(rd.CONFIG)) is not None:
-        keys = [k for k in cell.train if k in old and k not in ('device', 'stop_at_step')]   # set per call, not per cell
+        keys = [k for k in cell.train if k in old and k not in _NOT_SETTINGS]
         out += config_diff({k: old[k] for k in keys}, {k: cell.train[k] for k in keys})
     ev, split = read_evals(cell_dir(grid, cell)), cell.eval.get('split', 'test')
     if ev and ev[0].get('split', 'test') != split: out.append(f"eval.split: {ev[0].get('split', 'test')!r} -> {split!r}")

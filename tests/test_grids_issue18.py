@@ -13,21 +13,31 @@ def _arms(cells):
     return {c.arm: c for c in cells if c.seed == 0}
 
 
+def _lr(c):
+    return float(c.train['lr'])
+
+
 def _diff(a, b):
     return sorted(k for k in FIELDS if a.train.get(k) != b.train.get(k))
 
 
 def test_experiment_A_controls_isolate_one_factor_each():
     g = load_grid(GRIDS/'grid_targets_A.yaml'); cells = expand_grid(g)
-    assert len(cells) == 3 * 5 + 3 * 3 and g['seeds'] == [0, 1, 2, 3, 4]
+    assert len(cells) == 4 * 5 + 3 * 3 and g['seeds'] == [0, 1, 2, 3, 4]
     seeds = {a: sorted(c.seed for c in cells if c.arm == a) for a in g['arms']}
-    assert all(seeds[a] == [0, 1, 2, 3, 4] for a in ('trm_T1n2', 'dis_label_x', 'dis_waves_x')), 'the primary arms run 5 seeds'
+    assert all(seeds[a] == [0, 1, 2, 3, 4] for a in ('trm_T1n2', 'dis_label_x', 'dis_waves_x', 'dis_waves_x_lr2e3')), 'the primary arms run 5 seeds'
     assert all(seeds[a] == [0, 1, 2] for a in ('trm_T1n2_nohalt', 'dis_waves_prev', 'dis_corrupt'))
     arms = _arms(cells)
     assert _diff(arms['trm_T1n2'], arms['trm_T1n2_nohalt']) == ['q_loss_weight'] and arms['trm_T1n2_nohalt'].train['q_loss_weight'] == 0
-    assert _diff(arms['dis_label_x'], arms['dis_waves_x']) == ['targets']
+    assert _diff(arms['dis_label_x'], arms['dis_waves_x']) == ['targets'], 'and the lr: each arm at its tuned value'
+    assert _diff(arms['dis_label_x'], arms['dis_waves_x_lr2e3']) == ['targets'] and _lr(arms['dis_waves_x_lr2e3']) == _lr(arms['dis_label_x'])
+    assert {k: v for k, v in arms['dis_waves_x_lr2e3'].train.items() if k not in ('name', 'out_dir', 'lr')} == \
+        {k: v for k, v in arms['dis_waves_x'].train.items() if k not in ('name', 'out_dir', 'lr')}, 'the same arm at another lr'
+    tune = load_grid(GRIDS/'grid_targets_A_tune.yaml')['sweep']['lr']
+    assert all(any(abs(_lr(c) - v) < 1e-12 for v in tune) for c in arms.values()), 'every lr is one of the tuning trials'
     assert arms['dis_label_x'].train['targets'] == 'label' and arms['dis_waves_x'].train['targets'] == 'sudoku_waves'
-    assert _diff(arms['dis_waves_x'], arms['dis_waves_prev']) == ['injection'] and arms['dis_waves_x'].train['injection'] == 'x'
+    assert _diff(arms['dis_waves_x_lr2e3'], arms['dis_waves_prev']) == ['injection'] and arms['dis_waves_x'].train['injection'] == 'x'
+    assert _lr(arms['dis_waves_x_lr2e3']) == _lr(arms['dis_waves_prev']), 'the injection contrast at one lr'
     assert arms['dis_corrupt'].train['targets'] == 'input_to_label' and arms['dis_corrupt'].train['injection'] == 'prev_argmax'
     spec = g['tasks']['sudoku6_hard']['puzzle']
     assert (spec['box'], spec['remove'], spec['train'], spec['test'], spec['test_seed']) == ([2, 3], [18, 24], 3000, 500, 1)
@@ -41,7 +51,7 @@ def test_experiment_A_controls_isolate_one_factor_each():
 def test_experiment_B_varies_only_the_training_set_size():
     g = load_grid(GRIDS/'grid_scarce_B.yaml'); cells = expand_grid(g)
     assert sorted(g['tasks']) == ['train100', 'train1000', 'train300'] and g['out'].endswith('scarce_B')
-    assert sorted(_arms(cells)) == ['dis_label_x', 'dis_waves_x', 'trm_T1n2'] and len(cells) == 3 * (3 + 3 + 1)
+    assert sorted(_arms(cells)) == ['dis_label_x', 'dis_waves_x', 'dis_waves_x_lr2e3', 'trm_T1n2'] and len(cells) == 3 * (3 + 3 + 3 + 1)
     sizes = {t: s['puzzle']['train'] for t, s in g['tasks'].items()}
     assert sizes == {'train100': 100, 'train300': 300, 'train1000': 1000}
     rest = [{k: v for k, v in s['puzzle'].items() if k != 'train'} for s in g['tasks'].values()]
@@ -54,7 +64,8 @@ def test_experiment_B_varies_only_the_training_set_size():
 def test_tuning_grid_gives_every_arm_the_same_trials_on_a_validation_split():
     a = load_grid(GRIDS/'grid_targets_A.yaml'); g = load_grid(GRIDS/'grid_targets_A_tune.yaml'); cells = expand_grid(g)
     arms = {c.arm.split('@')[0] for c in cells}
-    assert arms == set(a['arms']) and len(cells) == len(arms) * len(g['sweep']['lr']) >= len(arms) * 3, 'the same learning rates for every arm, one seed'
+    assert arms == set(a['arms']) - {'dis_waves_x_lr2e3'}
+    assert len(cells) == len(arms) * len(g['sweep']['lr']) >= len(arms) * 3, 'the same learning rates for every arm, one seed'
     assert {c.seed for c in cells} == {100} and not {100} & set(a['seeds'])
     assert all(c.eval['split'] == 'val' for c in cells)
     tune, test = g['tasks']['sudoku6_hard_val']['puzzle'], a['tasks']['sudoku6_hard']['puzzle']

@@ -2,7 +2,7 @@
 
     python tools/experiment_tables.py            # prints the markdown blocks; copies each report (a guide page of the site) and its figures to docs/
 
-Reads the finished runs of grid_targets_A.yaml, grid_scarce_B.yaml and grid_maze_Bprime.yaml (run them first with
+Reads the finished runs of grid_targets_A.yaml, grid_scarce_B.yaml, grid_maze_Bprime.yaml and grid_maze_Bprime_long.yaml (run them first with
 `dis-grid GRID --workers 2`), calls `dis_nbdev.grid_report.grid_report` on each (which writes its report.md and
 figures), and prints: A's endpoint table, the one-factor contrasts (each control arm against its neighbour), A's strata,
 B's targets difference per training-set size with its train-test gap, and B''s endpoints.
@@ -18,12 +18,20 @@ from dis_nbdev import grid_report as R                                          
 
 GRIDS = ROOT/'papermill_runs'/'grids'
 CONTRASTS = [   # (arm, baseline, what the one factor is)
-    ('dis_waves_x', 'dis_label_x', 'targets: waves vs label (DIS, x injection)'),
-    ('dis_waves_prev', 'dis_waves_x', "injection: the DIS code's previous argmax vs x"),
+    ('dis_waves_x', 'dis_label_x', 'targets: waves vs label (DIS, x injection), each at its tuned lr'),
+    ('dis_waves_x_lr2e3', 'dis_label_x', 'targets: waves vs label, both at lr 2e-3 (the targets only)'),
+    ('dis_waves_prev', 'dis_waves_x_lr2e3', "injection: the DIS code's previous argmax vs x (both lr 2e-3)"),
     ('trm_T1n2_nohalt', 'trm_T1n2', 'ACT halting off (TRM loss, every sample all 6 steps)'),
     ('dis_label_x', 'trm_T1n2_nohalt', 'DIS batching (6 optimizer steps per batch, step embedding) vs TRM without halting'),
     ('dis_waves_x', 'trm_T1n2', 'DIS with wave targets vs TRM T1 n2 as published'),
     ('dis_corrupt', 'dis_label_x', "the DIS code as published (corruption path, previous argmax) vs DIS label x"),
+]
+OTHER_CONTRASTS = [   # B and B': each arm against DIS on the label
+    ('dis_waves_x', 'dis_label_x', 'targets: waves vs label, each at its tuned lr'),
+    ('dis_waves_x_lr2e3', 'dis_label_x', 'targets: waves vs label, both at lr 2e-3'),
+    ('dis_bfs_x', 'dis_label_x', 'targets: BFS path vs label'),
+    ('dis_both_x', 'dis_label_x', 'targets: path from both ends vs label'),
+    ('trm_T1n2', 'dis_label_x', 'TRM T1 n2 vs DIS label'),
 ]
 
 
@@ -67,7 +75,8 @@ def blocks(docs: Path | None = None) -> dict:
     out = {}
     tune = load_grid(GRIDS/'grid_targets_A_tune.yaml')
     if (ROOT/tune['out']/'runs').exists(): report('grid_targets_A_tune', docs)   # its report (tuned.yaml) beside the others
-    for key, name in (('A', 'grid_targets_A'), ('B', 'grid_scarce_B'), ('Bp', 'grid_maze_Bprime')):
+    for key, name in (('A', 'grid_targets_A'), ('B', 'grid_scarce_B'), ('Bp', 'grid_maze_Bprime'),
+                      ('Bpl', 'grid_maze_Bprime_long')):
         g = load_grid(GRIDS/f'{name}.yaml'); g['out'] = str(ROOT/g['out'])
         if not (Path(g['out'])/'runs').exists(): continue
         runs = R.collect_runs(g); summ = R.summarize(runs)
@@ -80,9 +89,7 @@ def blocks(docs: Path | None = None) -> dict:
         gap = [l for t in tasks for l in ([f'**{t}**', ''] + R.format_gap([r for r in summ if r['task'] == t]) + [''])
                if R.format_gap([r for r in summ if r['task'] == t])]
         if gap: out[f'{key}_gap'] = '\n'.join(gap)
-        pairs = CONTRASTS if key == 'A' else [
-            ('dis_waves_x', 'dis_label_x', 'targets: waves vs label'), ('dis_bfs_x', 'dis_label_x', 'targets: BFS path vs label'),
-            ('dis_both_x', 'dis_label_x', 'targets: path from both ends vs label'), ('trm_T1n2', 'dis_label_x', 'TRM T1 n2 vs DIS label')]
+        pairs = CONTRASTS if key == 'A' else OTHER_CONTRASTS
         out[f'{key}_contrasts'] = '\n'.join(contrasts(rep, pairs))
         if key == 'A': out['A_strata'] = '\n'.join(l for v in rep['strata'].values() for l in R.format_strata(v))
     return out
@@ -101,7 +108,7 @@ def main(argv=None) -> int:
     if argv and argv[0] == '--fill':          # --fill TEMPLATE OUT: the README section from its template
         Path(argv[2]).write_text(fill(Path(argv[1]), docs)); print(f'wrote {argv[2]}'); return 0
     blocks = {}
-    for name in ('grid_targets_A', 'grid_scarce_B', 'grid_maze_Bprime'):
+    for name in ('grid_targets_A', 'grid_scarce_B', 'grid_maze_Bprime', 'grid_maze_Bprime_long'):
         g = load_grid(GRIDS/f'{name}.yaml'); g['out'] = str(ROOT/g['out'])
         if not (Path(g['out'])/'runs').exists(): print(f'# {name}: no runs yet'); continue
         runs = R.collect_runs(g); summ = R.summarize(runs)
@@ -112,9 +119,7 @@ def main(argv=None) -> int:
             print(); print('\n'.join(endpoints(rep, task))); print()
             gap = R.format_gap([r for r in summ if r['task'] == task])
             if gap: print('\n'.join(gap)); print()
-        pairs = CONTRASTS if name == 'grid_targets_A' else [
-            ('dis_waves_x', 'dis_label_x', 'targets: waves vs label'), ('dis_bfs_x', 'dis_label_x', 'targets: BFS path vs label'),
-            ('dis_both_x', 'dis_label_x', 'targets: path from both ends vs label'), ('trm_T1n2', 'dis_label_x', 'TRM T1 n2 vs DIS label')]
+        pairs = CONTRASTS if name == 'grid_targets_A' else OTHER_CONTRASTS
         print('\n'.join(contrasts(rep, pairs))); print()
         for task, v in rep['strata'].items():
             if name == 'grid_targets_A': print('\n'.join(R.format_strata(v))); print()

@@ -70,3 +70,11 @@ def test_tuning_grid_gives_every_arm_the_same_trials_on_a_validation_split():
     assert all(c.eval['split'] == 'val' for c in cells)
     tune, test = g['tasks']['sudoku6_hard_val']['puzzle'], a['tasks']['sudoku6_hard']['puzzle']
     assert {k: v for k, v in tune.items() if k != 'val'} == test and tune['val'] == 500, 'val is carved from A\'s training puzzles'
+
+
+def test_demo_part1_compares_arms_that_differ_in_the_targets_only():
+    cells = expand_grid(load_grid(GRIDS/'grid_demo_targets.yaml')); arms = _arms(cells)
+    assert sorted(arms) == ['dis_label_x', 'dis_waves_x', 'trm_T1n2']
+    rest = lambda c: {k: v for k, v in c.train.items() if k not in ('name', 'out_dir', 'targets')}
+    assert rest(arms['dis_label_x']) == rest(arms['dis_waves_x']), 'the learning rate too: the demo says "the targets only"'
+    assert arms['dis_label_x'].train['targets'] == 'label' and arms['dis_waves_x'].train['targets'] == 'sudoku_waves'

@@ -23,7 +23,8 @@ CONTRASTS = [   # (arm, baseline, what the one factor is)
     ('dis_waves_prev', 'dis_waves_x_lr2e3', "injection: the DIS code's previous argmax vs x (both lr 2e-3)"),
     ('trm_T1n2_nohalt', 'trm_T1n2', 'ACT halting off (TRM loss, every sample all 6 steps)'),
     ('dis_label_x', 'trm_T1n2_nohalt', 'DIS batching (6 optimizer steps per batch, step embedding) vs TRM without halting'),
-    ('dis_waves_x', 'trm_T1n2', 'DIS with wave targets vs TRM T1 n2 as published'),
+    ('dis_waves_x', 'trm_T1n2', 'DIS with wave targets (tuned lr) vs TRM T1 n2 as published'),
+    ('dis_waves_x_lr2e3', 'trm_T1n2', 'DIS with wave targets at 2e-3 (the best DIS arm) vs TRM T1 n2'),
     ('dis_corrupt', 'dis_label_x', "the DIS code as published (corruption path, previous argmax) vs DIS label x"),
 ]
 OTHER_CONTRASTS = [   # B and B': each arm against DIS on the label

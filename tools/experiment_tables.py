@@ -1,11 +1,12 @@
 """The README's experiment tables (issue 18), made from the grids' own reports so no number is copied by hand.
 
     python tools/experiment_tables.py            # prints the markdown blocks; copies each report (a guide page of the site) and its figures to docs/
+    python tools/experiment_tables.py --fill tools/readme_results.md.tmpl OUT    # the README section, blocks in place
 
 Reads the finished runs of grid_targets_A.yaml, grid_scarce_B.yaml, grid_maze_Bprime.yaml and grid_maze_Bprime_long.yaml (run them first with
 `dis-grid GRID --workers 2`), calls `dis_nbdev.grid_report.grid_report` on each (which writes its report.md and
-figures), and prints: A's endpoint table, the one-factor contrasts (each control arm against its neighbour), A's strata,
-B's targets difference per training-set size with its train-test gap, and B''s endpoints.
+figures), and makes: each grid's data checks, endpoint table and contrasts (each control arm against its neighbour),
+A's strata and B's train-test gap.
 """
 import shutil, sys
 from pathlib import Path
@@ -27,6 +28,7 @@ CONTRASTS = [   # (arm, baseline, what the one factor is)
     ('dis_waves_x_lr2e3', 'trm_T1n2', 'DIS with wave targets at 2e-3 (the best DIS arm) vs TRM T1 n2'),
     ('dis_corrupt', 'dis_label_x', "the DIS code as published (corruption path, previous argmax) vs DIS label x"),
 ]
+EXPERIMENTS = {'A': 'grid_targets_A', 'B': 'grid_scarce_B', 'Bp': 'grid_maze_Bprime', 'Bpl': 'grid_maze_Bprime_long'}
 OTHER_CONTRASTS = [   # B and B': each arm against DIS on the label
     ('dis_waves_x', 'dis_label_x', 'targets: waves vs label, each at its tuned lr'),
     ('dis_waves_x_lr2e3', 'dis_label_x', 'targets: waves vs label, both at lr 2e-3'),
@@ -66,18 +68,12 @@ def contrasts(rep: dict, pairs=CONTRASTS, task: str | None = None) -> list[str]:
     return out
 
 
-def endpoints(rep: dict, task: str) -> list[str]:
-    rows = [r for r in rep['_summary'] if r['task'] == task]
-    return R.format_endpoints(rows, 2)
-
-
 def blocks(docs: Path | None = None) -> dict:
     "{name: markdown} for the README: A_checks, A_endpoints, A_contrasts, A_strata, B_endpoints, B_gap, B_contrasts, Bp_..."
     out = {}
     tune = load_grid(GRIDS/'grid_targets_A_tune.yaml')
     if (ROOT/tune['out']/'runs').exists(): report('grid_targets_A_tune', docs)   # its report (tuned.yaml) beside the others
-    for key, name in (('A', 'grid_targets_A'), ('B', 'grid_scarce_B'), ('Bp', 'grid_maze_Bprime'),
-                      ('Bpl', 'grid_maze_Bprime_long')):
+    for key, name in EXPERIMENTS.items():
         g = load_grid(GRIDS/f'{name}.yaml'); g['out'] = str(ROOT/g['out'])
         if not (Path(g['out'])/'runs').exists(): continue
         runs = R.collect_runs(g); summ = R.summarize(runs)
@@ -87,8 +83,8 @@ def blocks(docs: Path | None = None) -> dict:
         head = (lambda t: [f'**{t}**', '']) if len(tasks) > 1 else (lambda t: [])
         out[f'{key}_endpoints'] = '\n'.join(l for t in tasks for l in
                                             head(t) + R.format_endpoints([r for r in summ if r['task'] == t], 2) + [''])
-        gap = [l for t in tasks for l in ([f'**{t}**', ''] + R.format_gap([r for r in summ if r['task'] == t]) + [''])
-               if R.format_gap([r for r in summ if r['task'] == t])]
+        gaps = {t: R.format_gap([r for r in summ if r['task'] == t]) for t in tasks}
+        gap = [l for t in tasks if gaps[t] for l in [f'**{t}**', ''] + gaps[t] + ['']]
         if gap: out[f'{key}_gap'] = '\n'.join(gap)
         pairs = CONTRASTS if key == 'A' else OTHER_CONTRASTS
         out[f'{key}_contrasts'] = '\n'.join(contrasts(rep, pairs))
@@ -108,23 +104,7 @@ def main(argv=None) -> int:
     if argv is None: argv = sys.argv[1:]
     if argv and argv[0] == '--fill':          # --fill TEMPLATE OUT: the README section from its template
         Path(argv[2]).write_text(fill(Path(argv[1]), docs)); print(f'wrote {argv[2]}'); return 0
-    blocks = {}
-    for name in ('grid_targets_A', 'grid_scarce_B', 'grid_maze_Bprime', 'grid_maze_Bprime_long'):
-        g = load_grid(GRIDS/f'{name}.yaml'); g['out'] = str(ROOT/g['out'])
-        if not (Path(g['out'])/'runs').exists(): print(f'# {name}: no runs yet'); continue
-        runs = R.collect_runs(g); summ = R.summarize(runs)
-        rep = report(name, docs); rep['_summary'] = summ
-        print(f'\n## {name}\n')
-        for task in dict.fromkeys(r['task'] for r in summ):
-            print(f'### {task}\n'); print('\n'.join(R.format_checks(task, rep['checks'].get(task, {'targets': {}}))))
-            print(); print('\n'.join(endpoints(rep, task))); print()
-            gap = R.format_gap([r for r in summ if r['task'] == task])
-            if gap: print('\n'.join(gap)); print()
-        pairs = CONTRASTS if name == 'grid_targets_A' else OTHER_CONTRASTS
-        print('\n'.join(contrasts(rep, pairs))); print()
-        for task, v in rep['strata'].items():
-            if name == 'grid_targets_A': print('\n'.join(R.format_strata(v))); print()
-        blocks[name] = rep
+    for k, v in blocks(docs).items(): print(f'<!-- {k} -->\n{v}\n')    # each block, named as the template's placeholder
     return 0
 
 
